@@ -1,0 +1,139 @@
+"""One typed configuration for the daemon and offline processing, validated with clear messages.
+
+A TOML file (see services/dfxm-online.toml) with top-level daemon keys and an `[analysis]`
+table; command-line flags override the file. Unknown keys are errors, not silent typos.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+BACKGROUND_MODES = ("auto", "dark", "edges", "none")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says which key and why."""
+
+
+@dataclass
+class AnalysisConfig:
+    """How one scan is analysed; the same for the daemon, `process` and the ewoks tasks."""
+
+    #: detector name (e.g. "pco"); None picks the scan's 2D image stream automatically
+    detector: str | None = None
+    #: motors to use (e.g. ["mu", "chi"]); None uses the motors that move
+    motors: list[str] | None = None
+    #: background before moments: "auto" = the session's dark scan if one was taken,
+    #: otherwise the scan-edge baseline; "dark", "edges" or "none". ("edges" is measured on
+    #: the raw frames, so it already contains the dark: there is no "dark+edges".)
+    background: str = "auto"
+    #: fraction of each motor's range at each end whose frames estimate the edge baseline
+    edge_fraction: float = 0.2
+    #: pixels whose integrated intensity is below this fraction of the bright pixels'
+    #: (99.5th percentile) get NaN maps
+    min_intensity_fraction: float = 0.01
+    #: frames per accumulator update (one matrix product per batch)
+    batch_size: int = 16
+
+    def validate(self) -> None:
+        if self.background not in BACKGROUND_MODES:
+            raise ConfigError(
+                f"analysis.background={self.background!r}: expected one of {', '.join(BACKGROUND_MODES)}"
+            )
+        if not 0 < self.edge_fraction < 0.5:
+            raise ConfigError(f"analysis.edge_fraction={self.edge_fraction}: must be in (0, 0.5)")
+        if not 0 <= self.min_intensity_fraction < 1:
+            raise ConfigError("analysis.min_intensity_fraction must be in [0, 1)")
+        if self.batch_size < 1:
+            raise ConfigError("analysis.batch_size must be >= 1")
+        if self.motors is not None and not 1 <= len(self.motors) <= 3:
+            raise ConfigError("analysis.motors must name 1 to 3 motors")
+
+
+@dataclass
+class DaemonConfig:
+    """The daemon's own settings plus the analysis settings."""
+
+    #: seconds between two rewrites of a scan's maps file while it runs
+    publish_period: float = 1.0
+    #: regular expression (case-insensitive) on a scan's title or name marking a dark scan
+    dark_pattern: str = "dark"
+    #: port of the HTTP server giving /metrics (prometheus) and /status; 0 disables it
+    metrics_port: int = 0
+    #: seconds one blocking read of the live streams waits before checking for shutdown
+    read_timeout: float = 0.2
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+    def validate(self) -> None:
+        if self.publish_period <= 0:
+            raise ConfigError("publish_period must be > 0 seconds")
+        if self.read_timeout <= 0:
+            raise ConfigError("read_timeout must be > 0 seconds")
+        if not 0 <= self.metrics_port < 65536:
+            raise ConfigError("metrics_port must be a TCP port number (0 disables)")
+        import re
+
+        try:
+            re.compile(self.dark_pattern)
+        except re.error as exc:
+            raise ConfigError(f"dark_pattern={self.dark_pattern!r} is not a regex: {exc}") from None
+        self.analysis.validate()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
+    known = {f.name: f for f in fields(obj)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {where}{key!r} (known: {', '.join(sorted(known))})")
+        current = getattr(obj, key)
+        if isinstance(current, AnalysisConfig):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{key} must be a table")
+            _apply(current, value, f"{key}.")
+            continue
+        if current is not None:
+            if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            elif not isinstance(value, type(current)):
+                raise ConfigError(f"{where}{key}={value!r}: expected {type(current).__name__}")
+        elif key == "motors" and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            raise ConfigError(f"{where}motors={value!r}: expected a list of motor names")
+        elif key == "detector" and not isinstance(value, str):
+            raise ConfigError(f"{where}detector={value!r}: expected a name")
+        setattr(obj, key, value)
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> DaemonConfig:
+    """Read a TOML file (optional), apply non-None `overrides`, validate, return."""
+    config = DaemonConfig()
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        _apply(config, data, "")
+    analysis_keys = {f.name for f in fields(AnalysisConfig)}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in analysis_keys:
+            _apply(config.analysis, {key: value}, "analysis.")
+        else:
+            _apply(config, {key: value}, "")
+    config.validate()
+    return config

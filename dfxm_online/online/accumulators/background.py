@@ -1,0 +1,149 @@
+"""Background accumulators: a running mean (dark scans) and the scan-edge baseline.
+
+Why an edge baseline: a raw first moment over a pedestal (dark offset, photon background)
+pulls every centre of mass toward the scan centre and inflates every width; clipping after a
+subtraction biases the widths up as well (it keeps positive noise, drops negative noise).
+What is unbiased is subtracting the right per-pixel constant *before* the moments, with
+negative residuals kept. When no dark scan
+was taken we estimate that constant online from the frames recorded at the edges of the
+scanned range, where a well-chosen rocking or rolling scan has left the diffraction peak: for
+each motor, the frames in the lowest `fraction` of its range and those in the highest form
+two groups. A pixel's baseline is the pooled mean of the groups that agree with its lowest
+group mean within `k` standard errors: a group that a peak near that edge contaminates is
+rejected, and the clean groups are averaged rather than minimised over. (Taking the lowest
+group mean alone is biased low by about one standard error; that small residual pedestal,
+multiplied by the lever arm (x - com)^2 of the whole mesh, inflated FWHMs by 3-5 % on the
+simulator's data. The pooled mean is within 0.5 % of the truth there; see tests.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ...acquisition.geometry import MotorAxis
+
+
+class RunningMean:
+    """Per-pixel mean of all frames seen (e.g. a dark scan); mergeable."""
+
+    def __init__(self, n_pixels: int) -> None:
+        self.total = np.zeros(n_pixels, dtype=np.float64)
+        self.count = 0
+
+    def update(self, frames: np.ndarray, positions: Mapping[str, np.ndarray] | None = None) -> None:
+        flat = frames.reshape(frames.shape[0], -1)
+        self.total += flat.sum(axis=0, dtype=np.float64)
+        self.count += flat.shape[0]
+
+    def merge(self, other: RunningMean) -> None:
+        self.total += other.total
+        self.count += other.count
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"total": self.total.copy(), "count": np.array(self.count)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray]) -> RunningMean:
+        obj = cls(state["total"].shape[0])
+        obj.total[...] = state["total"]
+        obj.count = int(state["count"])
+        return obj
+
+    def snapshot(self) -> np.ndarray | None:
+        """The mean image (P,), or None before the first frame."""
+        if self.count == 0:
+            return None
+        return self.total / self.count
+
+
+def edge_groups(
+    axes: Sequence[MotorAxis], positions: Mapping[str, np.ndarray], fraction: float
+) -> np.ndarray:
+    """(2M, B) membership of each point in the low / high edge band of each motor."""
+    rows = []
+    for axis in axes:
+        x = np.asarray(positions[axis.name], dtype=np.float64)
+        span = axis.high - axis.low
+        if span <= 0:
+            rows += [np.zeros(x.shape, bool)] * 2
+            continue
+        t = (x - axis.low) / span
+        # a small tolerance so that points exactly on the band edge are not lost to rounding
+        eps = 1e-9
+        rows += [t <= fraction + eps, t >= 1.0 - fraction - eps]
+    return np.array(rows, dtype=bool).reshape(2 * len(axes), -1)
+
+
+class EdgeBaseline:
+    """Per-pixel baseline from the frames at the edges of the scanned range (mergeable)."""
+
+    #: groups whose mean exceeds the lowest by more than this many standard errors are
+    #: taken as contaminated by the peak
+    REJECT_SIGMAS = 3.0
+
+    def __init__(self, axes: Sequence[MotorAxis], n_pixels: int, fraction: float = 0.2) -> None:
+        if not 0 < fraction < 0.5:
+            raise ValueError("edge fraction must be in (0, 0.5)")
+        self.axes = tuple(axes)
+        self.fraction = fraction
+        self.sums = np.zeros((2 * len(self.axes), n_pixels), dtype=np.float64)
+        self.sumsq = np.zeros((2 * len(self.axes), n_pixels), dtype=np.float64)
+        self.counts = np.zeros(2 * len(self.axes), dtype=np.int64)
+
+    def update(self, frames: np.ndarray, positions: Mapping[str, np.ndarray]) -> None:
+        flat = frames.reshape(frames.shape[0], -1)
+        groups = edge_groups(self.axes, positions, self.fraction)
+        for g, members in enumerate(groups):
+            if members.any():
+                chosen = flat[members].astype(np.float64)
+                self.sums[g] += chosen.sum(axis=0)
+                self.sumsq[g] += np.einsum("bp,bp->p", chosen, chosen)
+                self.counts[g] += int(members.sum())
+
+    def merge(self, other: EdgeBaseline) -> None:
+        if other.axes != self.axes or other.fraction != self.fraction:
+            raise ValueError("cannot merge edge baselines over different axes or fractions")
+        self.sums += other.sums
+        self.sumsq += other.sumsq
+        self.counts += other.counts
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"sums": self.sums.copy(), "sumsq": self.sumsq.copy(), "counts": self.counts.copy()}
+
+    @classmethod
+    def from_state(
+        cls, axes: Sequence[MotorAxis], state: Mapping[str, np.ndarray], fraction: float = 0.2
+    ) -> EdgeBaseline:
+        obj = cls(axes, state["sums"].shape[1], fraction)
+        obj.sums[...] = state["sums"]
+        obj.sumsq[...] = state["sumsq"]
+        obj.counts[...] = state["counts"]
+        return obj
+
+    def snapshot(self) -> np.ndarray | None:
+        """The baseline image (P,); None before any edge frame."""
+        seen = self.counts > 0
+        if not seen.any():
+            return None
+        return pooled_edge_mean(
+            self.sums[seen], self.sumsq[seen], self.counts[seen], self.REJECT_SIGMAS
+        )
+
+
+def pooled_edge_mean(
+    sums: np.ndarray, sumsq: np.ndarray, counts: np.ndarray, k: float
+) -> np.ndarray:
+    """Pooled mean of the groups within `k` standard errors of each pixel's lowest group."""
+    n = counts.astype(np.float64)[:, None]
+    means = sums / n
+    var = np.maximum(sumsq / n - means**2, 0.0)
+    lowest = np.argmin(means, axis=0)
+    cols = np.arange(means.shape[1])
+    m_low, var_low, n_low = means[lowest, cols], var[lowest, cols], n[lowest, 0]
+    # standard error of the difference between a group mean and the lowest one, both
+    # assumed to share the lowest (clean) group's per-frame variance
+    tol = k * np.sqrt(var_low * (1.0 / n_low + 1.0 / n))
+    keep = means <= m_low + tol
+    return (sums * keep).sum(axis=0) / (n * keep).sum(axis=0)
