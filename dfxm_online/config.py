@@ -31,15 +31,15 @@ class AnalysisConfig:
     detector: str | None = None
     #: motors to use (e.g. ["mu", "chi"]); None uses the motors that move
     motors: list[str] | None = None
-    #: background before moments: "auto" = the session's dark scan if one was taken,
-    #: otherwise the scan-edge baseline; "dark", "edges" or "none". ("edges" is measured on
-    #: the raw frames, so it already contains the dark: there is no "dark+edges".)
+    #: background before moments: "auto" = the session's dark scan if one was taken (its
+    #: frames pooled with the scan-edge frames that agree with them), otherwise the
+    #: scan-edge baseline; or "dark" (dark only), "edges" (edges only), "none".
     background: str = "auto"
     #: fraction of each motor's range at each end whose frames estimate the edge baseline
     edge_fraction: float = 0.2
     #: pixels whose integrated intensity is below this fraction of the bright pixels'
     #: (99.5th percentile) get NaN maps
-    min_intensity_fraction: float = 0.01
+    min_intensity_fraction: float = 0.05
     #: frames per accumulator update (one matrix product per batch)
     batch_size: int = 16
 

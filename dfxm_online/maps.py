@@ -32,7 +32,7 @@ def moment_maps(
     snap: MomentSnapshot,
     motor_names: Sequence[str],
     shape: tuple[int, int],
-    min_intensity_fraction: float = 0.01,
+    min_intensity_fraction: float = 0.05,
 ) -> dict[str, np.ndarray]:
     """Named 2-D maps from a moment snapshot; pixels without enough signal are NaN."""
     valid = signal_mask(snap.intensity, min_intensity_fraction)

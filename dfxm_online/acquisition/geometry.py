@@ -189,10 +189,14 @@ def axis_from_positions(name: str, values: np.ndarray, decimals: int = 6) -> Mot
 
 
 def moving_motors(positioners: Mapping[str, np.ndarray], npoints: int) -> list[str]:
-    """Names of the positioners recorded per point that actually move, in darfix's way."""
-    names = []
+    """Names of the positioners recorded per point that move, fastest first.
+
+    The fastest motor (most changes between consecutive points) comes first, as in a BLISS
+    mesh's axis order, so map names (`cov_mu_chi`) match those of the live path.
+    """
+    changes = {}
     for name, values in positioners.items():
         arr = np.asarray(values)
-        if arr.ndim == 1 and arr.shape[0] == npoints and npoints > 1 and np.ptp(arr) > 0:
-            names.append(name)
-    return names
+        if arr.ndim == 1 and arr.shape[0] >= npoints > 1 and np.ptp(arr[:npoints]) > 0:
+            changes[name] = int(np.count_nonzero(np.diff(arr[:npoints])))
+    return sorted(changes, key=lambda n: (-changes[n], n))

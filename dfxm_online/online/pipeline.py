@@ -13,7 +13,7 @@ import numpy as np
 from ..acquisition.geometry import ScanError, ScanGeometry
 from ..config import AnalysisConfig
 from ..maps import moment_maps
-from .accumulators.background import EdgeBaseline
+from .accumulators.background import EdgeBaseline, RunningMean
 from .accumulators.moments import PowerSums
 
 
@@ -25,7 +25,7 @@ class ScanPipeline:
         geometry: ScanGeometry,
         frame_shape: tuple[int, int],
         config: AnalysisConfig | None = None,
-        dark: np.ndarray | None = None,
+        dark: RunningMean | np.ndarray | None = None,
     ) -> None:
         self.geometry = geometry
         self.config = config or AnalysisConfig()
@@ -33,7 +33,8 @@ class ScanPipeline:
         n_pixels = self.frame_shape[0] * self.frame_shape[1]
         self.moments = PowerSums(geometry.motors, n_pixels)
         self.edges = EdgeBaseline(geometry.motors, n_pixels, self.config.edge_fraction)
-        self.dark: np.ndarray | None = None
+        self.dark: np.ndarray | None = None  # mean dark image (P,)
+        self.dark_frames: RunningMean | None = None  # its frames' statistics, when known
         if dark is not None:
             self.set_dark(dark)
 
@@ -41,12 +42,25 @@ class ScanPipeline:
     def frames_processed(self) -> int:
         return self.moments.count
 
-    def set_dark(self, dark: np.ndarray) -> None:
-        """Use this dark image (H, W) from now on (it is applied at snapshot time)."""
-        dark = np.asarray(dark, dtype=np.float64)
-        if dark.shape != self.frame_shape:
-            raise ScanError(f"dark image has shape {dark.shape}, frames have {self.frame_shape}")
-        self.dark = dark.reshape(-1)
+    def set_dark(self, dark: RunningMean | np.ndarray) -> None:
+        """Use this dark from now on (applied at snapshot time, so it may come late).
+
+        A :class:`RunningMean` over a dark scan's frames can be pooled with the scan-edge
+        frames; a bare image (H, W) can only be subtracted as it is.
+        """
+        if isinstance(dark, RunningMean):
+            image = dark.snapshot()
+            if image is None:
+                raise ScanError("the dark scan has no frames")
+            self.dark_frames = dark
+        else:
+            image = np.asarray(dark, dtype=np.float64)
+            if image.shape != self.frame_shape:
+                raise ScanError(f"dark image has shape {image.shape}, frames have {self.frame_shape}")
+            self.dark_frames = None
+        if image.size != self.frame_shape[0] * self.frame_shape[1]:
+            raise ScanError(f"dark image has {image.size} pixels, frames have {self.frame_shape}")
+        self.dark = image.reshape(-1)
 
     def update(self, frames: np.ndarray, positions: Mapping[str, np.ndarray]) -> None:
         """Add a batch of frames (B, H, W) recorded at `positions` (motor -> (B,))."""
@@ -81,9 +95,15 @@ class ScanPipeline:
         )
 
     def background(self) -> tuple[np.ndarray | None, str]:
-        """The per-pixel constant subtracted before the moments, and what it is."""
+        """The per-pixel constant subtracted before the moments, and what it is.
+
+        "auto": a dark scan's frames pooled with the scan-edge frames that agree with them
+        when a dark scan was taken; a bare dark image as it is; otherwise the edge baseline.
+        """
         mode = self.config.background
         if mode == "auto":
+            if self.dark_frames is not None:
+                return self.edges.snapshot(self.dark_frames), "dark+edges"
             mode = "dark" if self.dark is not None else "edges"
         if mode == "none":
             return None, "none"

@@ -26,28 +26,36 @@ from ...acquisition.geometry import MotorAxis
 
 
 class RunningMean:
-    """Per-pixel mean of all frames seen (e.g. a dark scan); mergeable."""
+    """Per-pixel mean (and spread) of all frames seen, e.g. a dark scan; mergeable.
+
+    The sum of squares is kept so that a dark scan can be pooled with the scan-edge frames
+    (see :meth:`EdgeBaseline.snapshot`), which needs each group's standard error.
+    """
 
     def __init__(self, n_pixels: int) -> None:
         self.total = np.zeros(n_pixels, dtype=np.float64)
+        self.total_sq = np.zeros(n_pixels, dtype=np.float64)
         self.count = 0
 
     def update(self, frames: np.ndarray, positions: Mapping[str, np.ndarray] | None = None) -> None:
-        flat = frames.reshape(frames.shape[0], -1)
-        self.total += flat.sum(axis=0, dtype=np.float64)
+        flat = frames.reshape(frames.shape[0], -1).astype(np.float64)
+        self.total += flat.sum(axis=0)
+        self.total_sq += np.einsum("bp,bp->p", flat, flat)
         self.count += flat.shape[0]
 
     def merge(self, other: RunningMean) -> None:
         self.total += other.total
+        self.total_sq += other.total_sq
         self.count += other.count
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"total": self.total.copy(), "count": np.array(self.count)}
+        return {"total": self.total.copy(), "total_sq": self.total_sq.copy(), "count": np.array(self.count)}
 
     @classmethod
     def from_state(cls, state: Mapping[str, np.ndarray]) -> RunningMean:
         obj = cls(state["total"].shape[0])
         obj.total[...] = state["total"]
+        obj.total_sq[...] = state["total_sq"]
         obj.count = int(state["count"])
         return obj
 
@@ -122,14 +130,22 @@ class EdgeBaseline:
         obj.counts[...] = state["counts"]
         return obj
 
-    def snapshot(self) -> np.ndarray | None:
-        """The baseline image (P,); None before any edge frame."""
+    def snapshot(self, dark: RunningMean | None = None) -> np.ndarray | None:
+        """The baseline image (P,); None before any edge frame (and no dark).
+
+        With `dark` (a dark scan's frames), the dark frames are pooled as one more group:
+        they never contain the peak, and the edge frames that agree with them cut the
+        dark's own noise, which the lever arm (x - com)^2 of a wide mesh amplifies ~30x.
+        """
         seen = self.counts > 0
-        if not seen.any():
+        sums, sumsq, counts = self.sums[seen], self.sumsq[seen], self.counts[seen]
+        if dark is not None and dark.count:
+            sums = np.vstack([sums, dark.total[None]])
+            sumsq = np.vstack([sumsq, dark.total_sq[None]])
+            counts = np.append(counts, dark.count)
+        if counts.size == 0:
             return None
-        return pooled_edge_mean(
-            self.sums[seen], self.sumsq[seen], self.counts[seen], self.REJECT_SIGMAS
-        )
+        return pooled_edge_mean(sums, sumsq, counts, self.REJECT_SIGMAS)
 
 
 def pooled_edge_mean(

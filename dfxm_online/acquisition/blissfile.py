@@ -1,0 +1,142 @@
+"""Read recorded scans from BLISS HDF5 files: the detector stack and the moving motors.
+
+Detector and motors are found as darfix does: the 3-D dataset under `measurement/` (or an
+NXdetector's `data`) and the positioners recorded per point that move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .geometry import ScanError, ScanGeometry, axis_from_positions, moving_motors
+
+
+@dataclass
+class RecordedScan:
+    """One scan of a BLISS file; `frames` stays a lazy h5py dataset (file kept open)."""
+
+    path: Path
+    scan: str
+    title: str
+    detector: str
+    frames: h5py.Dataset
+    positions: dict[str, np.ndarray]  # the motors used, recorded per point
+    _file: h5py.File
+
+    @property
+    def npoints(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return (int(self.frames.shape[1]), int(self.frames.shape[2]))
+
+    def geometry(self) -> ScanGeometry:
+        """The scan model from the recorded positions (range = min..max, distinct points)."""
+        axes = tuple(axis_from_positions(n, v) for n, v in self.positions.items())
+        scan_type = self.title.split()[0] if self.title else ""
+        return ScanGeometry(
+            motors=axes, npoints=self.npoints, detector=self.detector, scan_type=scan_type,
+            title=self.title, frame_shape=self.frame_shape,
+        )
+
+    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """(frames, positions) in acquisition order, `batch_size` frames at a time."""
+        for start in range(0, self.npoints, batch_size):
+            stop = min(start + batch_size, self.npoints)
+            yield self.frames[start:stop], {k: v[start:stop] for k, v in self.positions.items()}
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> RecordedScan:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
+
+
+def list_scans(path: str | Path) -> list[str]:
+    with h5py.File(path, "r") as f:
+        return sorted(f, key=lambda k: [int(p) if p.isdigit() else p for p in k.split(".")])
+
+
+def find_detector(entry: h5py.Group, detector: str | None) -> tuple[str, h5py.Dataset]:
+    candidates: dict[str, h5py.Dataset] = {}
+    for name, item in entry.get("measurement", {}).items():
+        if isinstance(item, h5py.Dataset) and item.ndim == 3:
+            candidates[name.split(":")[0]] = item
+    for name, item in entry.get("instrument", {}).items():
+        if isinstance(item, h5py.Group) and "data" in item and item["data"].ndim == 3:
+            candidates.setdefault(name, item["data"])
+    if detector:
+        if detector not in candidates:
+            raise ScanError(f"no 3-D detector dataset {detector!r} (found: {sorted(candidates) or 'none'})")
+        return detector, candidates[detector]
+    if not candidates:
+        raise ScanError("scan has no 3-D detector dataset")
+    if len(candidates) > 1:
+        raise ScanError(f"several detectors ({', '.join(sorted(candidates))}): choose one with --detector")
+    return next(iter(candidates.items()))
+
+
+def open_scan(
+    path: str | Path, scan: str = "1.1", detector: str | None = None,
+    motors: Sequence[str] | None = None,
+) -> RecordedScan:
+    """Open scan `scan` of a BLISS file; raises ScanError with the reason if it cannot."""
+    path = Path(path)
+    f = h5py.File(path, "r")
+    try:
+        if scan not in f:
+            raise ScanError(f"{path} has no scan {scan} (scans: {', '.join(list(f)[:10])})")
+        entry = f[scan]
+        title = _text(entry["title"][()]) if "title" in entry else ""
+        det_name, frames = find_detector(entry, detector)
+        n = frames.shape[0]
+        recorded: dict[str, np.ndarray] = {}
+        for group in ("instrument/positioners", "measurement"):
+            for name, item in entry.get(group, {}).items():
+                if isinstance(item, h5py.Dataset) and item.ndim == 1 and name not in recorded:
+                    recorded[name] = item[()]
+        if motors:
+            missing = [m for m in motors if m not in recorded]
+            if missing:
+                raise ScanError(f"motor {', '.join(missing)} not recorded in scan {scan}")
+            names = list(motors)
+        else:
+            positioners = entry.get("instrument/positioners", {})
+            names = moving_motors({k: recorded[k] for k in positioners if k in recorded}, n)
+            if not names:
+                raise ScanError(f"scan {scan} has no moving motor")
+        positions = {}
+        for name in names:
+            values = np.asarray(recorded[name], dtype=np.float64)
+            if values.shape[0] < n:
+                raise ScanError(f"motor {name} has {values.shape[0]} positions for {n} frames")
+            positions[name] = values[:n]
+        return RecordedScan(path, scan, title, det_name, frames, positions, f)
+    except BaseException:
+        f.close()
+        raise
+
+
+def parse_scan_url(url: str, default_file: str | Path | None = None) -> tuple[Path, str]:
+    """'FILE::2.1' -> (FILE, '2.1'); '2.1' alone refers to `default_file`."""
+    if "::" in url:
+        file_part, scan = url.rsplit("::", 1)
+        return Path(file_part), scan
+    if default_file is None:
+        raise ScanError(f"{url!r}: expected FILE::SCAN (e.g. data.h5::2.1)")
+    return Path(default_file), url

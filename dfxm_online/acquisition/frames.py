@@ -1,0 +1,180 @@
+"""Live scans -> batches of (frames, positions), read point by point with blissdata cursors.
+
+One :class:`LiveFrameSource` per scan. It reads the image stream and the motor streams with
+one `CursorGroup`, pairs frame k with the recorded positions of point k (never an assumed
+grid), and yields batches as soon as both are there.
+
+Lima image streams carry only a JSON status in Redis; their frames are read from the
+saved HDF5 files, a whole file's worth of frames at a time. Only frames in files that Lima
+has closed are read (blissdata's own rule: a file is closed once a frame is saved into the
+next one, or the stream is sealed), because reading an HDF5 file that another process is
+still writing is unsafe without SWMR. Frames still only in the Lima server's memory would
+need Tango, which this service does not use.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+from blissdata.exceptions import EndOfStream, IndexNoMoreThereError
+from blissdata.streams import CursorGroup
+
+from .geometry import ScanError, ScanGeometry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """Consecutive points `start .. start + len(frames)` of a scan."""
+
+    start: int
+    frames: np.ndarray  # (B, H, W)
+    positions: dict[str, np.ndarray]  # motor -> (B,)
+
+
+def lima_readable(stream) -> int:
+    """Number of frames of a Lima stream that can be read from closed files now.
+
+    blissdata 2.4's Lima client tracks this (`_last_index_saved_and_closed`) but does not
+    expose it; we read it rather than re-implement its file-closure rule.
+    """
+    client = stream._client  # blissdata 2.4.x internals, pinned in pyproject.toml
+    if not getattr(client, "_saved", False):
+        raise ScanError("Lima image stream is not saved to files: frames need Tango access")
+    return int(client._last_index_saved_and_closed) + 1
+
+
+def read_lima_frames(stream, start: int, stop: int) -> np.ndarray:
+    """Frames start..stop of a Lima stream, from its files, one h5py read per file."""
+    refs = stream.get_references(slice(start, stop))
+    out = []
+    i = 0
+    while i < len(refs):
+        ref = refs[i]
+        j = i
+        while j + 1 < len(refs) and refs[j + 1].file_path == ref.file_path and refs[j + 1].index == refs[j].index + 1:
+            j += 1
+        if not ref.file_format.lower().startswith("hdf5"):
+            raise ScanError(f"Lima file format {ref.file_format} is not supported (HDF5 only)")
+        with h5py.File(ref.file_path, "r") as f:
+            out.append(f[ref.data_path][ref.index : refs[j].index + 1])
+        i = j + 1
+    return np.concatenate(out) if out else np.empty((0,))
+
+
+class LiveFrameSource:
+    """Batches of a live scan's frames and positions, in acquisition order."""
+
+    def __init__(self, scan, geometry: ScanGeometry, batch_size: int = 16, read_timeout: float = 0.2) -> None:
+        self.scan = scan
+        self.geometry = geometry
+        self.batch_size = batch_size
+        self.read_timeout = read_timeout
+        streams = scan.streams
+        self.image = streams[geometry.image_stream]
+        self.is_lima = getattr(self.image, "plugin", None) == "lima"
+        self.motor_streams = {name.split(":", 1)[1]: streams[name] for name in geometry.motor_streams}
+        self._group = CursorGroup([self.image, *self.motor_streams.values()])
+        self._positions: dict[str, list[np.ndarray]] = {m: [] for m in self.motor_streams}
+        self._n_positions = dict.fromkeys(self.motor_streams, 0)
+        self._frames: list[np.ndarray] = []
+        self._n_frames = 0  # frames received (array) or read from files (Lima)
+        self._announced = 0  # frames the image stream says exist
+        self._emitted = 0
+        self._sealed = False
+        self.frame_shape: tuple[int, int] | None = geometry.frame_shape if (
+            geometry.frame_shape and all(s > 0 for s in geometry.frame_shape)) else None
+
+    @property
+    def frames_received(self) -> int:
+        return self._n_frames
+
+    def _take_views(self, views) -> None:
+        for stream, view in views.items():
+            if stream is self.image:
+                self._announced = max(self._announced, view.index + len(view))
+                if not self.is_lima:
+                    try:
+                        data = view.get_data()
+                    except IndexNoMoreThereError:
+                        raise ScanError(
+                            "frames were trimmed from Redis before the daemon read them "
+                            "(daemon lagging behind the memory tracker)"
+                        ) from None
+                    self._check_shape(np.asarray(data), view.index)
+                    self._frames.append(np.asarray(data))
+                    self._n_frames += len(data)
+                continue
+            for motor, mstream in self.motor_streams.items():
+                if stream is mstream:
+                    values = np.asarray(view.get_data(), dtype=np.float64).reshape(-1)
+                    self._positions[motor].append(values)
+                    self._n_positions[motor] += values.size
+
+    def _read_lima(self) -> None:
+        readable = self._announced if self._sealed else min(self._announced, lima_readable(self.image))
+        if readable > self._n_frames:
+            frames = read_lima_frames(self.image, self._n_frames, readable)
+            self._check_shape(frames, self._n_frames)
+            self._frames.append(frames)
+            self._n_frames += frames.shape[0]
+
+    def _check_shape(self, frames: np.ndarray, first_index: int) -> None:
+        if frames.ndim != 3:
+            raise ScanError(f"frame {first_index} is not a 2D image (shape {frames.shape[1:]})")
+        for k, frame in enumerate(frames):
+            shape = tuple(frame.shape)
+            if self.frame_shape is None:
+                self.frame_shape = shape  # type: ignore[assignment]
+            elif shape != self.frame_shape:
+                raise ScanError(
+                    f"frame {first_index + k} has shape {shape}, expected {self.frame_shape}"
+                )
+
+    def _ready(self) -> int:
+        return min([self._n_frames, *self._n_positions.values()]) - self._emitted
+
+    def _pop(self, count: int) -> Batch:
+        frames = np.concatenate(self._frames) if len(self._frames) > 1 else self._frames[0]
+        batch_frames, rest = frames[:count], frames[count:]
+        self._frames = [rest] if len(rest) else []
+        positions = {}
+        for motor, chunks in self._positions.items():
+            values = np.concatenate(chunks) if len(chunks) != 1 else chunks[0]
+            positions[motor] = values[:count]
+            self._positions[motor] = [values[count:]] if values.size > count else []
+        batch = Batch(self._emitted, batch_frames, positions)
+        self._emitted += count
+        return batch
+
+    def batches(self, stop_requested=lambda: False) -> Iterator[Batch]:
+        """Yield batches until the scan's streams end (or `stop_requested()` is true)."""
+        while not self._sealed:
+            if stop_requested():
+                return
+            try:
+                views = self._group.read(timeout=self.read_timeout)
+            except EndOfStream:
+                self._sealed = True
+                views = {}
+            self._take_views(views)
+            if self.is_lima:
+                self._read_lima()
+            while self._ready() >= self.batch_size:
+                yield self._pop(self.batch_size)
+            if self._ready() > 0 and not views:
+                # nothing new arrived within the read timeout: don't sit on pending frames
+                yield self._pop(self._ready())
+        while self._ready() > 0:
+            yield self._pop(min(self.batch_size, self._ready()))
+        leftover = {m: n - self._emitted for m, n in self._n_positions.items()}
+        if self._n_frames != self._emitted or any(leftover.values()):
+            logger.warning(
+                "scan %s ended with unpaired points: %d frames, positions %s",
+                self.scan.key, self._n_frames, self._n_positions,
+            )

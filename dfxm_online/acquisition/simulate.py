@@ -1,0 +1,194 @@
+"""Simulated DFXM scans published exactly as a beamline would, from a known crystal model.
+
+Rocking curves (`ascan mu`), mosaicity meshes (`amesh mu chi`, optionally zigzag) and strain
+meshes (`amesh mu ffz`), with an optional dark scan first; frames from
+:class:`~dfxm_online.acquisition.model.CrystalModel`, so tests know the truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+from blissdata.redis_engine.store import DataStore
+
+from .geometry import MotorAxis
+from .model import CrystalModel, scan_positions
+from .publisher import ScanDescription, ScanPublisher, describe_title
+
+logger = logging.getLogger(__name__)
+
+MotorSpec = tuple[str, float, float, int]
+
+DEFAULT_MOTORS: dict[str, list[MotorSpec]] = {
+    "rocking": [("mu", -0.4, 0.4, 41)],
+    "mosaicity": [("mu", -0.4, 0.4, 21), ("chi", -1.5, 1.5, 16)],
+    "strain": [("mu", -0.4, 0.4, 21), ("ffz", -0.3, 0.3, 11)],
+}
+STATIC_POSITIONERS = {"omega": 0.0, "tth": 17.0, "ffz": 0.0, "chi": 0.0, "mu": 0.0, "diffry": 0.0}
+
+
+@dataclass
+class SimulationSpec:
+    """Everything that defines a simulated scan (the `simulate` command's options)."""
+
+    kind: str = "mosaicity"
+    motors: Sequence[MotorSpec] | None = None
+    points: int | None = None  # override the number of points of every default motor
+    frame_shape: tuple[int, int] = (128, 128)
+    frame_rate: float = 0.0  # frames per second; 0 publishes as fast as possible
+    dark_offset: float = 100.0
+    read_noise: float = 2.0
+    background: float = 0.0
+    peak_counts: float = 1000.0
+    noise: bool = True  # Poisson and read noise; False publishes the rounded expectation
+    seed: int = 0
+    zigzag: bool = False
+    image_mode: str | None = "array"
+    frames_per_file: int = 10
+    session: str = "dfxm"
+    detector: str = "pco"
+    scan_dir: Path = Path("scans")
+    dataset: str = "sample_0001"
+    dark_frames: int = 0  # > 0: publish a dark scan of this many frames first
+    number: int | None = None  # scan number; None takes the next free one in the file
+    omit_motor_streams: Sequence[str] = ()
+    wrong_shape_at: int | None = None  # publish a frame of another shape at this index
+    end_reason: str = "SUCCESS"
+    stop_after: int | None = None  # publish only this many points (an aborted scan)
+
+    def motor_specs(self) -> list[MotorSpec]:
+        if self.motors:
+            return [(m[0], float(m[1]), float(m[2]), int(m[3])) for m in self.motors]
+        if self.kind not in DEFAULT_MOTORS:
+            raise ValueError(f"scan kind must be one of {', '.join(DEFAULT_MOTORS)}")
+        specs = DEFAULT_MOTORS[self.kind]
+        if self.points:
+            specs = [(n, a, b, self.points) for n, a, b, _ in specs]
+        return list(specs)
+
+    @property
+    def filename(self) -> Path:
+        return Path(self.scan_dir) / f"{self.dataset}.h5"
+
+
+@dataclass
+class SimulationResult:
+    """What was published: scan keys, the truth model, the positions and the files."""
+
+    model: CrystalModel
+    positions: np.ndarray  # (npoints, M)
+    scan_key: str
+    scan_number: int
+    filename: Path
+    dark_key: str | None = None
+    dark_number: int | None = None
+    frames: list[np.ndarray] = field(default_factory=list)  # kept only with keep_frames
+
+    @property
+    def motors(self) -> list[str]:
+        return [m.name for m in self.model.motors]
+
+
+def next_scan_number(filename: Path) -> int:
+    """1 + the highest `<n>.1` scan number already in a BLISS file (1 for a new file)."""
+    if not Path(filename).exists():
+        return 1
+    with h5py.File(filename, "r") as f:
+        numbers = [int(k.split(".")[0]) for k in f if k.split(".")[0].isdigit()]
+    return max(numbers, default=0) + 1
+
+
+def _pace(t0: float, index: int, rate: float) -> None:
+    if rate > 0:
+        delay = t0 + index / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def make_model(spec: SimulationSpec) -> CrystalModel:
+    axes = [MotorAxis(n, a, b, p) for n, a, b, p in spec.motor_specs()]
+    return CrystalModel.make(
+        spec.frame_shape, axes, seed=spec.seed, peak_counts=spec.peak_counts,
+        background=spec.background, dark_offset=spec.dark_offset, read_noise=spec.read_noise,
+    )
+
+
+def publish_dark(store: DataStore, spec: SimulationSpec, model: CrystalModel, number: int,
+                 rng: np.random.Generator) -> str:
+    """A dark scan (`loopscan`, title 'dark ...'): offset and read noise only."""
+    desc = ScanDescription(
+        session=spec.session, number=number, name="loopscan",
+        title=f"dark loopscan {spec.dark_frames} 0.1", filename=spec.filename,
+        detector=spec.detector, frame_shape=spec.frame_shape, npoints=spec.dark_frames,
+        static_positioners=STATIC_POSITIONERS,
+    )
+    pub = ScanPublisher(store, desc, spec.image_mode or "array", spec.frames_per_file)
+    pub.start()
+    t0 = time.monotonic()
+    for i in range(spec.dark_frames):
+        _pace(t0, i, spec.frame_rate)
+        pub.publish({}, model.dark_frame(rng))
+    pub.finish()
+    return pub.key
+
+
+def simulate(url: str, spec: SimulationSpec, keep_frames: bool = False) -> SimulationResult:
+    """Publish the scan (and its dark scan) described by `spec` to the store at `url`."""
+    store = DataStore(url)
+    model = make_model(spec)
+    rng = np.random.default_rng(spec.seed + 1)
+    number = spec.number or next_scan_number(spec.filename)
+    dark_key = dark_number = None
+    if spec.dark_frames > 0:
+        dark_number = number
+        dark_key = publish_dark(store, spec, model, number, rng)
+        number += 1
+    motors = spec.motor_specs()
+    positions = scan_positions(model.motors, zigzag=spec.zigzag)
+    name = "ascan" if len(motors) == 1 else "amesh"
+    desc = ScanDescription(
+        session=spec.session, number=number, name=name,
+        title=describe_title(name, motors, 0.1, len(positions)), filename=spec.filename,
+        detector=spec.detector, frame_shape=spec.frame_shape, npoints=len(positions),
+        motors=motors, zigzag=spec.zigzag, static_positioners={
+            k: v for k, v in STATIC_POSITIONERS.items() if k not in {m[0] for m in motors}
+        },
+        declared_frame_shape=(-1, -1) if spec.wrong_shape_at is not None else None,
+    )
+    pub = ScanPublisher(store, desc, spec.image_mode, spec.frames_per_file, spec.omit_motor_streams)
+    pub.start()
+    frames = []
+    t0 = time.monotonic()
+    n = len(positions) if spec.stop_after is None else min(spec.stop_after, len(positions))
+    for i in range(n):
+        _pace(t0, i, spec.frame_rate)
+        point = positions[i]
+        if spec.noise:
+            frame = model.frame(point, rng)
+        else:
+            frame = np.rint(model.expected_photons(point) + model.dark_offset).astype(np.uint16)
+        if spec.wrong_shape_at is not None and i >= spec.wrong_shape_at:
+            frame = np.zeros((spec.frame_shape[0] + 1, spec.frame_shape[1]), dtype=np.uint16)
+        if keep_frames:
+            frames.append(frame)
+        pub.publish({m[0]: float(point[j]) for j, m in enumerate(motors)}, frame)
+    pub.finish(spec.end_reason)
+    return SimulationResult(
+        model=model, positions=positions, scan_key=pub.key, scan_number=number,
+        filename=spec.filename, dark_key=dark_key, dark_number=dark_number, frames=frames,
+    )
+
+
+def write_truth(path: str | Path, model: CrystalModel) -> None:
+    """The model's per-pixel truth (centre, FWHM per motor, amplitude) for comparisons."""
+    with h5py.File(path, "w") as f:
+        f["amplitude"] = model.amplitude
+        for i, axis in enumerate(model.motors):
+            f[f"com_{axis.name}"] = model.centre[i]
+            f[f"fwhm_{axis.name}"] = model.fwhm[i]

@@ -1,0 +1,203 @@
+"""`dfxm-online` command line: serve | simulate | replay | process | store | demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+
+logger = logging.getLogger("dfxm_online")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _add_analysis_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--detector", help="detector name (default: the 2D image stream / 3D dataset)")
+    p.add_argument("--motors", nargs="+", metavar="MOTOR", help="motors to use (default: those that move)")
+    p.add_argument("--background", choices=["auto", "dark", "edges", "none"],
+                   help="background before moments (default auto: dark scan if any, else scan edges)")
+    p.add_argument("--edge-fraction", type=float, help="fraction of each motor's range per edge band")
+    p.add_argument("--min-intensity-fraction", type=float, help="NaN below this fraction of bright pixels")
+    p.add_argument("--batch-size", type=int, help="frames per accumulator update")
+
+
+def _analysis_overrides(args: argparse.Namespace) -> dict:
+    return {
+        "detector": args.detector, "motors": args.motors, "background": args.background,
+        "edge_fraction": args.edge_fraction, "min_intensity_fraction": args.min_intensity_fraction,
+        "batch_size": args.batch_size,
+    }
+
+
+def _motor_spec(values: list[str]) -> tuple[str, float, float, int]:
+    name, start, stop, points = values
+    return name, float(start), float(stop), int(points)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dfxm-online", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="follow live scans and publish maps")
+    p.add_argument("--redis", required=True, help="blissdata Redis URL, e.g. redis://host:port")
+    p.add_argument("--output-dir", required=True, type=Path)
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--publish-period", type=float, help="seconds between map rewrites (default 1)")
+    p.add_argument("--metrics-port", type=int, help="port for /metrics and /status (0: off)")
+    p.add_argument("--dark-pattern", help="regex on title/name marking dark scans (default 'dark')")
+    _add_analysis_flags(p)
+
+    p = sub.add_parser("simulate", help="publish a simulated DFXM scan through blissdata")
+    p.add_argument("--redis", required=True)
+    p.add_argument("--kind", choices=["rocking", "mosaicity", "strain"], default="mosaicity")
+    p.add_argument("--motor", action="append", nargs=4, metavar=("NAME", "START", "STOP", "POINTS"),
+                   help="a scanned motor (repeat; the first is the fastest); default per kind")
+    p.add_argument("--points", type=int, help="points per default motor")
+    p.add_argument("--shape", type=int, nargs=2, default=[128, 128], metavar=("H", "W"))
+    p.add_argument("--rate", type=float, default=0.0, help="frames per second (0: as fast as possible)")
+    p.add_argument("--dark-offset", type=float, default=100.0)
+    p.add_argument("--read-noise", type=float, default=2.0)
+    p.add_argument("--background-photons", type=float, default=0.0)
+    p.add_argument("--peak-counts", type=float, default=5000.0)
+    p.add_argument("--no-noise", action="store_true", help="publish the noise-free expectation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--zigzag", action="store_true")
+    p.add_argument("--image-mode", choices=["array", "lima"], default="array")
+    p.add_argument("--frames-per-file", type=int, default=10, help="Lima frames per file")
+    p.add_argument("--dark-frames", type=int, default=0, help="publish a dark scan of N frames first")
+    p.add_argument("--session", default="dfxm")
+    p.add_argument("--detector", default="pco")
+    p.add_argument("--scan-dir", type=Path, default=Path("scans"))
+    p.add_argument("--dataset", default="sample_0001")
+    p.add_argument("--truth", type=Path, help="write the model's truth maps to this HDF5 file")
+
+    p = sub.add_parser("replay", help="publish a recorded BLISS scan through blissdata")
+    p.add_argument("file", type=Path)
+    p.add_argument("--scan", default="1.1")
+    p.add_argument("--redis", required=True)
+    p.add_argument("--rate", type=float, default=0.0, help="frames per second (0: as fast as possible)")
+    p.add_argument("--image-mode", choices=["array", "lima"], default="array")
+    p.add_argument("--session", default="replay")
+    p.add_argument("--scan-dir", type=Path, default=Path("replay-data"))
+    p.add_argument("--detector")
+
+    p = sub.add_parser("process", help="maps of a recorded scan (offline)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--scan", default="1.1")
+    p.add_argument("--dark", help="dark scan as FILE::SCAN (or SCAN in the same file)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--config", type=Path, help="TOML configuration file ([analysis] table)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_analysis_flags(p)
+
+    p = sub.add_parser("store", help="the embedded blissdata store")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--port", type=int)
+    p.add_argument("--state-dir", type=Path, default=Path(".dfxm-store"))
+
+    p = sub.add_parser("demo", help="store + daemon + simulated scan -> maps and a PNG")
+    p.add_argument("--output-dir", type=Path, default=Path("demo-output"))
+    p.add_argument("--shape", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    p.add_argument("--rate", type=float, default=50.0, help="simulated frames per second")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    from .acquisition.geometry import ScanError
+    from .config import ConfigError
+    from .store import StoreError
+
+    try:
+        return _dispatch(args)
+    except (ConfigError, ScanError, StoreError, FileNotFoundError) as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "store":
+        from .store import EmbeddedStore
+
+        store = EmbeddedStore(args.state_dir)
+        if args.action == "start":
+            print(store.start(port=args.port))
+        elif args.action == "stop":
+            print("stopped" if store.stop() else "not running")
+        else:
+            info = store.info()
+            print(json.dumps({"running": info is not None, **({"url": info.url, "pid": info.pid} if info else {})}))
+            return 0 if info else 1
+        return 0
+
+    if args.command == "serve":
+        from .config import load_config
+        from .daemon import Daemon
+
+        config = load_config(
+            args.config, publish_period=args.publish_period, metrics_port=args.metrics_port,
+            dark_pattern=args.dark_pattern, **_analysis_overrides(args),
+        )
+        Daemon(args.redis, args.output_dir, config).run()
+        return 0
+
+    if args.command == "simulate":
+        from .acquisition.simulate import SimulationSpec, simulate, write_truth
+
+        spec = SimulationSpec(
+            kind=args.kind, motors=[_motor_spec(m) for m in args.motor] if args.motor else None,
+            points=args.points, frame_shape=tuple(args.shape), frame_rate=args.rate,
+            dark_offset=args.dark_offset, read_noise=args.read_noise,
+            background=args.background_photons, peak_counts=args.peak_counts,
+            noise=not args.no_noise, seed=args.seed, zigzag=args.zigzag,
+            image_mode=args.image_mode, frames_per_file=args.frames_per_file,
+            session=args.session, detector=args.detector, scan_dir=args.scan_dir,
+            dataset=args.dataset, dark_frames=args.dark_frames,
+        )
+        result = simulate(args.redis, spec)
+        if args.truth:
+            write_truth(args.truth, result.model)
+        print(json.dumps({"scan_key": result.scan_key, "scan": f"{result.scan_number}.1",
+                          "file": str(result.filename), "dark_key": result.dark_key}))
+        return 0
+
+    if args.command == "replay":
+        from .acquisition.replay import replay
+
+        key = replay(args.redis, args.file, args.scan, args.rate, args.image_mode, args.session,
+                     args.scan_dir, args.detector)
+        print(key)
+        return 0
+
+    if args.command == "process":
+        from .config import load_config
+        from .offline import process_to_file
+
+        config = load_config(args.config, **_analysis_overrides(args))
+        out = process_to_file(args.file, args.output, args.scan, config.analysis, args.dark,
+                              progress=not args.no_progress)
+        print(out)
+        return 0
+
+    if args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(args.output_dir, tuple(args.shape), args.rate)
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

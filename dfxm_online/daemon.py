@@ -1,0 +1,391 @@
+"""The daemon: follow live scans, run one pipeline per scan, publish maps, never stop serving.
+
+Lifecycle: a listener thread follows new scans in the data store (and picks up the ones
+already running when it starts); each scan gets a :class:`ScanWorker` thread that reads its
+frames and positions, updates the accumulators, rewrites the maps file every
+`publish_period` seconds and once more at scan end. Any error in one scan marks that scan
+failed (one log line, `state=failed` and `reason` in its file and in /status) and never
+stops the daemon. If the store goes away the listener logs it, retries with backoff, and
+resumes where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import redis
+from blissdata.exceptions import NoScanAvailable
+from blissdata.redis_engine.scan import ScanState
+from blissdata.redis_engine.store import DataStore
+
+from .acquisition.frames import LiveFrameSource
+from .acquisition.geometry import (
+    ScanError,
+    ScanGeometry,
+    geometry_from_scan_info,
+    select_image_stream,
+)
+from .config import DaemonConfig
+from .maps import default_map
+from .online.accumulators.background import RunningMean
+from .online.pipeline import ScanPipeline
+from .publish.metrics import Metrics, serve_http
+from .publish.nexus import ProcessInfo, maps_path, write_maps_file
+
+logger = logging.getLogger(__name__)
+
+#: finished scans kept in /status
+STATUS_HISTORY = 200
+
+
+@dataclass
+class ScanStatus:
+    """What /status says about one scan."""
+
+    key: str
+    session: str
+    name: str
+    number: int
+    path: str
+    state: str = "running"
+    reason: str = ""
+    frames_processed: int = 0
+    frames_expected: int = 0
+    dark: bool = False
+    started: float = field(default_factory=time.time)
+
+
+class DarkRegistry:
+    """Mean dark images of the dark scans seen, per session, for the scans that follow."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._darks: dict[str, list[tuple[int, RunningMean]]] = {}
+
+    def add(self, session: str, number: int, image: RunningMean) -> None:
+        with self._lock:
+            self._darks.setdefault(session, []).append((number, image))
+            self._darks[session].sort(key=lambda item: item[0])
+
+    def latest_before(self, session: str, number: int) -> RunningMean | None:
+        """The dark of the latest dark scan of `session` numbered below `number`."""
+        with self._lock:
+            found = [img for n, img in self._darks.get(session, []) if n < number]
+        return found[-1] if found else None
+
+
+class ScanWorker(threading.Thread):
+    """Processes one scan from its first frame to its final maps file."""
+
+    def __init__(self, daemon: Daemon, key: str) -> None:
+        super().__init__(name=f"scan-{key[-8:]}", daemon=True)
+        self.d = daemon
+        self.key = key
+        self.status: ScanStatus | None = None
+        self.pipeline: ScanPipeline | None = None
+        self.dark_mean: RunningMean | None = None
+        self.dark_shape: tuple[int, ...] = ()
+        self.geometry: ScanGeometry | None = None
+        self._last_publish = 0.0
+        self._oldest_unpublished: float | None = None
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _stop_requested(self) -> bool:
+        return self.d.stop_event.is_set()
+
+    def _maps(self) -> dict[str, np.ndarray]:
+        if self.pipeline is not None and self.pipeline.frames_processed:
+            session = self.status.session if self.status else ""
+            if self.pipeline.dark is None:
+                dark = self.d.darks.latest_before(session, self.status.number if self.status else 0)
+                if dark is not None and dark.total.size == self.pipeline.moments.n_pixels:
+                    self.pipeline.set_dark(dark)
+            return self.pipeline.snapshot()
+        if self.dark_mean is not None and self.dark_mean.count:
+            return {"dark": self.dark_mean.snapshot().reshape(self.dark_shape)}
+        return {}
+
+    def publish(self, state: str = "running", reason: str = "") -> None:
+        """Rewrite this scan's maps file; a failed write is logged and retried next time."""
+        st = self.status
+        assert st is not None
+        t0 = time.perf_counter()
+        try:
+            maps = self._maps() if state != "failed" or self.pipeline is not None else {}
+        except ScanError as exc:
+            maps, state, reason = {}, "failed", str(exc)
+        except Exception as exc:  # snapshot problems must not lose the scan's status
+            maps, state, reason = {}, "failed", f"maps could not be computed: {exc}"
+        frames = self.pipeline.frames_processed if self.pipeline else (self.dark_mean.count if self.dark_mean else 0)
+        info = ProcessInfo(
+            state=state, reason=reason, frames_processed=frames,
+            frames_expected=st.frames_expected, scan_key=self.key, config=self.d.config.to_json(),
+        )
+        default = default_map(self.geometry.motor_names) if self.geometry else ("dark" if st.dark else None)
+        try:
+            write_maps_file(st.path, maps, info, default, self.geometry.title if self.geometry else "")
+        except OSError as exc:
+            self.d.metrics.publish_errors.inc()
+            logger.error("scan %s: cannot write %s: %s", self.key, st.path, exc)
+            if state != "running":
+                st.reason = f"maps file could not be written: {exc}"
+                st.state = "failed"
+            return
+        finally:
+            self.d.metrics.publish_seconds.observe(time.perf_counter() - t0)
+        self._last_publish = time.monotonic()
+        if self._oldest_unpublished is not None:
+            self.d.metrics.latency_seconds.observe(time.monotonic() - self._oldest_unpublished)
+            self._oldest_unpublished = None
+        st.state, st.reason, st.frames_processed = state, reason, frames
+
+    # -- the scan --------------------------------------------------------------------------
+    def run(self) -> None:
+        self.d.metrics.active.inc()
+        try:
+            self._run()
+        finally:
+            self.d.metrics.active.dec()
+            if self.status is not None:
+                self.d.metrics.scans.labels(self.status.state).inc()
+
+    def _run(self) -> None:
+        try:
+            scan = self.d.store.load_scan(self.key)
+        except Exception as exc:
+            logger.error("scan %s cannot be loaded: %s", self.key, exc)
+            return
+        session = getattr(scan, "session", None) or "no_session"
+        path = maps_path(self.d.output_dir, session, scan.name, scan.number)
+        self.status = ScanStatus(self.key, session, scan.name, int(scan.number), str(path))
+        self.d.register(self.status)
+        try:
+            self._process(scan)
+        except ScanError as exc:
+            self._fail(str(exc))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.d.metrics.store_errors.inc()
+            self._fail(f"data store unreachable: {exc}")
+        except Exception as exc:
+            logger.debug("scan %s traceback", self.key, exc_info=True)
+            self._fail(f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, reason: str) -> None:
+        reason = " ".join(reason.split())  # one line
+        logger.error("scan %s (%s #%s) failed: %s", self.key, self.status.name, self.status.number, reason)
+        self.publish("failed", reason)
+        self.status.state, self.status.reason = "failed", reason
+
+    def _wait_prepared(self, scan) -> None:
+        while scan.state < ScanState.PREPARED:
+            if self._stop_requested():
+                raise ScanError("daemon stopped before the scan was prepared")
+            scan.update(timeout=1.0)
+
+    def _process(self, scan) -> None:
+        self._wait_prepared(scan)
+        info = scan.info
+        st = self.status
+        st.frames_expected = int(info.get("npoints") or 0)
+        streams = {
+            name: (tuple(stream.shape) if getattr(stream, "kind", None) == "array" else None)
+            for name, stream in scan.streams.items()
+        }
+        config = self.d.config
+        label = f"{info.get('title', '')} {scan.name}"
+        if re.search(config.dark_pattern, label, re.IGNORECASE):
+            st.dark = True
+            image = select_image_stream(streams, config.analysis.detector)
+            geometry = ScanGeometry(
+                motors=(), npoints=st.frames_expected, detector=image.split(":")[0],
+                scan_type=str(info.get("type", "")), title=str(info.get("title", "")),
+                image_stream=image, frame_shape=streams[image],
+            )
+        else:
+            geometry = geometry_from_scan_info(
+                info, streams, config.analysis.detector, config.analysis.motors
+            )
+            self.geometry = geometry
+        logger.info(
+            "scan %s (%s #%s, %s): detector %s, motors %s, %d points%s",
+            self.key, scan.name, scan.number, geometry.title, geometry.detector,
+            geometry.motor_names, st.frames_expected, " [dark]" if st.dark else "",
+        )
+        source = LiveFrameSource(scan, geometry, config.analysis.batch_size, config.read_timeout)
+        self.publish("running")
+        for batch in source.batches(self._stop_requested):
+            t0 = time.perf_counter()
+            if self._oldest_unpublished is None:
+                self._oldest_unpublished = time.monotonic()
+            if st.dark:
+                if self.dark_mean is None:
+                    self.dark_shape = tuple(batch.frames.shape[1:])
+                    self.dark_mean = RunningMean(batch.frames[0].size)
+                self.dark_mean.update(batch.frames)
+            else:
+                if self.pipeline is None:
+                    shape = tuple(batch.frames.shape[1:])
+                    dark = self.d.darks.latest_before(st.session, st.number)
+                    if dark is not None and dark.total.size != shape[0] * shape[1]:
+                        logger.warning("scan %s: the session's dark has another frame size; not used", self.key)
+                        dark = None
+                    self.pipeline = ScanPipeline(geometry, shape, config.analysis, dark)
+                self.pipeline.update(batch.frames, batch.positions)
+            self.d.metrics.frames.inc(batch.frames.shape[0])
+            self.d.metrics.batch_seconds.observe(time.perf_counter() - t0)
+            st.frames_processed += batch.frames.shape[0]
+            if time.monotonic() - self._last_publish >= config.publish_period:
+                self.publish("running")
+        if self._stop_requested():
+            self.publish("aborted", "daemon stopped during the scan")
+            return
+        end_reason = self._end_reason(scan)
+        if st.dark and self.dark_mean is not None and self.dark_mean.count:
+            self.d.darks.add(st.session, st.number, self.dark_mean)
+        processed = st.frames_processed
+        if processed == 0:
+            raise ScanError(f"scan ended ({end_reason}) without any complete point")
+        if end_reason == "SUCCESS" and (st.frames_expected in (0, processed)):
+            self.publish("complete")
+        else:
+            self.publish("aborted", f"scan ended with {end_reason} after {processed} of {st.frames_expected} points")
+        logger.info("scan %s done: %s, %d frames", self.key, self.status.state, processed)
+
+    def _end_reason(self, scan, timeout: float = 5.0) -> str:
+        """The scan's end_reason (set at CLOSED, shortly after its streams are sealed)."""
+        deadline = time.monotonic() + timeout
+        while scan.state < ScanState.CLOSED and time.monotonic() < deadline:
+            scan.update(timeout=0.5)
+        return str(scan.info.get("end_reason", "UNKNOWN" if scan.state < ScanState.CLOSED else "SUCCESS"))
+
+
+class Daemon:
+    """Follows the store at `redis_url` and writes maps under `output_dir`."""
+
+    def __init__(self, redis_url: str, output_dir: str | Path, config: DaemonConfig | None = None) -> None:
+        self.redis_url = redis_url
+        self.output_dir = Path(output_dir)
+        self.config = config or DaemonConfig()
+        self.config.validate()
+        self.metrics = Metrics()
+        self.darks = DarkRegistry()
+        self.stop_event = threading.Event()
+        self.workers: dict[str, ScanWorker] = {}
+        self._status: OrderedDict[str, ScanStatus] = OrderedDict()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._http = None
+        self.store: DataStore | None = None
+        self.ready = threading.Event()  # set once the listener follows the store
+
+    # -- status ----------------------------------------------------------------------------
+    def register(self, status: ScanStatus) -> None:
+        with self._lock:
+            self._status[status.key] = status
+            while len(self._status) > STATUS_HISTORY:
+                oldest = next(iter(self._status))
+                if self._status[oldest].state == "running":
+                    break
+                self._status.popitem(last=False)
+
+    def status(self) -> dict:
+        with self._lock:
+            scans = {k: vars(v).copy() for k, v in self._status.items()}
+        return {"redis_url": self.redis_url, "output_dir": str(self.output_dir),
+                "store_connected": self.ready.is_set(), "scans": scans}
+
+    def scan_status(self, key: str) -> ScanStatus | None:
+        with self._lock:
+            return self._status.get(key)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> Daemon:
+        """Run the listener in a background thread (tests, demo); see also `run`."""
+        if self.config.metrics_port:
+            self._http = serve_http(self.config.metrics_port, self.metrics, self.status)
+        self._thread = threading.Thread(target=self._listen, name="dfxm-listener", daemon=True)
+        self._thread.start()
+        return self
+
+    def run(self) -> None:
+        """Run in the foreground until `stop()` (or KeyboardInterrupt)."""
+        self.start()
+        try:
+            while not self.stop_event.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            logger.info("interrupted")
+        finally:
+            self.stop()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for worker in list(self.workers.values()):
+            worker.join(timeout)
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until every started scan worker has finished (tests, demo)."""
+        deadline = time.monotonic() + timeout
+        for worker in list(self.workers.values()):
+            worker.join(max(0.0, deadline - time.monotonic()))
+        return all(not w.is_alive() for w in self.workers.values())
+
+    def _spawn(self, key: str) -> None:
+        if key in self.workers or self.stop_event.is_set():
+            return
+        worker = ScanWorker(self, key)
+        self.workers[key] = worker
+        worker.start()
+
+    def _connect(self) -> str:
+        """Connect to the store and start the scans already running; returns the cursor."""
+        self.store = DataStore(self.redis_url)
+        since, keys = self.store.search_existing_scans()
+        states = self.store.get_scans_state(keys) if keys else {}
+        running = [k for k, s in states.items() if s < ScanState.CLOSED]
+        for key in running:
+            logger.info("scan %s was already running: processing it from its first point", key)
+            self._spawn(key)
+        return since
+
+    def _listen(self) -> None:
+        backoff = 0.5
+        since: str | None = None
+        while not self.stop_event.is_set():
+            try:
+                if since is None:
+                    since = self._connect()
+                    logger.info("following scans on %s (output in %s)", self.redis_url, self.output_dir)
+                try:
+                    since, key = self.store.get_next_scan(since=since, timeout=0.5)
+                except NoScanAvailable:
+                    key = None
+                if not self.ready.is_set():
+                    self.ready.set()
+                    backoff = 0.5
+                if key is not None:
+                    self._spawn(key)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self.metrics.store_errors.inc()
+                if self.ready.is_set():
+                    logger.error("data store %s unreachable: %s; retrying", self.redis_url, exc)
+                self.ready.clear()
+                # keep the same cursor: no scan is missed once the store is back
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except Exception:
+                logger.exception("listener error; continuing")
+                self.stop_event.wait(1.0)
