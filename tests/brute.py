@@ -9,7 +9,10 @@ import numpy as np
 from dfxm_online.acquisition.geometry import MotorAxis
 
 
-def edge_baseline(stack: np.ndarray, positions: np.ndarray, axes: Sequence[MotorAxis], fraction: float) -> np.ndarray:
+def edge_baseline(
+    stack: np.ndarray, positions: np.ndarray, axes: Sequence[MotorAxis], fraction: float = 0.2,
+    dark_stack: np.ndarray | None = None,
+) -> np.ndarray:
     """Pooled mean of the edge-band frame groups that agree with the lowest one (3 sigma)."""
     groups = []
     for m, ax in enumerate(axes):
@@ -17,6 +20,8 @@ def edge_baseline(stack: np.ndarray, positions: np.ndarray, axes: Sequence[Motor
         for sel in (t <= fraction + 1e-9, t >= 1 - fraction - 1e-9):
             if sel.any():
                 groups.append(stack[sel].astype(np.float64))
+    if dark_stack is not None:
+        groups.append(dark_stack.astype(np.float64))
     means = np.array([g.mean(axis=0) for g in groups])
     stds = np.array([g.std(axis=0) for g in groups])
     counts = np.array([len(g) for g in groups], dtype=float).reshape(-1, 1, 1)

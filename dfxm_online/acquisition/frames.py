@@ -59,8 +59,8 @@ def read_lima_frames(stream, start: int, stop: int) -> np.ndarray:
         j = i
         while j + 1 < len(refs) and refs[j + 1].file_path == ref.file_path and refs[j + 1].index == refs[j].index + 1:
             j += 1
-        if not ref.file_format.lower().startswith("hdf5"):
-            raise ScanError(f"Lima file format {ref.file_format} is not supported (HDF5 only)")
+        if not ref.format.lower().startswith("hdf5"):
+            raise ScanError(f"Lima file format {ref.format} is not supported (HDF5 only)")
         with h5py.File(ref.file_path, "r") as f:
             out.append(f[ref.data_path][ref.index : refs[j].index + 1])
         i = j + 1
@@ -106,8 +106,9 @@ class LiveFrameSource:
                             "frames were trimmed from Redis before the daemon read them "
                             "(daemon lagging behind the memory tracker)"
                         ) from None
-                    self._check_shape(np.asarray(data), view.index)
-                    self._frames.append(np.asarray(data))
+                    # free-shape streams decode to a list of arrays: check each frame first
+                    self._check_shape(data, view.index)
+                    self._frames.append(np.stack(data) if isinstance(data, list) else np.asarray(data))
                     self._n_frames += len(data)
                 continue
             for motor, mstream in self.motor_streams.items():
@@ -124,11 +125,11 @@ class LiveFrameSource:
             self._frames.append(frames)
             self._n_frames += frames.shape[0]
 
-    def _check_shape(self, frames: np.ndarray, first_index: int) -> None:
-        if frames.ndim != 3:
-            raise ScanError(f"frame {first_index} is not a 2D image (shape {frames.shape[1:]})")
+    def _check_shape(self, frames, first_index: int) -> None:
         for k, frame in enumerate(frames):
-            shape = tuple(frame.shape)
+            shape = tuple(np.shape(frame))
+            if len(shape) != 2:
+                raise ScanError(f"frame {first_index + k} is not a 2D image (shape {shape})")
             if self.frame_shape is None:
                 self.frame_shape = shape  # type: ignore[assignment]
             elif shape != self.frame_shape:

@@ -1,0 +1,55 @@
+"""Fixtures: a real embedded blissdata store (valkey + RedisJSON + RediSearch) and daemons."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dfxm_online.config import DaemonConfig
+from dfxm_online.daemon import Daemon, ScanStatus
+from dfxm_online.store import EmbeddedStore
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory) -> Iterator[EmbeddedStore]:
+    """One store for the whole test session, started by the project itself, stopped after."""
+    s = EmbeddedStore(tmp_path_factory.mktemp("store"))
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def redis_url(store: EmbeddedStore) -> str:
+    return store.url
+
+
+@pytest.fixture()
+def make_daemon(redis_url, tmp_path):
+    """Start daemons on the test store; all are stopped at the end of the test."""
+    started: list[Daemon] = []
+
+    def make(config: DaemonConfig | None = None, output_dir=None) -> Daemon:
+        daemon = Daemon(redis_url, output_dir or tmp_path / "maps", config or DaemonConfig(publish_period=0.2))
+        daemon.start()
+        assert daemon.ready.wait(10), "daemon did not connect to the store"
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+
+
+def wait_done(daemon: Daemon, key: str, timeout: float = 60.0) -> ScanStatus:
+    """Wait until the daemon has finished the scan `key` (any final state)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = daemon.scan_status(key)
+        worker = daemon.workers.get(key)
+        if status is not None and worker is not None and not worker.is_alive():
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"scan {key} not finished within {timeout} s: {daemon.scan_status(key)}")

@@ -1,0 +1,248 @@
+"""End to end on the real store: simulator -> blissdata -> daemon -> NeXus maps."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+import silx.io
+
+from dfxm_online.acquisition.geometry import MotorAxis
+from dfxm_online.acquisition.simulate import SimulationSpec, simulate
+from dfxm_online.config import DaemonConfig
+from dfxm_online.maps import signal_mask
+from dfxm_online.publish.nexus import read_maps_file
+
+from . import brute
+from .conftest import wait_done
+
+SHAPE = (40, 36)
+
+
+def spec_for(tmp_path, **kw) -> SimulationSpec:
+    kw.setdefault("frame_shape", SHAPE)
+    kw.setdefault("scan_dir", tmp_path / "scans")
+    kw.setdefault("peak_counts", 5000.0)
+    return SimulationSpec(**kw)
+
+
+def reference_maps(result, dark_frames=None) -> dict[str, np.ndarray]:
+    """Brute force over the whole published stack, with the daemon's default background."""
+    stack = np.stack(result.frames)
+    axes = list(result.model.motors)
+    offset = brute.edge_baseline(stack, result.positions, axes, 0.2, dark_frames)
+    ref = brute.moments(stack, result.positions, offset)
+    maps = {"intensity": ref["intensity"]}
+    for i, ax in enumerate(axes):
+        maps[f"com_{ax.name}"] = ref[f"mean{i}"]
+        maps[f"fwhm_{ax.name}"] = 2.3548200450309493 * np.sqrt(ref[f"var{i}"])
+        maps[f"skewness_{ax.name}"] = ref[f"skew{i}"]
+        maps[f"kurtosis_{ax.name}"] = ref[f"kurt{i}"]
+    for a in range(len(axes)):
+        for b in range(a + 1, len(axes)):
+            maps[f"cov_{axes[a].name}_{axes[b].name}"] = ref[f"cov{a}{b}"]
+    return maps
+
+
+def assert_maps_match(maps, ref, valid):
+    assert set(ref) <= set(maps), f"missing maps: {set(ref) - set(maps)}"
+    for name, expected in ref.items():
+        ours = maps[name].astype(np.float64)
+        scale = np.nanmax(np.abs(expected[valid])) or 1.0
+        np.testing.assert_allclose(ours[valid], expected[valid], rtol=2e-5, atol=2e-6 * scale, err_msg=name)
+        if name != "intensity":
+            assert np.isnan(ours[~valid]).all(), f"{name}: pixels without signal must be NaN"
+
+
+def assert_near_truth(maps, model):
+    inside = (model.amplitude > 0.5 * model.amplitude.max()) & np.isfinite(maps[f"com_{model.motors[0].name}"])
+    assert inside.sum() > 0.3 * model.amplitude.size
+    for i, ax in enumerate(model.motors):
+        com_err = (maps[f"com_{ax.name}"] - model.centre[i])[inside] / ax.scale
+        fwhm_rel = (maps[f"fwhm_{ax.name}"] / model.fwhm[i] - 1)[inside]
+        assert abs(np.median(com_err)) < 0.02, ax.name
+        assert np.median(np.abs(com_err)) < 0.1, ax.name
+        assert abs(np.nanmedian(fwhm_rel)) < 0.02, ax.name
+        assert np.nanmedian(np.abs(fwhm_rel)) < 0.06, ax.name
+
+
+@pytest.mark.parametrize("image_mode", ["array", "lima"])
+@pytest.mark.parametrize("kind", ["rocking", "mosaicity"])
+def test_serve_matches_brute_force_and_truth(make_daemon, redis_url, tmp_path, kind, image_mode):
+    daemon = make_daemon()
+    result = simulate(redis_url, spec_for(tmp_path, kind=kind, image_mode=image_mode, seed=4), keep_frames=True)
+    status = wait_done(daemon, result.scan_key)
+    assert status.state == "complete", status.reason
+    maps, process = read_maps_file(status.path)
+    assert process["state"] == "complete"
+    assert process["frames_processed"] == process["frames_expected"] == len(result.positions)
+    assert process["scan_key"] == result.scan_key
+    ref = reference_maps(result)
+    valid = signal_mask(ref["intensity"], 0.05) & (np.stack([ref[k] for k in ref if k.startswith("fwhm")]) > 0).all(0)
+    assert_maps_match(maps, ref, valid)
+    assert_near_truth(maps, result.model)
+    with h5py.File(status.path) as f:  # NeXus structure a silx viewer relies on
+        assert f["entry"].attrs["NX_class"] == "NXentry"
+        assert f["entry"].attrs["default"] == "maps"
+        assert f["entry/maps"].attrs["default"] == "com_mu"
+        assert f["entry/maps/com_mu"].attrs["signal"] == "com_mu"
+        assert f["entry/process"].attrs["NX_class"] == "NXprocess"
+
+
+def test_zigzag_mesh_and_dark_scan(make_daemon, redis_url, tmp_path):
+    daemon = make_daemon()
+    spec = spec_for(tmp_path, kind="mosaicity", zigzag=True, dark_frames=12, seed=9, session="zz")
+    result = simulate(redis_url, spec, keep_frames=True)
+    dark_status = wait_done(daemon, result.dark_key)
+    assert dark_status.state == "complete" and dark_status.dark
+    dark_maps, _ = read_maps_file(dark_status.path)
+    status = wait_done(daemon, result.scan_key)
+    assert status.state == "complete", status.reason
+    # the zigzag really reversed the fast motor on odd lines
+    assert result.positions[21, 0] == pytest.approx(0.4) and result.positions[20, 0] == pytest.approx(0.4)
+    with h5py.File(result.filename) as f:
+        dark_stack = f[f"{result.dark_number}.1/measurement/pco"][()]
+    np.testing.assert_allclose(dark_maps["dark"], dark_stack.mean(axis=0), rtol=1e-6)
+    maps, _ = read_maps_file(status.path)
+    ref = reference_maps(result, dark_frames=dark_stack)
+    valid = signal_mask(ref["intensity"], 0.05) & (ref["fwhm_chi"] > 0) & (ref["fwhm_mu"] > 0)
+    assert_maps_match(maps, ref, valid)
+    assert_near_truth(maps, result.model)
+
+
+def test_replay_gives_the_same_maps_as_process(make_daemon, redis_url, tmp_path):
+    from dfxm_online.acquisition.replay import replay
+    from dfxm_online.offline import process_to_file
+
+    recorded = simulate(redis_url, spec_for(tmp_path, kind="strain", seed=2, session="rec"))
+    offline = process_to_file(recorded.filename, tmp_path / "offline.h5", f"{recorded.scan_number}.1", progress=False)
+    daemon = make_daemon()
+    key = replay(redis_url, recorded.filename, f"{recorded.scan_number}.1", scan_dir=tmp_path / "replayed")
+    status = wait_done(daemon, key)
+    assert status.state == "complete", status.reason
+    live, _ = read_maps_file(status.path)
+    ref, process = read_maps_file(offline)
+    assert process["state"] == "complete"
+    assert set(live) == set(ref) and "cov_mu_ffz" in live
+    for name in ref:
+        np.testing.assert_allclose(live[name], ref[name], rtol=1e-6, atol=1e-7, equal_nan=True, err_msg=name)
+
+
+def test_two_scans_at_once_and_a_scan_started_before_the_daemon(make_daemon, redis_url, tmp_path):
+    results = {}
+
+    def run(name, **kw):
+        results[name] = simulate(redis_url, spec_for(tmp_path / name, session=name, **kw), keep_frames=True)
+
+    early = threading.Thread(target=run, args=("early",), kwargs={"kind": "rocking", "frame_rate": 40, "seed": 1})
+    early.start()
+    time.sleep(0.6)  # the first scan is running before the daemon starts
+    daemon = make_daemon()
+    other = threading.Thread(target=run, args=("other",), kwargs={"kind": "rocking", "frame_rate": 60, "seed": 2, "points": 31})
+    other.start()
+    early.join()
+    other.join()
+    for name, result in results.items():
+        status = wait_done(daemon, result.scan_key)
+        assert status.state == "complete", (name, status.reason)
+        maps, process = read_maps_file(status.path)
+        assert process["frames_processed"] == len(result.positions)
+        ref = reference_maps(result)
+        valid = signal_mask(ref["intensity"], 0.05) & (ref["fwhm_mu"] > 0)
+        assert_maps_match(maps, ref, valid)
+    assert results["early"].scan_key != results["other"].scan_key
+
+
+def test_maps_file_is_readable_while_being_rewritten(make_daemon, redis_url, tmp_path):
+    daemon = make_daemon(DaemonConfig(publish_period=0.02))
+    errors, reads = [], []
+    stop = threading.Event()
+    spec = spec_for(tmp_path, kind="rocking", frame_rate=60, points=61, session="reader")
+    path = tmp_path / "maps" / "reader" / "ascan_1.h5"
+
+    def reader():
+        while not stop.is_set():
+            if not path.exists():
+                time.sleep(0.005)
+                continue
+            try:
+                with h5py.File(path, "r") as f:
+                    state = f["entry/process/state"][()]
+                    _ = [f[f"entry/maps/{m}/{m}"][()] for m in f["entry/maps"]]
+                with silx.io.open(str(path)) as f:
+                    _ = f["entry/process/frames_processed"][()]
+                reads.append(state)
+            except Exception as exc:  # any error is a torn file
+                errors.append(repr(exc))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    result = simulate(redis_url, spec)
+    status = wait_done(daemon, result.scan_key)
+    stop.set()
+    thread.join()
+    assert status.state == "complete"
+    assert errors == []
+    assert len(reads) > 20 and reads[0] == b"running" and reads[-1] == b"complete"
+    assert not list(path.parent.glob(".*.tmp")), "temporary files left behind"
+
+
+@pytest.mark.parametrize(
+    "fault, expected",
+    [
+        ({"image_mode": None}, "no 2D image stream"),
+        ({"omit_motor_streams": ["chi"]}, "motor stream axis:chi missing"),
+        ({"wrong_shape_at": 30}, "frame 30 has shape (41, 36), expected (40, 36)"),
+    ],
+)
+def test_bad_scans_are_reported_and_the_daemon_keeps_serving(make_daemon, redis_url, tmp_path, caplog, fault, expected):
+    daemon = make_daemon()
+    with caplog.at_level(logging.ERROR, logger="dfxm_online"):
+        bad = simulate(redis_url, spec_for(tmp_path / "bad", kind="mosaicity", points=6, session="bad", **fault))
+        status = wait_done(daemon, bad.scan_key)
+    assert status.state == "failed"
+    assert expected in status.reason
+    _, process = read_maps_file(status.path)
+    assert process["state"] == "failed" and expected in process["reason"]
+    lines = [r.getMessage() for r in caplog.records if bad.scan_key in r.getMessage()]
+    assert len(lines) == 1 and "failed" in lines[0] and "\n" not in lines[0]
+    good = simulate(redis_url, spec_for(tmp_path / "good", kind="rocking", points=11, session="good"))
+    assert wait_done(daemon, good.scan_key).state == "complete"
+
+
+def test_aborted_scan_keeps_its_partial_maps(make_daemon, redis_url, tmp_path):
+    daemon = make_daemon()
+    result = simulate(redis_url, spec_for(tmp_path, kind="rocking", stop_after=25, end_reason="USER_ABORT", session="ab"))
+    status = wait_done(daemon, result.scan_key)
+    assert status.state == "aborted" and "USER_ABORT" in status.reason
+    maps, process = read_maps_file(status.path)
+    assert process["frames_processed"] == 25 and process["frames_expected"] == 41
+    assert np.isfinite(maps["com_mu"]).any()
+
+
+def test_metrics_and_status_endpoints(make_daemon, redis_url, tmp_path):
+    import json
+    import urllib.request
+
+    from dfxm_online.store import free_port
+
+    port = free_port()
+    daemon = make_daemon(DaemonConfig(publish_period=0.2, metrics_port=port))
+    result = simulate(redis_url, spec_for(tmp_path, kind="rocking", points=11, session="met"))
+    wait_done(daemon, result.scan_key)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    assert "dfxm_frames_processed_total 11.0" in text
+    assert 'dfxm_scans_total{state="complete"} 1.0' in text
+    status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status").read())
+    assert status["scans"][result.scan_key]["state"] == "complete"
+    assert status["store_connected"] is True
+
+
+def test_model_axes_are_what_the_simulator_published(tmp_path):
+    spec = spec_for(tmp_path, kind="strain", points=5)
+    assert [m[0] for m in spec.motor_specs()] == ["mu", "ffz"]
+    assert all(isinstance(MotorAxis(*m), MotorAxis) for m in spec.motor_specs())
