@@ -42,6 +42,8 @@ class AnalysisConfig:
     min_intensity_fraction: float = 0.05
     #: frames per accumulator update (one matrix product per batch)
     batch_size: int = 16
+    #: seconds a complete point may wait for its batch to fill (latency budget)
+    batch_delay: float = 0.1
 
     def validate(self) -> None:
         if self.background not in BACKGROUND_MODES:
@@ -54,6 +56,8 @@ class AnalysisConfig:
             raise ConfigError("analysis.min_intensity_fraction must be in [0, 1)")
         if self.batch_size < 1:
             raise ConfigError("analysis.batch_size must be >= 1")
+        if self.batch_delay < 0:
+            raise ConfigError("analysis.batch_delay must be >= 0 seconds")
         if self.motors is not None and not 1 <= len(self.motors) <= 3:
             raise ConfigError("analysis.motors must name 1 to 3 motors")
 

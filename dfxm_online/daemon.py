@@ -218,7 +218,8 @@ class ScanWorker(threading.Thread):
             self.key, scan.name, scan.number, geometry.title, geometry.detector,
             geometry.motor_names, st.frames_expected, " [dark]" if st.dark else "",
         )
-        source = LiveFrameSource(scan, geometry, config.analysis.batch_size, config.read_timeout)
+        source = LiveFrameSource(scan, geometry, config.analysis.batch_size, config.read_timeout,
+                                 config.analysis.batch_delay)
         self.publish("running")
         for batch in source.batches(self._stop_requested):
             t0 = time.perf_counter()

@@ -15,6 +15,7 @@ need Tango, which this service does not use.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -70,11 +71,14 @@ def read_lima_frames(stream, start: int, stop: int) -> np.ndarray:
 class LiveFrameSource:
     """Batches of a live scan's frames and positions, in acquisition order."""
 
-    def __init__(self, scan, geometry: ScanGeometry, batch_size: int = 16, read_timeout: float = 0.2) -> None:
+    def __init__(self, scan, geometry: ScanGeometry, batch_size: int = 16, read_timeout: float = 0.2,
+                 max_delay: float = 0.1) -> None:
         self.scan = scan
         self.geometry = geometry
         self.batch_size = batch_size
-        self.read_timeout = read_timeout
+        self.read_timeout = min(read_timeout, max_delay) if max_delay > 0 else read_timeout
+        self.max_delay = max_delay
+        self._pending_since: float | None = None
         streams = scan.streams
         self.image = streams[geometry.image_stream]
         self.is_lima = getattr(self.image, "plugin", None) == "lima"
@@ -140,6 +144,10 @@ class LiveFrameSource:
     def _ready(self) -> int:
         return min([self._n_frames, *self._n_positions.values()]) - self._emitted
 
+    def _drain(self) -> Iterator[Batch]:
+        while self._ready() > 0:
+            yield self._pop(min(self.batch_size, self._ready()))
+
     def _pop(self, count: int) -> Batch:
         frames = np.concatenate(self._frames) if len(self._frames) > 1 else self._frames[0]
         batch_frames, rest = frames[:count], frames[count:]
@@ -151,28 +159,41 @@ class LiveFrameSource:
             self._positions[motor] = [values[count:]] if values.size > count else []
         batch = Batch(self._emitted, batch_frames, positions)
         self._emitted += count
+        self._pending_since = None
         return batch
 
     def batches(self, stop_requested=lambda: False) -> Iterator[Batch]:
-        """Yield batches until the scan's streams end (or `stop_requested()` is true)."""
+        """Yield batches until the scan's streams end (or `stop_requested()` is true).
+
+        A batch is yielded when `batch_size` points are complete, or when the oldest
+        complete point has waited `max_delay` seconds (the latency budget). If reading
+        fails (store gone, bad frame), the points already complete are yielded first, so
+        the maps keep them, then the error propagates.
+        """
         while not self._sealed:
             if stop_requested():
                 return
             try:
-                views = self._group.read(timeout=self.read_timeout)
-            except EndOfStream:
-                self._sealed = True
-                views = {}
-            self._take_views(views)
-            if self.is_lima:
-                self._read_lima()
+                try:
+                    views = self._group.read(timeout=self.read_timeout)
+                except EndOfStream:
+                    self._sealed = True
+                    views = {}
+                self._take_views(views)
+                if self.is_lima:
+                    self._read_lima()
+            except Exception:
+                yield from self._drain()
+                raise
             while self._ready() >= self.batch_size:
                 yield self._pop(self.batch_size)
-            if self._ready() > 0 and not views:
-                # nothing new arrived within the read timeout: don't sit on pending frames
-                yield self._pop(self._ready())
-        while self._ready() > 0:
-            yield self._pop(min(self.batch_size, self._ready()))
+            if self._ready() > 0:
+                now = time.monotonic()
+                if self._pending_since is None:
+                    self._pending_since = now
+                if not views or now - self._pending_since >= self.max_delay:
+                    yield self._pop(self._ready())
+        yield from self._drain()
         leftover = {m: n - self._emitted for m, n in self._n_positions.items()}
         if self._n_frames != self._emitted or any(leftover.values()):
             logger.warning(

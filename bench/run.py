@@ -1,0 +1,175 @@
+"""Benchmarks (make bench): accumulator throughput and end-to-end frames/s through the store.
+
+Writes a Markdown table to --out (bench/RESULTS.md). Figures are measured on the machine it
+runs on; nothing here is asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dfxm_online.acquisition.geometry import MotorAxis, ScanGeometry  # noqa: E402
+from dfxm_online.acquisition.publisher import ScanDescription, ScanPublisher  # noqa: E402
+from dfxm_online.online.accumulators.background import EdgeBaseline  # noqa: E402
+from dfxm_online.online.accumulators.moments import PowerSums  # noqa: E402
+from dfxm_online.online.pipeline import ScanPipeline  # noqa: E402
+from dfxm_online.store import EmbeddedStore  # noqa: E402
+
+
+def frames_per_second(update, frames, positions, batch: int, repeat: int) -> float:
+    n = frames.shape[0]
+    update(frames[:batch], {k: v[:batch] for k, v in positions.items()})  # warm-up
+    t0 = time.perf_counter()
+    done = 0
+    for _ in range(repeat):
+        for s in range(0, n, batch):
+            update(frames[s : s + batch], {k: v[s : s + batch] for k, v in positions.items()})
+            done += min(batch, n - s)
+    return done / (time.perf_counter() - t0)
+
+
+def bench_accumulators(size: int, n_frames: int, batch: int) -> list[tuple[str, float]]:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(90, 4000, size=(n_frames, size, size), dtype=np.uint16)
+    axes = (MotorAxis("mu", -0.4, 0.4, 8), MotorAxis("chi", -1, 1, 8))
+    mu = np.tile(np.linspace(-0.4, 0.4, 8), n_frames // 8 + 1)[:n_frames]
+    chi = np.repeat(np.linspace(-1, 1, 8), n_frames // 8 + 1)[:n_frames]
+    pos = {"mu": mu, "chi": chi}
+    p = size * size
+    rows = []
+    ps = PowerSums(axes, p)
+    rows.append(("PowerSums, 2 motors, order 4 (15 sums), float64", frames_per_second(ps.update, frames, pos, batch, 1)))
+    eb = EdgeBaseline(axes, p)
+    rows.append(("EdgeBaseline (edge frames only)", frames_per_second(eb.update, frames, pos, batch, 1)))
+    pipe = ScanPipeline(ScanGeometry(axes, n_frames, "det"), (size, size))
+    rows.append(("ScanPipeline.update (both)", frames_per_second(pipe.update, frames, pos, batch, 1)))
+    t0 = time.perf_counter()
+    pipe.snapshot()
+    rows.append(("ScanPipeline.snapshot (maps), seconds", time.perf_counter() - t0))
+    return rows
+
+
+def wait_state(path: Path, timeout: float) -> dict:
+    from dfxm_online.publish.nexus import read_maps_file
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            try:
+                _, process = read_maps_file(path)
+            except OSError:
+                process = {}
+            if process.get("state") in ("complete", "aborted", "failed"):
+                return process
+        time.sleep(0.02)
+    raise TimeoutError(f"{path} not complete within {timeout} s")
+
+
+def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: str, number: int) -> dict:
+    """Publish pre-computed frames as fast as blissdata allows; the daemon runs as a process."""
+    out = workdir / "maps"
+    rng = np.random.default_rng(number)
+    pool = rng.integers(90, 4000, size=(8, size, size), dtype=np.uint16)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "dfxm_online.cli", "--log-level", "WARNING", "serve", "--redis", url,
+         "--output-dir", str(out)], cwd=workdir,
+    )
+    proc = psutil.Process(daemon.pid)
+    peak = 0
+    try:
+        time.sleep(2.0)  # the daemon connects
+        desc = ScanDescription(
+            session="bench", number=number, name="ascan", title=f"ascan mu -1 1 {n_frames - 1} 0.01",
+            filename=workdir / "scans" / f"bench_{number}.h5", detector="pco",
+            frame_shape=(size, size), npoints=n_frames, motors=[("mu", -1.0, 1.0, n_frames)],
+        )
+        pub = ScanPublisher(__import__("blissdata.redis_engine.store", fromlist=["DataStore"]).DataStore(url),
+                            desc, mode, frames_per_file=10)
+        pub.start()
+        positions = np.linspace(-1, 1, n_frames)
+        t0 = time.monotonic()
+        for i in range(n_frames):
+            pub.publish({"mu": positions[i]}, pool[i % len(pool)])
+            if i % 8 == 0:
+                peak = max(peak, proc.memory_info().rss)
+        t_pub = time.monotonic() - t0
+        pub.finish()
+        path = out / "bench" / f"ascan_{number}.h5"
+        while True:
+            peak = max(peak, proc.memory_info().rss)
+            try:
+                process = wait_state(path, 0.2)
+                break
+            except TimeoutError:
+                if time.monotonic() - t0 > 600:
+                    raise
+        t_all = time.monotonic() - t0
+        return {
+            "mode": mode, "size": size, "frames": n_frames, "published_fps": n_frames / t_pub,
+            "end_to_end_fps": n_frames / t_all, "processed": process["frames_processed"],
+            "state": process["state"], "peak_rss_mb": peak / 2**20,
+        }
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    args = parser.parse_args()
+    size = 256 if args.quick else 2048
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB; Python {platform.python_version()}, "
+        f"numpy {np.__version__}. Run: `make bench` on {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"## Accumulators, {size}x{size} uint16 frames from memory, batches of 16",
+        "",
+        "| accumulator | frames/s |",
+        "|---|---|",
+    ]
+    for name, value in bench_accumulators(size, 64, 16):
+        lines.append(f"| {name} | {value:.2f} |" if "seconds" in name else f"| {name} | {value:.1f} |")
+    lines += ["", "## End to end through the embedded store (daemon as a separate process)", "",
+              "| image stream | frame | frames | published frames/s | end-to-end frames/s | processed | peak daemon RSS (MB) |",
+              "|---|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EmbeddedStore(Path(tmp) / "store")
+        url = store.start()
+        try:
+            runs = [(512, 400, "array"), (size, 100, "array"), (size, 100, "lima")]
+            if args.quick:
+                runs = [(128, 100, "array"), (256, 50, "lima")]
+            for number, (sz, n, mode) in enumerate(runs, start=1):
+                r = bench_end_to_end(url, Path(tmp), sz, n, mode, number)
+                print(json.dumps(r), flush=True)
+                lines.append(
+                    f"| {mode} | {sz}x{sz} | {n} | {r['published_fps']:.1f} | {r['end_to_end_fps']:.1f} | "
+                    f"{r['processed']} ({r['state']}) | {r['peak_rss_mb']:.0f} |"
+                )
+        finally:
+            store.stop()
+    text = "\n".join(lines) + "\n"
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

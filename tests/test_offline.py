@@ -1,0 +1,106 @@
+"""Offline `process` (CLI and ewoks workflow), the store CLI and the configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dfxm_online.acquisition.simulate import SimulationSpec, simulate
+from dfxm_online.config import ConfigError, load_config
+from dfxm_online.publish.nexus import read_maps_file
+from dfxm_online.store import EmbeddedStore
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "dfxm_online.cli"]
+
+
+@pytest.fixture()
+def recorded(redis_url, tmp_path):
+    spec = SimulationSpec(kind="mosaicity", points=9, frame_shape=(24, 20), scan_dir=tmp_path / "scans",
+                          dark_frames=8, session="off", peak_counts=5000.0, zigzag=True)
+    return simulate(redis_url, spec, keep_frames=True)
+
+
+def test_process_cli_and_ewoks_workflow_agree(recorded, tmp_path):
+    out = tmp_path / "cli.h5"
+    scan = f"{recorded.scan_number}.1"
+    dark = f"{recorded.filename}::{recorded.dark_number}.1"
+    run = subprocess.run([*CLI, "process", str(recorded.filename), "--scan", scan, "--dark", dark,
+                          "-o", str(out), "--no-progress"], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    maps, process = read_maps_file(out)
+    assert process["state"] == "complete" and process["frames_processed"] == len(recorded.positions)
+    assert "cov_mu_chi" in maps and np.isfinite(maps["com_chi"]).sum() > 100
+
+    from ewoks import execute_graph
+
+    result = execute_graph(
+        str(ROOT / "workflows" / "offline_moments.json"),
+        inputs=[
+            {"id": "moments", "name": "filename", "value": str(recorded.filename)},
+            {"id": "moments", "name": "scan", "value": scan},
+            {"id": "moments", "name": "dark", "value": dark},
+            {"id": "moments", "name": "output", "value": str(tmp_path / "ewoks.h5")},
+        ],
+    )
+    assert result["frames_processed"] == len(recorded.positions)
+    wf_maps, _ = read_maps_file(result["output"])
+    for name in maps:
+        np.testing.assert_array_equal(wf_maps[name], maps[name])
+
+
+def test_process_reports_bad_input_clearly(recorded, tmp_path):
+    run = subprocess.run([*CLI, "process", str(recorded.filename), "--scan", "9.1", "-o", str(tmp_path / "x.h5")],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "has no scan 9.1" in run.stderr
+    run = subprocess.run([*CLI, "process", str(recorded.filename), "--scan", f"{recorded.scan_number}.1",
+                          "--motors", "nope", "-o", str(tmp_path / "x.h5")], capture_output=True, text=True)
+    assert run.returncode == 2 and "motor nope not recorded" in run.stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_store_cli_start_status_stop_and_stale_pid(tmp_path):
+    state = tmp_path / "state"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    start = subprocess.run([*CLI, "store", "start", "--state-dir", str(state)], capture_output=True, text=True, env=env)
+    assert start.returncode == 0, start.stderr
+    url = start.stdout.strip().splitlines()[-1]
+    assert url.startswith("redis://127.0.0.1:")
+    status = subprocess.run([*CLI, "store", "status", "--state-dir", str(state)], capture_output=True, text=True)
+    info = json.loads(status.stdout)
+    assert info["running"] and info["url"] == url
+    from blissdata.redis_engine.store import DataStore
+
+    assert DataStore(url).search_existing_scans()[1] == []  # blissdata database initialised
+    pid = info["pid"]
+    stop = subprocess.run([*CLI, "store", "stop", "--state-dir", str(state)], capture_output=True, text=True)
+    assert stop.returncode == 0 and "stopped" in stop.stdout
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    # a stale pid file (process gone) is detected and removed
+    state.mkdir(exist_ok=True)
+    (state / "store.json").write_text(json.dumps({"pid": 999999, "port": 1, "host": "127.0.0.1"}))
+    store = EmbeddedStore(state)
+    assert store.info() is None and not (state / "store.json").exists()
+    status = subprocess.run([*CLI, "store", "status", "--state-dir", str(state)], capture_output=True, text=True)
+    assert status.returncode == 1 and json.loads(status.stdout)["running"] is False
+
+
+def test_config_file_flags_and_errors(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('publish_period = 2\n[analysis]\nmotors = ["mu", "chi"]\nbackground = "edges"\n')
+    config = load_config(cfg, batch_size=8)
+    assert config.publish_period == 2.0 and config.analysis.motors == ["mu", "chi"]
+    assert config.analysis.background == "edges" and config.analysis.batch_size == 8
+    cfg.write_text("[analysis]\nbackgrund = 'dark'\n")
+    with pytest.raises(ConfigError, match="unknown key analysis.'backgrund'"):
+        load_config(cfg)
+    with pytest.raises(ConfigError, match="background='bright'"):
+        load_config(None, background="bright")
+    with pytest.raises(ConfigError, match="expected float"):
+        load_config(None, publish_period="fast")
