@@ -119,7 +119,7 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
         t_all = time.monotonic() - t0
         return {
             "mode": mode, "size": size, "frames": n_frames, "published_fps": n_frames / t_pub,
-            "end_to_end_fps": n_frames / t_all, "processed": process["frames_processed"],
+            "end_to_end_fps": n_frames / t_all, "processed": int(process["frames_processed"]),
             "state": process["state"], "peak_rss_mb": peak / 2**20,
         }
     finally:
@@ -146,6 +146,7 @@ def main() -> None:
         "|---|---|",
     ]
     for name, value in bench_accumulators(size, 64, 16):
+        print(f"{name}: {value:.2f}", flush=True)
         lines.append(f"| {name} | {value:.2f} |" if "seconds" in name else f"| {name} | {value:.1f} |")
     lines += ["", "## End to end through the embedded store (daemon as a separate process)", "",
               "| image stream | frame | frames | published frames/s | end-to-end frames/s | processed | peak daemon RSS (MB) |",

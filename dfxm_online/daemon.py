@@ -94,6 +94,7 @@ class ScanWorker(threading.Thread):
         self.dark_shape: tuple[int, ...] = ()
         self.geometry: ScanGeometry | None = None
         self._last_publish = 0.0
+        self._last_publish_cost = 0.0
         self._oldest_unpublished: float | None = None
 
     # -- helpers ---------------------------------------------------------------------------
@@ -111,6 +112,12 @@ class ScanWorker(threading.Thread):
         if self.dark_mean is not None and self.dark_mean.count:
             return {"dark": self.dark_mean.snapshot().reshape(self.dark_shape)}
         return {}
+
+    def _publish_interval(self) -> float:
+        """`publish_period`, stretched so that writing maps takes at most a quarter of the
+        worker's time: on full frames a snapshot costs seconds, and publishing every
+        second would starve the accumulators."""
+        return max(self.d.config.publish_period, 3.0 * self._last_publish_cost)
 
     def publish(self, state: str = "running", reason: str = "") -> None:
         """Rewrite this scan's maps file; a failed write is logged and retried next time."""
@@ -139,7 +146,8 @@ class ScanWorker(threading.Thread):
                 st.state = "failed"
             return
         finally:
-            self.d.metrics.publish_seconds.observe(time.perf_counter() - t0)
+            self._last_publish_cost = time.perf_counter() - t0
+            self.d.metrics.publish_seconds.observe(self._last_publish_cost)
         self._last_publish = time.monotonic()
         if self._oldest_unpublished is not None:
             self.d.metrics.latency_seconds.observe(time.monotonic() - self._oldest_unpublished)
@@ -242,7 +250,7 @@ class ScanWorker(threading.Thread):
             self.d.metrics.frames.inc(batch.frames.shape[0])
             self.d.metrics.batch_seconds.observe(time.perf_counter() - t0)
             st.frames_processed += batch.frames.shape[0]
-            if time.monotonic() - self._last_publish >= config.publish_period:
+            if time.monotonic() - self._last_publish >= self._publish_interval():
                 self.publish("running")
         if self._stop_requested():
             self.publish("aborted", "daemon stopped during the scan")

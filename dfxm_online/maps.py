@@ -48,8 +48,8 @@ def moment_maps(
             positive = var > 0
             maps[f"com_{name}"] = masked(snap.mean[a])
             maps[f"fwhm_{name}"] = masked(FWHM_PER_SIGMA * np.sqrt(var), positive)
-            maps[f"skewness_{name}"] = masked(snap.m3[a] / var**1.5, positive)
-            maps[f"kurtosis_{name}"] = masked(snap.m4[a] / var**2 - 3.0, positive)
+            maps[f"skewness_{name}"] = masked(snap.m3[a] / (var * np.sqrt(var)), positive)
+            maps[f"kurtosis_{name}"] = masked(snap.m4[a] / (var * var) - 3.0, positive)
         for a in range(len(motor_names)):
             for b in range(a + 1, len(motor_names)):
                 maps[f"cov_{motor_names[a]}_{motor_names[b]}"] = masked(snap.cov[a, b])

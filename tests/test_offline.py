@@ -104,3 +104,8 @@ def test_config_file_flags_and_errors(tmp_path):
         load_config(None, background="bright")
     with pytest.raises(ConfigError, match="expected float"):
         load_config(None, publish_period="fast")
+
+
+def test_shipped_service_config_is_valid():
+    config = load_config(ROOT / "services" / "dfxm-online.toml")
+    assert config.metrics_port == 9108 and config.analysis.background == "auto"

@@ -140,12 +140,13 @@ class PowerSums:
         Pixels with no positive integrated intensity get NaN moments.
         """
         m = len(self.axes)
-        sums = self.sums
-        if offset is not None:
-            sums = sums - self.weights[:, None] * np.asarray(offset, dtype=np.float64).reshape(1, -1)
+        shift = None if offset is None else np.asarray(offset, dtype=np.float64).reshape(-1)
 
         def raw(exp: Sequence[int]) -> np.ndarray:
-            return sums[self._index(exp)]
+            # one row at a time: a full offset-corrected copy of the sums would cost
+            # 15 x P x 8 bytes (500 MB at 2048^2) on every snapshot
+            i = self._index(exp)
+            return self.sums[i] if shift is None else self.sums[i] - self.weights[i] * shift
 
         s0 = raw([0] * m)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -160,14 +161,15 @@ class PowerSums:
             m3 = np.full((m, self.n_pixels), np.nan)
             m4 = np.full((m, self.n_pixels), np.nan)
             for a in range(m):
+                # Horner forms of the raw -> central conversion (fewer passes over P)
                 x = mu[a]
                 e2 = raw(2 * unit[a]) * inv
                 if self.order >= 3:
                     e3 = raw(3 * unit[a]) * inv
-                    m3[a] = e3 - 3 * x * e2 + 2 * x**3
+                    m3[a] = e3 - x * (3 * e2 - 2 * x * x)
                 if self.order >= 4:
                     e4 = raw(4 * unit[a]) * inv
-                    m4[a] = e4 - 4 * x * e3 + 6 * x**2 * e2 - 3 * x**4
+                    m4[a] = e4 - x * (4 * e3 - x * (6 * e2 - 3 * x * x))
         centre = np.array([ax.centre for ax in self.axes])[:, None]
         scale = np.array([ax.scale for ax in self.axes])[:, None]
         return MomentSnapshot(
