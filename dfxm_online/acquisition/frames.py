@@ -68,6 +68,41 @@ def read_lima_frames(stream, start: int, stop: int) -> np.ndarray:
     return np.concatenate(out) if out else np.empty((0,))
 
 
+class ArrayFrameReader:
+    """A plain array image stream read with XREAD in byte-bounded batches.
+
+    blissdata's cursors ask Redis for up to 100 entries per read; with 8 MB frames such
+    replies are hundreds of MB and read back at ~25-35 frames/s, where one bounded reply
+    at a time runs an order of magnitude faster (issue 3's probe). This reads at most
+    `max_bytes` of frames per request. It uses blissdata 2.4's EventStream reading
+    primitive (`_read_next`), pinned in pyproject.toml.
+    """
+
+    def __init__(self, stream, max_bytes: int = 32 << 20) -> None:
+        self._events = stream.event_stream
+        shape = [int(s) for s in (stream.shape or ())]
+        itemsize = np.dtype(stream.dtype).itemsize
+        frame_bytes = itemsize * int(np.prod(shape)) if shape and all(s > 0 for s in shape) else 8 << 20
+        self.count = max(1, max_bytes // max(frame_bytes, 1))
+        self.index = 0
+        self.sealed = False
+
+    def read(self, timeout: float | None) -> list | np.ndarray:
+        """Frames published since the last read; waits up to `timeout` s (None: don't wait)."""
+        if self.sealed:
+            return []
+        block = None if timeout is None else max(1, int(timeout * 1000))
+        index, data, sealed = self._events._read_next(self.index, block, self.count)
+        if index > self.index:
+            raise ScanError(
+                f"frames {self.index}..{index - 1} were trimmed from Redis before the daemon "
+                "read them (daemon lagging behind the memory tracker)"
+            )
+        self.index = index + len(data)
+        self.sealed = bool(sealed)
+        return data
+
+
 class LiveFrameSource:
     """Batches of a live scan's frames and positions, in acquisition order."""
 
@@ -83,7 +118,12 @@ class LiveFrameSource:
         self.image = streams[geometry.image_stream]
         self.is_lima = getattr(self.image, "plugin", None) == "lima"
         self.motor_streams = {name.split(":", 1)[1]: streams[name] for name in geometry.motor_streams}
-        self._group = CursorGroup([self.image, *self.motor_streams.values()])
+        # Lima streams carry a small JSON status: read with the motors. Plain array frames
+        # are read separately, in byte-bounded batches.
+        cursor_streams = list(self.motor_streams.values()) + ([self.image] if self.is_lima else [])
+        self._group = CursorGroup(cursor_streams) if cursor_streams else None
+        self._array = None if self.is_lima else ArrayFrameReader(self.image)
+        self._cursors_done = self._group is None
         self._positions: dict[str, list[np.ndarray]] = {m: [] for m in self.motor_streams}
         self._n_positions = dict.fromkeys(self.motor_streams, 0)
         self._frames: list[np.ndarray] = []
@@ -100,26 +140,46 @@ class LiveFrameSource:
 
     def _take_views(self, views) -> None:
         for stream, view in views.items():
-            if stream is self.image:
+            if stream is self.image:  # Lima status: frames announced
                 self._announced = max(self._announced, view.index + len(view))
-                if not self.is_lima:
-                    try:
-                        data = view.get_data()
-                    except IndexNoMoreThereError:
-                        raise ScanError(
-                            "frames were trimmed from Redis before the daemon read them "
-                            "(daemon lagging behind the memory tracker)"
-                        ) from None
-                    # free-shape streams decode to a list of arrays: check each frame first
-                    self._check_shape(data, view.index)
-                    self._frames.append(np.stack(data) if isinstance(data, list) else np.asarray(data))
-                    self._n_frames += len(data)
                 continue
             for motor, mstream in self.motor_streams.items():
                 if stream is mstream:
-                    values = np.asarray(view.get_data(), dtype=np.float64).reshape(-1)
+                    try:
+                        values = np.asarray(view.get_data(), dtype=np.float64).reshape(-1)
+                    except IndexNoMoreThereError:
+                        raise ScanError(
+                            f"positions of {motor} were trimmed from Redis before the daemon read them"
+                        ) from None
                     self._positions[motor].append(values)
                     self._n_positions[motor] += values.size
+
+    def _read_once(self) -> bool:
+        """One round of reads; True if anything new arrived."""
+        before = (self._n_frames, self._announced, sum(self._n_positions.values()))
+        if not self._cursors_done:
+            # don't block on the motors when frames are read separately and may be waiting
+            timeout = self.read_timeout if self._array is None else None
+            try:
+                views = self._group.read(block=timeout is not None, timeout=timeout or 0)
+            except EndOfStream:
+                self._cursors_done = True
+                views = {}
+            self._take_views(views)
+        if self._array is not None:
+            # wait for frames only when nothing arrived on the other streams
+            got = (self._announced, sum(self._n_positions.values())) != before[1:]
+            data = self._array.read(None if got else self.read_timeout)
+            if len(data):
+                # free-shape streams decode to a list of arrays: check each frame first
+                self._check_shape(data, self._n_frames)
+                self._frames.append(np.stack(data) if isinstance(data, list) else np.asarray(data))
+                self._n_frames += len(data)
+            self._sealed = self._array.sealed and self._cursors_done
+        else:
+            self._sealed = self._cursors_done
+            self._read_lima()
+        return (self._n_frames, self._announced, sum(self._n_positions.values())) != before
 
     def _read_lima(self) -> None:
         readable = self._announced if self._sealed else min(self._announced, lima_readable(self.image))
@@ -174,14 +234,7 @@ class LiveFrameSource:
             if stop_requested():
                 return
             try:
-                try:
-                    views = self._group.read(timeout=self.read_timeout)
-                except EndOfStream:
-                    self._sealed = True
-                    views = {}
-                self._take_views(views)
-                if self.is_lima:
-                    self._read_lima()
+                views = self._read_once()
             except Exception:
                 yield from self._drain()
                 raise
