@@ -52,9 +52,9 @@ def process_scan(
         pipeline = ScanPipeline(geometry, rec.frame_shape, config, dark_image)
         bar = tqdm(total=rec.npoints, desc=f"{Path(path).name}::{scan}", unit="frame",
                    disable=not progress)
-        for frames, positions in rec.batches(config.batch_size):
-            pipeline.update(np.asarray(frames), positions)
-            bar.update(frames.shape[0])
+        for batch in rec.batches(config.batch_size):
+            pipeline.update(batch.frames, batch.positions)
+            bar.update(batch.frames.shape[0])
         bar.close()
         return pipeline.snapshot(), geometry, pipeline.frames_processed
 

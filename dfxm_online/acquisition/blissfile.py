@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .frames import Batch
 from .geometry import ScanError, ScanGeometry, axis_from_positions, moving_motors
 
 
@@ -27,6 +28,7 @@ class RecordedScan:
     frames: h5py.Dataset
     positions: dict[str, np.ndarray]  # the motors used, recorded per point
     _file: h5py.File
+    monitor: np.ndarray | None = None  # the monitor counter per point, when asked for
 
     @property
     def npoints(self) -> int:
@@ -45,11 +47,15 @@ class RecordedScan:
             title=self.title, frame_shape=self.frame_shape,
         )
 
-    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """(frames, positions) in acquisition order, `batch_size` frames at a time."""
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        """Batches in acquisition order, `batch_size` frames at a time."""
         for start in range(0, self.npoints, batch_size):
             stop = min(start + batch_size, self.npoints)
-            yield self.frames[start:stop], {k: v[start:stop] for k, v in self.positions.items()}
+            yield Batch(
+                start, np.asarray(self.frames[start:stop]),
+                {k: v[start:stop] for k, v in self.positions.items()},
+                None if self.monitor is None else self.monitor[start:stop],
+            )
 
     def close(self) -> None:
         self._file.close()
@@ -93,7 +99,7 @@ def find_detector(entry: h5py.Group, detector: str | None) -> tuple[str, h5py.Da
 
 def open_scan(
     path: str | Path, scan: str = "1.1", detector: str | None = None,
-    motors: Sequence[str] | None = None,
+    motors: Sequence[str] | None = None, monitor: str | None = None,
 ) -> RecordedScan:
     """Open scan `scan` of a BLISS file; raises ScanError with the reason if it cannot."""
     path = Path(path)
@@ -126,7 +132,14 @@ def open_scan(
             if values.shape[0] < n:
                 raise ScanError(f"motor {name} has {values.shape[0]} positions for {n} frames")
             positions[name] = values[:n]
-        return RecordedScan(path, scan, title, det_name, frames, positions, f)
+        monitor_values = None
+        if monitor:
+            if monitor not in recorded:
+                raise ScanError(f"monitor counter {monitor!r} not recorded in scan {scan}")
+            monitor_values = np.asarray(recorded[monitor], dtype=np.float64)[:n]
+            if monitor_values.shape[0] < n:
+                raise ScanError(f"monitor {monitor} has {monitor_values.shape[0]} values for {n} frames")
+        return RecordedScan(path, scan, title, det_name, frames, positions, f, monitor_values)
     except BaseException:
         f.close()
         raise

@@ -36,6 +36,10 @@ class Batch:
     start: int
     frames: np.ndarray  # (B, H, W)
     positions: dict[str, np.ndarray]  # motor -> (B,)
+    monitor: np.ndarray | None = None  # (B,) monitor counts, when a monitor is configured
+
+
+MONITOR_KEY = "\0monitor"
 
 
 def lima_readable(stream) -> int:
@@ -117,7 +121,10 @@ class LiveFrameSource:
         streams = scan.streams
         self.image = streams[geometry.image_stream]
         self.is_lima = getattr(self.image, "plugin", None) == "lima"
+        # scalar channels read per point: the motors, and the monitor under a reserved key
         self.motor_streams = {name.split(":", 1)[1]: streams[name] for name in geometry.motor_streams}
+        if geometry.monitor_stream:
+            self.motor_streams[MONITOR_KEY] = streams[geometry.monitor_stream]
         # Lima streams carry a small JSON status: read with the motors. Plain array frames
         # are read separately, in byte-bounded batches.
         cursor_streams = list(self.motor_streams.values()) + ([self.image] if self.is_lima else [])
@@ -217,7 +224,8 @@ class LiveFrameSource:
             values = np.concatenate(chunks) if len(chunks) != 1 else chunks[0]
             positions[motor] = values[:count]
             self._positions[motor] = [values[count:]] if values.size > count else []
-        batch = Batch(self._emitted, batch_frames, positions)
+        monitor = positions.pop(MONITOR_KEY, None)
+        batch = Batch(self._emitted, batch_frames, positions, monitor)
         self._emitted += count
         self._pending_since = None
         return batch

@@ -68,6 +68,7 @@ class ScanGeometry:
     image_stream: str = ""
     motor_streams: tuple[str, ...] = field(default=())
     frame_shape: tuple[int, int] | None = None
+    monitor_stream: str = ""  # counter stream normalising each frame (e.g. beam current)
 
     @property
     def motor_names(self) -> list[str]:
@@ -124,6 +125,7 @@ def geometry_from_scan_info(
     streams: Mapping[str, Sequence[int] | None],
     detector: str | None = None,
     motors: Sequence[str] | None = None,
+    monitor: str | None = None,
 ) -> ScanGeometry:
     """Build the scan model from a BLISS `scan_info` and the scan's stream shapes.
 
@@ -163,6 +165,7 @@ def geometry_from_scan_info(
             raise ScanError(f"scan_info gives no axis_points for {name}")
         axes.append(MotorAxis(name.split(":", 1)[1], float(start), float(stop), n))
     shape = streams[image]
+    monitor_stream = select_counter_stream(streams, monitor) if monitor else ""
     return ScanGeometry(
         motors=tuple(axes),
         npoints=npoints,
@@ -172,7 +175,21 @@ def geometry_from_scan_info(
         image_stream=image,
         motor_streams=tuple(names),
         frame_shape=tuple(int(s) for s in shape) if shape else None,
+        monitor_stream=monitor_stream,
     )
+
+
+def select_counter_stream(streams: Mapping[str, Sequence[int] | None], counter: str) -> str:
+    """The scalar stream of counter `counter` ('mon' matches 'p201:mon' or 'mon')."""
+    found = [
+        n for n, shape in streams.items()
+        if (n == counter or n.split(":")[-1] == counter) and shape is not None and len(shape) == 0
+    ]
+    if not found:
+        raise ScanError(f"monitor counter {counter!r} not in the scan")
+    if len(found) > 1:
+        raise ScanError(f"monitor counter {counter!r} is ambiguous: {', '.join(sorted(found))}")
+    return found[0]
 
 
 def axis_from_positions(name: str, values: np.ndarray, decimals: int = 6) -> MotorAxis:

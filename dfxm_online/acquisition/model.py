@@ -90,15 +90,16 @@ class CrystalModel:
             read_noise=read_noise,
         )
 
-    def expected_photons(self, position: Sequence[float]) -> np.ndarray:
-        """Mean photon count per pixel at one point of the scan (no offset, no noise)."""
+    def expected_photons(self, position: Sequence[float], flux: float = 1.0) -> np.ndarray:
+        """Mean photon count per pixel at one point of the scan (no offset, no noise);
+        `flux` scales the beam (monitor / reference monitor)."""
         pos = np.asarray(position, dtype=float).reshape(-1, 1, 1)
         z = ((pos - self.centre) / self.sigma) ** 2
-        return self.background + self.amplitude * np.exp(-0.5 * z.sum(axis=0))
+        return flux * (self.background + self.amplitude * np.exp(-0.5 * z.sum(axis=0)))
 
-    def frame(self, position: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+    def frame(self, position: Sequence[float], rng: np.random.Generator, flux: float = 1.0) -> np.ndarray:
         """One noisy uint16 detector frame at `position` (one value per motor)."""
-        photons = rng.poisson(self.expected_photons(position)).astype(np.float64)
+        photons = rng.poisson(self.expected_photons(position, flux)).astype(np.float64)
         return self._digitise(photons, rng)
 
     def dark_frame(self, rng: np.random.Generator) -> np.ndarray:

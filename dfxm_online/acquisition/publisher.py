@@ -43,6 +43,7 @@ class ScanDescription:
     count_time: float = 0.1
     static_positioners: Mapping[str, float] = field(default_factory=dict)
     declared_frame_shape: tuple[int, int] | None = None  # (-1, -1) to allow any shape
+    monitor: str | None = None  # a counter published per point (e.g. "mon"), as "p201:<name>"
 
     def scan_info(self) -> dict:
         """A BLISS-like scan_info (the fields our daemon and BLISS tools read)."""
@@ -59,6 +60,8 @@ class ScanDescription:
                 "points": int(self.npoints),
             }
         channels[f"{self.detector}:image"] = {"dim": 2, "display_name": self.detector}
+        if self.monitor:
+            channels[f"p201:{self.monitor}"] = {"dim": 0, "display_name": self.monitor}
         info = {
             "name": self.name,
             "type": self.name,
@@ -126,6 +129,12 @@ class BlissScanFile:
             self._motor_dsets[name] = dset
             self.positioners[name] = h5py.SoftLink(dset.name)
             self.measurement[name] = h5py.SoftLink(dset.name)
+        self._monitor = None
+        if desc.monitor:
+            grp = inst.create_group(desc.monitor)
+            grp.attrs["NX_class"] = "NXdetector"
+            self._monitor = grp.create_dataset("data", shape=(0,), maxshape=(None,), dtype="f8")
+            self.measurement[desc.monitor] = h5py.SoftLink(self._monitor.name)
         self.detector_group = inst.create_group(desc.detector)
         self.detector_group.attrs["NX_class"] = "NXdetector"
         self._frames = None
@@ -138,10 +147,14 @@ class BlissScanFile:
             self.measurement[desc.detector] = h5py.SoftLink(self._frames.name)
         self.count = 0
 
-    def append(self, frame: np.ndarray | None, positions: Mapping[str, float]) -> None:
+    def append(self, frame: np.ndarray | None, positions: Mapping[str, float],
+               monitor: float | None = None) -> None:
         for name, dset in self._motor_dsets.items():
             dset.resize((self.count + 1,))
             dset[self.count] = positions[name]
+        if self._monitor is not None:
+            self._monitor.resize((self.count + 1,))
+            self._monitor[self.count] = monitor
         if self._frames is not None and frame is not None:
             if self._frames.shape[1:] != frame.shape:
                 self._frames.resize((self._frames.shape[0], *frame.shape))
@@ -239,6 +252,10 @@ class ScanPublisher:
             for name, *_ in desc.motors
             if name not in omit_motor_streams
         }
+        self.monitor_stream = (
+            self.scan.create_stream(Stream.make_definition(f"p201:{desc.monitor}", "float64"))
+            if desc.monitor else None
+        )
         self.timer_streams = {
             name: self.scan.create_stream(Stream.make_definition(f"timer:{name}", "float64"))
             for name in ("elapsed_time", "epoch")
@@ -276,14 +293,17 @@ class ScanPublisher:
         self.scan.start()
         self._t0 = time.time()
 
-    def publish(self, positions: Mapping[str, float], frame: np.ndarray | None) -> None:
+    def publish(self, positions: Mapping[str, float], frame: np.ndarray | None,
+                monitor: float | None = None) -> None:
         """One point of the scan: motor positions, counters, then the frame."""
         for name, stream in self.motor_streams.items():
             stream.send(np.float64(positions[name]))
+        if self.monitor_stream is not None:
+            self.monitor_stream.send(np.float64(monitor))
         now = time.time()
         self.timer_streams["elapsed_time"].send(np.float64(now - self._t0))
         self.timer_streams["epoch"].send(np.float64(now))
-        self.file.append(frame if self.lima is None else None, positions)
+        self.file.append(frame if self.lima is None else None, positions, monitor)
         if frame is not None and self.image_stream is not None:
             if self.lima is not None:
                 self.lima.write(frame)

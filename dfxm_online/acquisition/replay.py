@@ -48,13 +48,13 @@ def replay(
         pub.start()
         t0 = time.monotonic()
         index = 0
-        for frames, positions in rec.batches(16):
-            for j in range(frames.shape[0]):
+        for batch in rec.batches(16):
+            for j in range(batch.frames.shape[0]):
                 if rate > 0:
                     delay = t0 + index / rate - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
-                pub.publish({k: float(v[j]) for k, v in positions.items()}, frames[j])
+                pub.publish({k: float(v[j]) for k, v in batch.positions.items()}, batch.frames[j])
                 index += 1
         pub.finish()
     logger.info("replayed %s::%s as %s (%d points)", path, scan, pub.key, index)

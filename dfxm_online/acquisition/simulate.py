@@ -61,6 +61,7 @@ class SimulationSpec:
     wrong_shape_at: int | None = None  # publish a frame of another shape at this index
     end_reason: str = "SUCCESS"
     stop_after: int | None = None  # publish only this many points (an aborted scan)
+    monitor: str | None = None  # publish a beam-current monitor counter of this name
 
     def motor_specs(self) -> list[MotorSpec]:
         if self.motors:
@@ -93,6 +94,16 @@ class SimulationResult:
     @property
     def motors(self) -> list[str]:
         return [m.name for m in self.model.motors]
+
+
+REFERENCE_CURRENT = 200.0
+
+
+def beam_current(npoints: int) -> np.ndarray:
+    """A storage-ring current over the scan (mA): decays by 15 %, refilled once at 60 %."""
+    t = np.arange(npoints) / max(npoints - 1, 1)
+    since_fill = np.where(t < 0.6, t, t - 0.6)
+    return REFERENCE_CURRENT * (1.0 - 0.25 * since_fill)
 
 
 def next_scan_number(filename: Path) -> int:
@@ -160,24 +171,28 @@ def simulate(url: str, spec: SimulationSpec, keep_frames: bool = False) -> Simul
             k: v for k, v in STATIC_POSITIONERS.items() if k not in {m[0] for m in motors}
         },
         declared_frame_shape=(-1, -1) if spec.wrong_shape_at is not None else None,
+        monitor=spec.monitor,
     )
     pub = ScanPublisher(store, desc, spec.image_mode, spec.frames_per_file, spec.omit_motor_streams)
     pub.start()
     frames = []
     t0 = time.monotonic()
     n = len(positions) if spec.stop_after is None else min(spec.stop_after, len(positions))
+    monitor = beam_current(len(positions)) if spec.monitor else None
     for i in range(n):
         _pace(t0, i, spec.frame_rate)
         point = positions[i]
+        flux = monitor[i] / REFERENCE_CURRENT if monitor is not None else 1.0
         if spec.noise:
-            frame = model.frame(point, rng)
+            frame = model.frame(point, rng, flux)
         else:
-            frame = np.rint(model.expected_photons(point) + model.dark_offset).astype(np.uint16)
+            frame = np.rint(model.expected_photons(point, flux) + model.dark_offset).astype(np.uint16)
         if spec.wrong_shape_at is not None and i >= spec.wrong_shape_at:
             frame = np.zeros((spec.frame_shape[0] + 1, spec.frame_shape[1]), dtype=np.uint16)
         if keep_frames:
             frames.append(frame)
-        pub.publish({m[0]: float(point[j]) for j, m in enumerate(motors)}, frame)
+        pub.publish({m[0]: float(point[j]) for j, m in enumerate(motors)}, frame,
+                    None if monitor is None else float(monitor[i]))
     pub.finish(spec.end_reason)
     return SimulationResult(
         model=model, positions=positions, scan_key=pub.key, scan_number=number,
