@@ -1,0 +1,239 @@
+"""Orientation maps from centre-of-mass maps: mosaicity colouring, KAM, orientation gradient.
+
+Pure functions over 2-D maps (NaN = no signal), no I/O. The inputs are the `com_<motor>` maps
+of `maps.moment_maps` (in motor units, e.g. degrees); with the usual motor order the first
+one is the rocking angle (`mu`) and the second the rolling angle (`chi`).
+
+Where we differ from darfix (on purpose):
+
+- `kam` averages over the neighbours only. darfix includes the pixel itself (distance 0) in
+  the mean over the kernel, which biases every value low by a factor (n-1)/n, n the number
+  of valid pixels in the kernel: 8/9 inside a 3x3 kernel but 5/6 along the map's edges, 3/4
+  in its corners and anything down to 1/2 next to masked pixels, so the bias is not even a
+  uniform scale factor that could be corrected afterwards.
+- `mosaicity_rgb` scales each axis by a robust half-range (99th percentile of the absolute
+  deviation from the median), not by the min/max range, so a few outlier pixels (edges of
+  the signal mask, hot pixels) cannot wash out the colours of the whole map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from matplotlib.colors import hsv_to_rgb
+
+KEY_SIZE = 128
+SCALE_PERCENTILE = 99.0
+
+
+# --------------------------------------------------------------------------------------------
+# Mosaicity map
+
+
+def _colour(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Key colour of normalised orientation vectors (u, v): (..., 3) float64 RGB.
+
+    hue = direction of (u, v), counter-clockwise from +u, in turns; saturation = length,
+    clipped to 1; value = 1. With value 1 every channel is 1 - s * g(hue) with g piecewise
+    linear, so the colour is continuous everywhere, including at the origin (white) and
+    across hue 0/1, which is what lets a viewer read a pixel's orientation off the key.
+    """
+    hue = np.mod(np.arctan2(v, u) / (2.0 * np.pi), 1.0)
+    sat = np.minimum(np.hypot(u, v), 1.0)
+    return hsv_to_rgb(np.stack([hue, sat, np.ones_like(sat)], axis=-1))
+
+
+def _robust_centre_scale(values: np.ndarray, centre: float | None) -> tuple[float, float]:
+    """Centre (default: median) and 99th percentile of |values - centre| (NaN-free input).
+
+    A constant (or empty) axis carries no orientation information: its scale falls back to
+    1 so the division is defined and that axis contributes no saturation.
+    """
+    if values.size == 0:
+        return (0.0 if centre is None else centre), 1.0
+    if centre is None:
+        centre = float(np.median(values))
+    scale = float(np.percentile(np.abs(values - centre), SCALE_PERCENTILE))
+    return centre, (scale if np.isfinite(scale) and scale > 0 else 1.0)
+
+
+def mosaicity_rgb(
+    com_a: np.ndarray,
+    com_b: np.ndarray,
+    centre: tuple[float, float] | None = None,
+    scale: float | tuple[float, float] | None = None,
+    key_size: int = KEY_SIZE,
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
+    """DFXM mosaicity map: each pixel coloured by its (COM_a, COM_b) orientation vector.
+
+    The vector is ((com_a - centre_a) / scale_a, (com_b - centre_b) / scale_b):
+    hue = its direction in turns, counter-clockwise from +a towards +b (+a -> 0 red,
+    +b -> 0.25 yellow-green, -a -> 0.5 cyan, -b -> 0.75 violet); saturation = its length,
+    clipped to 1 (the centre orientation is white); value = 1. Pixels where either map is
+    NaN (no signal) are black, a colour no orientation can take.
+
+    Defaults, over the pixels valid in both maps: `centre` = per-axis median, `scale` =
+    per-axis 99th percentile of |com - centre|, i.e. a robust half-range, so each axis uses
+    the whole key whatever its spread (a rocking angle typically spans far less than a
+    rolling angle). Pass a scalar `scale` to give both axes the same one: hue is then the
+    true tilt direction. Fixed `centre` and `scale` keep colours comparable between maps
+    (and skip four partial sorts of the map).
+
+    Returns `(rgb, key, key_extent)`:
+
+    - `rgb`: (H, W, 3) float32 in [0, 1];
+    - `key`: (key_size, key_size, 3) float32, the same colouring evaluated at the centres of
+      a key_size x key_size grid of cells; row i <-> b, column j <-> a, row 0 at bmin, so
+      `imshow(key, origin="lower", extent=key_extent)` draws it with a horizontal;
+    - `key_extent`: (amin, amax, bmin, bmax) = centre -/+ scale per axis.
+
+    A pixel's colour is that of the key cell containing its (com_a, com_b) (up to the colour
+    change within one cell). Pixels beyond the key are fully saturated: their colour is
+    that of the key's rim (the unit circle) in the same direction.
+    """
+    a = np.asarray(com_a, dtype=np.float64)
+    b = np.asarray(com_b, dtype=np.float64)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(
+            f"com_a and com_b must be 2-D maps of one shape, got {a.shape} and {b.shape}"
+        )
+    if key_size < 1:
+        raise ValueError(f"key_size must be positive, got {key_size}")
+
+    valid = np.isfinite(a) & np.isfinite(b)
+    ca, cb = (None, None) if centre is None else (float(centre[0]), float(centre[1]))
+    if scale is None:  # robust half-range of the pixels that get a colour
+        ca, sa = _robust_centre_scale(a[valid], ca)
+        cb, sb = _robust_centre_scale(b[valid], cb)
+    else:
+        sa, sb = (float(s) for s in np.broadcast_to(np.asarray(scale, dtype=np.float64), (2,)))
+        if ca is None or cb is None:
+            ca, cb = (float(np.median(x[valid])) if valid.any() else 0.0 for x in (a, b))
+    if not (np.isfinite([ca, cb, sa, sb]).all() and sa > 0 and sb > 0):
+        raise ValueError(f"centre must be finite and scale positive, got {(ca, cb)}, {(sa, sb)}")
+
+    u = np.where(valid, (a - ca) / sa, 0.0)
+    v = np.where(valid, (b - cb) / sb, 0.0)
+    rgb = _colour(u, v)
+    rgb[~valid] = 0.0
+
+    # Key cell centres in normalised units: the grid spans [-1, 1] on both axes.
+    grid = (2.0 * np.arange(key_size) + 1.0) / key_size - 1.0
+    key = _colour(grid[np.newaxis, :], grid[:, np.newaxis])
+    extent = (ca - sa, ca + sa, cb - sb, cb + sb)
+    return rgb.astype(np.float32), key.astype(np.float32), extent
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel average misorientation and orientation gradient
+
+
+def _stack_maps(com_maps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(M, H, W) float64 stack of the maps and the (H, W) mask of pixels finite in all."""
+    if len(com_maps) == 0:
+        raise ValueError("need at least one COM map")
+    stack = np.stack([np.asarray(m, dtype=np.float64) for m in com_maps])
+    if stack.ndim != 3:
+        raise ValueError(f"COM maps must be 2-D, got shape {stack.shape[1:]}")
+    return stack, np.isfinite(stack).all(axis=0)
+
+
+def _pair_slices(d: int, n: int) -> tuple[slice, slice]:
+    """Slices of p and of q = p + d along one axis of length n, over their overlap."""
+    if d >= 0:
+        return slice(0, max(n - d, 0)), slice(min(d, n), n)
+    return slice(min(-d, n), n), slice(0, max(n + d, 0))
+
+
+def _half_offsets(radius: int, connectivity: str) -> list[tuple[int, int]]:
+    """One offset of each +/- pair in the neighbourhood (the pixel itself excluded).
+
+    Distances are symmetric, so each pair of pixels is visited once and credited to both.
+    """
+    offsets = []
+    for dy in range(0, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dy == 0 and dx <= 0:
+                continue
+            if connectivity == "four" and abs(dy) + abs(dx) > radius:
+                continue
+            offsets.append((dy, dx))
+    return offsets
+
+
+def kam(
+    com_maps: Sequence[np.ndarray],
+    radius: int = 1,
+    connectivity: Literal["four", "eight"] = "eight",
+    max_distance: float | None = None,
+) -> np.ndarray:
+    """Kernel average misorientation: mean distance from a pixel's COM vector to its neighbours'.
+
+    For each pixel p: the mean over its valid neighbours q of
+    sqrt(sum_m (com_m[p] - com_m[q])^2), in the maps' units (e.g. degrees). This is the local
+    orientation spread of Pantleon's KAM as darfix computes it from the COM maps, with one
+    deliberate difference: the pixel itself is NOT one of its neighbours. darfix counts it
+    with distance 0, which biases KAM low by (n-1)/n, with n the number of pixels in the
+    kernel, and n changes at mask edges, so the bias is not even uniform.
+
+    Neighbourhood: `connectivity="eight"` is the (2r+1) x (2r+1) square kernel (r = 1: the
+    usual 3x3 kernel, 8 neighbours), `"four"` the diamond |dy| + |dx| <= r (r = 1: the 4
+    edge-sharing neighbours). A neighbour is valid when it is inside the map and finite in every map.
+    `max_distance`, if given, also drops neighbours farther than it (the EBSD practice of
+    keeping grain boundaries out of the intra-grain KAM).
+
+    NaN where the pixel itself is NaN or has no valid neighbour. Vectorised: one pass of
+    whole-array slices per +/- pair of offsets (4 passes for the default 3x3 kernel).
+    """
+    if radius < 1:
+        raise ValueError(f"radius must be >= 1, got {radius}")
+    if connectivity not in ("four", "eight"):
+        raise ValueError(f"connectivity must be 'four' or 'eight', got {connectivity!r}")
+    stack, valid = _stack_maps(com_maps)
+    h, w = valid.shape
+    total = np.zeros((h, w))
+    count = np.zeros((h, w), dtype=np.int32)
+    with np.errstate(invalid="ignore"):
+        for dy, dx in _half_offsets(radius, connectivity):
+            (py, qy), (px, qx) = _pair_slices(dy, h), _pair_slices(dx, w)
+            p, q = (py, px), (qy, qx)
+            diff = stack[:, py, px] - stack[:, qy, qx]
+            dist = np.sqrt(np.einsum("mij,mij->ij", diff, diff))
+            ok = valid[p] & valid[q]
+            if max_distance is not None:
+                ok &= dist <= max_distance
+            dist = np.where(ok, dist, 0.0)
+            total[p] += dist
+            count[p] += ok
+            total[q] += dist
+            count[q] += ok
+        with np.errstate(divide="ignore"):
+            out = total / count
+    out[~valid | (count == 0)] = np.nan
+    return out
+
+
+def orientation_gradient(com_maps: Sequence[np.ndarray]) -> np.ndarray:
+    """Orientation gradient magnitude per pixel step, from forward differences.
+
+    sqrt(sum_m [(com_m[y, x+1] - com_m[y, x])^2 + (com_m[y+1, x] - com_m[y, x])^2]): for
+    (mu, chi) maps this is sqrt(|grad mu|^2 + |grad chi|^2), the darfix-style
+    delta-gamma = sqrt(delta-mu^2 + delta-chi^2). Unlike `kam` it is one-sided and uses only
+    two neighbours, so it is noisier and shifted by half a pixel; it is here for comparison
+    with darfix results. NaN where the pixel, its right or its lower neighbour is NaN, and on
+    the last row and column (no forward neighbour).
+    """
+    stack, valid = _stack_maps(com_maps)
+    h, w = valid.shape
+    out = np.full((h, w), np.nan)
+    if h < 2 or w < 2:
+        return out
+    with np.errstate(invalid="ignore"):
+        dx = stack[:, :-1, 1:] - stack[:, :-1, :-1]
+        dy = stack[:, 1:, :-1] - stack[:, :-1, :-1]
+        grad = np.sqrt(np.einsum("mij,mij->ij", dx, dx) + np.einsum("mij,mij->ij", dy, dy))
+    ok = valid[:-1, :-1] & valid[:-1, 1:] & valid[1:, :-1]
+    out[:-1, :-1] = np.where(ok, grad, np.nan)
+    return out
