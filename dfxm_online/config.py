@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
@@ -44,6 +46,16 @@ class AnalysisConfig:
     batch_size: int = 16
     #: seconds a complete point may wait for its batch to fill (latency budget)
     batch_delay: float = 0.1
+    #: per-frame preprocessing, in order: [{"step": "hot_pixels", "k": 8}, ...]
+    #: (steps: dark, hot_pixels, threshold, mask, roi, binning, flatfield, monitor, cornice)
+    preprocess: list[dict] = field(default_factory=list)
+    #: images the steps refer to by name: {"mask": "mask.h5::/mask", "flatfield": "flat.edf"}
+    images: dict[str, str] = field(default_factory=dict)
+    #: counter normalising each frame when the chain has a "monitor" step and the scan
+    #: records it (e.g. "mon", "srcur"); scans without it are not normalised (warning)
+    monitor: str | None = None
+    #: KAM neighbourhood radius in pixels (8-connected)
+    kam_radius: int = 1
 
     def validate(self) -> None:
         if self.background not in BACKGROUND_MODES:
@@ -60,6 +72,17 @@ class AnalysisConfig:
             raise ConfigError("analysis.batch_delay must be >= 0 seconds")
         if self.motors is not None and not 1 <= len(self.motors) <= 3:
             raise ConfigError("analysis.motors must name 1 to 3 motors")
+        if self.kam_radius < 1:
+            raise ConfigError("analysis.kam_radius must be >= 1")
+        try:
+            from .online.preprocess import PreprocessChain
+
+            # parameters and step names only; images are checked when they are loaded
+            names = {e.get("image", e.get("step")) for e in self.preprocess if isinstance(e, dict)}
+            PreprocessChain.from_config(self.preprocess, {n: np.zeros((1, 1)) for n in names if isinstance(n, str)})
+        except ValueError as exc:
+            if "shape" not in str(exc) and "boolean" not in str(exc):
+                raise ConfigError(f"analysis.preprocess: {exc}") from None
 
 
 @dataclass
@@ -115,6 +138,8 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
             isinstance(value, list) and all(isinstance(v, str) for v in value)
         ):
             raise ConfigError(f"{where}motors={value!r}: expected a list of motor names")
+        elif key == "monitor" and not isinstance(value, str):
+            raise ConfigError(f"{where}monitor={value!r}: expected a counter name")
         elif key == "detector" and not isinstance(value, str):
             raise ConfigError(f"{where}detector={value!r}: expected a name")
         setattr(obj, key, value)

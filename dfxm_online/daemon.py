@@ -33,6 +33,7 @@ from .acquisition.geometry import (
     select_image_stream,
 )
 from .config import DaemonConfig
+from .images import load_images
 from .maps import default_map
 from .online.accumulators.background import RunningMean
 from .online.pipeline import ScanPipeline
@@ -104,9 +105,11 @@ class ScanWorker(threading.Thread):
     def _maps(self) -> dict[str, np.ndarray]:
         if self.pipeline is not None and self.pipeline.frames_processed:
             session = self.status.session if self.status else ""
-            if self.pipeline.dark is None:
+            if self.pipeline.dark is None and not self.pipeline.dark_in_chain:
+                # a dark scan that finished after this scan started is still used
                 dark = self.d.darks.latest_before(session, self.status.number if self.status else 0)
-                if dark is not None and dark.total.size == self.pipeline.moments.n_pixels:
+                raw = self.pipeline.raw_shape
+                if dark is not None and dark.total.size == raw[0] * raw[1]:
                     self.pipeline.set_dark(dark)
             return self.pipeline.snapshot()
         if self.dark_mean is not None and self.dark_mean.count:
@@ -136,8 +139,9 @@ class ScanWorker(threading.Thread):
             frames_expected=st.frames_expected, scan_key=self.key, config=self.d.config.to_json(),
         )
         default = default_map(self.geometry.motor_names) if self.geometry else ("dark" if st.dark else None)
+        axes = self.pipeline.map_axes() if self.pipeline is not None and maps else {}
         try:
-            write_maps_file(st.path, maps, info, default, self.geometry.title if self.geometry else "")
+            write_maps_file(st.path, maps, info, default, self.geometry.title if self.geometry else "", axes)
         except OSError as exc:
             self.d.metrics.publish_errors.inc()
             logger.error("scan %s: cannot write %s: %s", self.key, st.path, exc)
@@ -218,7 +222,7 @@ class ScanWorker(threading.Thread):
             )
         else:
             geometry = geometry_from_scan_info(
-                info, streams, config.analysis.detector, config.analysis.motors
+                info, streams, config.analysis.detector, config.analysis.motors, config.analysis.monitor
             )
             self.geometry = geometry
         logger.info(
@@ -245,8 +249,11 @@ class ScanWorker(threading.Thread):
                     if dark is not None and dark.total.size != shape[0] * shape[1]:
                         logger.warning("scan %s: the session's dark has another frame size; not used", self.key)
                         dark = None
-                    self.pipeline = ScanPipeline(geometry, shape, config.analysis, dark)
-                self.pipeline.update(batch.frames, batch.positions)
+                    self.pipeline = ScanPipeline(
+                        geometry, shape, config.analysis, dark, self.d.images,
+                        has_monitor=bool(geometry.monitor_stream),
+                    )
+                self.pipeline.update(batch.frames, batch.positions, batch.monitor)
             self.d.metrics.frames.inc(batch.frames.shape[0])
             self.d.metrics.batch_seconds.observe(time.perf_counter() - t0)
             st.frames_processed += batch.frames.shape[0]
@@ -283,6 +290,7 @@ class Daemon:
         self.output_dir = Path(output_dir)
         self.config = config or DaemonConfig()
         self.config.validate()
+        self.images = load_images(self.config.analysis.images)  # once, not per scan
         self.metrics = Metrics()
         self.darks = DarkRegistry()
         self.stop_event = threading.Event()

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from .acquisition.blissfile import find_detector, open_scan, parse_scan_url
 from .acquisition.geometry import ScanError, ScanGeometry
 from .config import AnalysisConfig
+from .images import load_images
 from .maps import default_map
 from .online.accumulators.background import RunningMean
 from .online.pipeline import ScanPipeline
@@ -43,20 +44,22 @@ def process_scan(
     config: AnalysisConfig | None = None,
     dark: str | RunningMean | np.ndarray | None = None,
     progress: bool = True,
-) -> tuple[dict[str, np.ndarray], ScanGeometry, int]:
-    """Maps of a recorded scan; returns (maps, geometry, frames processed)."""
+) -> tuple[dict[str, np.ndarray], dict, ScanGeometry, int]:
+    """Maps of a recorded scan; returns (maps, their axes, geometry, frames processed)."""
     config = config or AnalysisConfig()
-    with open_scan(path, scan, detector=config.detector, motors=config.motors) as rec:
+    with open_scan(path, scan, detector=config.detector, motors=config.motors,
+                   monitor=config.monitor) as rec:
         geometry = rec.geometry()
         dark_image = mean_dark(dark, path, rec.detector) if isinstance(dark, str) else dark
-        pipeline = ScanPipeline(geometry, rec.frame_shape, config, dark_image)
+        pipeline = ScanPipeline(geometry, rec.frame_shape, config, dark_image,
+                                load_images(config.images), has_monitor=rec.monitor is not None)
         bar = tqdm(total=rec.npoints, desc=f"{Path(path).name}::{scan}", unit="frame",
                    disable=not progress)
         for batch in rec.batches(config.batch_size):
-            pipeline.update(batch.frames, batch.positions)
+            pipeline.update(batch.frames, batch.positions, batch.monitor)
             bar.update(batch.frames.shape[0])
         bar.close()
-        return pipeline.snapshot(), geometry, pipeline.frames_processed
+        return pipeline.snapshot(), pipeline.map_axes(), geometry, pipeline.frames_processed
 
 
 def process_to_file(
@@ -68,9 +71,9 @@ def process_to_file(
     from dataclasses import asdict
 
     config = config or AnalysisConfig()
-    maps, geometry, frames = process_scan(path, scan, config, dark, progress)
+    maps, axes, geometry, frames = process_scan(path, scan, config, dark, progress)
     info = ProcessInfo(
         state="complete", frames_processed=frames, frames_expected=geometry.npoints,
         scan_key=f"{Path(path).resolve()}::{scan}", config=json.dumps(asdict(config), sort_keys=True),
     )
-    return write_maps_file(out, maps, info, default_map(geometry.motor_names), geometry.title)
+    return write_maps_file(out, maps, info, default_map(geometry.motor_names), geometry.title, axes)

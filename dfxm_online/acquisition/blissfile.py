@@ -133,9 +133,7 @@ def open_scan(
                 raise ScanError(f"motor {name} has {values.shape[0]} positions for {n} frames")
             positions[name] = values[:n]
         monitor_values = None
-        if monitor:
-            if monitor not in recorded:
-                raise ScanError(f"monitor counter {monitor!r} not recorded in scan {scan}")
+        if monitor and monitor in recorded:  # a scan without it is not normalised
             monitor_values = np.asarray(recorded[monitor], dtype=np.float64)[:n]
             if monitor_values.shape[0] < n:
                 raise ScanError(f"monitor {monitor} has {monitor_values.shape[0]} values for {n} frames")

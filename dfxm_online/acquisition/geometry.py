@@ -165,7 +165,7 @@ def geometry_from_scan_info(
             raise ScanError(f"scan_info gives no axis_points for {name}")
         axes.append(MotorAxis(name.split(":", 1)[1], float(start), float(stop), n))
     shape = streams[image]
-    monitor_stream = select_counter_stream(streams, monitor) if monitor else ""
+    monitor_stream = find_counter_stream(streams, monitor) if monitor else ""
     return ScanGeometry(
         motors=tuple(axes),
         npoints=npoints,
@@ -179,14 +179,15 @@ def geometry_from_scan_info(
     )
 
 
-def select_counter_stream(streams: Mapping[str, Sequence[int] | None], counter: str) -> str:
-    """The scalar stream of counter `counter` ('mon' matches 'p201:mon' or 'mon')."""
+def find_counter_stream(streams: Mapping[str, Sequence[int] | None], counter: str) -> str:
+    """The scalar stream of counter `counter` ('mon' matches 'p201:mon' or 'mon'), or ""
+    when the scan does not record it (frames are then not normalised, with a warning)."""
     found = [
         n for n, shape in streams.items()
         if (n == counter or n.split(":")[-1] == counter) and shape is not None and len(shape) == 0
     ]
     if not found:
-        raise ScanError(f"monitor counter {counter!r} not in the scan")
+        return ""
     if len(found) > 1:
         raise ScanError(f"monitor counter {counter!r} is ambiguous: {', '.join(sorted(found))}")
     return found[0]

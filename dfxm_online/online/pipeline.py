@@ -1,4 +1,4 @@
-"""One scan's analysis: batches of frames in, accumulators updated, maps out.
+"""One scan's analysis: batches of frames in, preprocessing, accumulators updated, maps out.
 
 The daemon, `dfxm-online process` and the ewoks tasks all drive this same class, so there is
 one implementation of every algorithm. It does no I/O.
@@ -6,6 +6,7 @@ one implementation of every algorithm. It does no I/O.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -13,12 +14,16 @@ import numpy as np
 from ..acquisition.geometry import ScanError, ScanGeometry
 from ..config import AnalysisConfig
 from ..maps import moment_maps
+from ..orientation import KEY_SIZE, kam, mosaicity_rgb
 from .accumulators.background import EdgeBaseline, RunningMean
 from .accumulators.moments import PowerSums
+from .preprocess import DarkStep, MonitorStep, PreprocessChain
+
+logger = logging.getLogger(__name__)
 
 
 class ScanPipeline:
-    """Accumulators of one scan (mergeable: tiles or halves processed elsewhere add up)."""
+    """Preprocessing and accumulators of one scan (mergeable: tiles or halves add up)."""
 
     def __init__(
         self,
@@ -26,52 +31,110 @@ class ScanPipeline:
         frame_shape: tuple[int, int],
         config: AnalysisConfig | None = None,
         dark: RunningMean | np.ndarray | None = None,
+        images: Mapping[str, np.ndarray] | None = None,
+        has_monitor: bool = True,
     ) -> None:
+        """`frame_shape` is the raw detector frame's; `images` the chain's named images
+        (mask, flatfield, ...); `dark` the session's dark scan (or a dark image), used by a
+        "dark" preprocessing step or else at snapshot time; `has_monitor` False drops a
+        "monitor" step (the scan records no monitor counter)."""
         self.geometry = geometry
         self.config = config or AnalysisConfig()
-        self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
+        self.raw_shape = (int(frame_shape[0]), int(frame_shape[1]))
+        self.chain = self._build_chain(dark, images or {}, has_monitor)
+        self.frame_shape = self.chain.output_shape(self.raw_shape)
         n_pixels = self.frame_shape[0] * self.frame_shape[1]
         self.moments = PowerSums(geometry.motors, n_pixels)
         self.edges = EdgeBaseline(geometry.motors, n_pixels, self.config.edge_fraction)
-        self.dark: np.ndarray | None = None  # mean dark image (P,)
-        self.dark_frames: RunningMean | None = None  # its frames' statistics, when known
-        if dark is not None:
+        self.dark: np.ndarray | None = None
+        self.dark_frames: RunningMean | None = None
+        self.mosaicity_extent: tuple[float, float, float, float] | None = None
+        if dark is not None and not self.dark_in_chain:
             self.set_dark(dark)
+
+    # -- preprocessing ---------------------------------------------------------------------
+    def _build_chain(
+        self, dark: RunningMean | np.ndarray | None, images: Mapping[str, np.ndarray], has_monitor: bool
+    ) -> PreprocessChain:
+        steps = list(self.config.preprocess)
+        if not has_monitor and any(s.get("step") == "monitor" for s in steps):
+            logger.warning("scan records no monitor counter %r: frames are not normalised", self.config.monitor)
+            steps = [s for s in steps if s.get("step") != "monitor"]
+        images = dict(images)
+        if any(s.get("step") == "dark" for s in steps) and "dark" not in images:
+            image = dark.snapshot() if isinstance(dark, RunningMean) else dark
+            if image is None:
+                raise ScanError("preprocess step 'dark' needs a dark scan in the session or a dark file")
+            images["dark"] = np.asarray(image, dtype=np.float64).reshape(self.raw_shape)
+        try:
+            return PreprocessChain.from_config(steps, images, self.raw_shape)
+        except ValueError as exc:
+            raise ScanError(f"preprocessing: {exc}") from None
+
+    @property
+    def dark_in_chain(self) -> bool:
+        return any(isinstance(s, DarkStep) for s in self.chain.steps)
+
+    @property
+    def needs_monitor(self) -> bool:
+        return any(isinstance(s, MonitorStep) for s in self.chain.steps)
 
     @property
     def frames_processed(self) -> int:
         return self.moments.count
 
     def set_dark(self, dark: RunningMean | np.ndarray) -> None:
-        """Use this dark from now on (applied at snapshot time, so it may come late).
+        """Subtract this dark at snapshot time from now on (so it may arrive late).
 
         A :class:`RunningMean` over a dark scan's frames can be pooled with the scan-edge
-        frames; a bare image (H, W) can only be subtracted as it is.
+        frames; a bare image (H, W) can only be subtracted as it is. Only valid when the
+        chain keeps frames affine in the raw counts (no hot-pixel/threshold/monitor step
+        before the moments would commute with it otherwise); with a "dark" step in the
+        chain the dark is applied per frame instead.
         """
+        if self.dark_in_chain:
+            return
+        if self.chain.steps and not self.chain.is_linear:
+            logger.info("dark not applied at snapshot time: the preprocessing is not linear")
+            return
         if isinstance(dark, RunningMean):
             image = dark.snapshot()
             if image is None:
                 raise ScanError("the dark scan has no frames")
-            self.dark_frames = dark
+            frames_stats = dark
         else:
             image = np.asarray(dark, dtype=np.float64)
-            if image.shape != self.frame_shape:
-                raise ScanError(f"dark image has shape {image.shape}, frames have {self.frame_shape}")
-            self.dark_frames = None
-        if image.size != self.frame_shape[0] * self.frame_shape[1]:
-            raise ScanError(f"dark image has {image.size} pixels, frames have {self.frame_shape}")
+            frames_stats = None
+        if image.size != self.raw_shape[0] * self.raw_shape[1]:
+            raise ScanError(f"dark image has {image.size} pixels, frames have {self.raw_shape}")
+        if self.chain.steps:
+            # a linear chain maps a per-pixel constant c to chain(c) - chain(0)
+            raw = image.reshape((1, *self.raw_shape))
+            image = (self.chain(raw) - self.chain(np.zeros_like(raw)))[0].astype(np.float64)
+            frames_stats = None  # the dark frames' spread is not transformed
         self.dark = image.reshape(-1)
+        self.dark_frames = frames_stats
 
-    def update(self, frames: np.ndarray, positions: Mapping[str, np.ndarray]) -> None:
-        """Add a batch of frames (B, H, W) recorded at `positions` (motor -> (B,))."""
-        if frames.ndim != 3 or frames.shape[1:] != self.frame_shape:
+    # -- accumulation ----------------------------------------------------------------------
+    def update(
+        self, frames: np.ndarray, positions: Mapping[str, np.ndarray], monitor: np.ndarray | None = None
+    ) -> None:
+        """Add a batch of raw frames (B, H, W) recorded at `positions` (motor -> (B,))."""
+        if frames.ndim != 3 or frames.shape[1:] != self.raw_shape:
             raise ScanError(
-                f"frames of shape {tuple(frames.shape[1:])} where the scan's are {self.frame_shape}"
+                f"frames of shape {tuple(frames.shape[1:])} where the scan's are {self.raw_shape}"
             )
         for axis in self.geometry.motors:
             values = positions.get(axis.name)
             if values is None or len(values) != frames.shape[0]:
                 raise ScanError(f"no position of motor {axis.name!r} for every frame of the batch")
+        if self.chain.steps:
+            if self.needs_monitor and (monitor is None or len(monitor) != frames.shape[0]):
+                raise ScanError("no monitor value for every frame of the batch")
+            try:
+                frames = self.chain(frames, monitor)
+            except ValueError as exc:
+                raise ScanError(f"preprocessing: {exc}") from None
         self.moments.update(frames, positions)
         self.edges.update(frames, positions)
 
@@ -94,11 +157,14 @@ class ScanPipeline:
             self.geometry.motors, part("edges"), self.config.edge_fraction
         )
 
+    # -- maps ------------------------------------------------------------------------------
     def background(self) -> tuple[np.ndarray | None, str]:
         """The per-pixel constant subtracted before the moments, and what it is.
 
         "auto": a dark scan's frames pooled with the scan-edge frames that agree with them
         when a dark scan was taken; a bare dark image as it is; otherwise the edge baseline.
+        With a "dark" preprocessing step the dark is already subtracted from every frame:
+        "auto" then means the edge baseline of what remains.
         """
         mode = self.config.background
         if mode == "auto":
@@ -108,15 +174,37 @@ class ScanPipeline:
         if mode == "none":
             return None, "none"
         if mode == "dark":
+            if self.dark_in_chain:
+                return None, "dark (per frame)"
             if self.dark is None:
                 raise ScanError("background='dark' but no dark scan or dark file is available")
             return self.dark, "dark"
         return self.edges.snapshot(), "edges"
 
     def snapshot(self) -> dict[str, np.ndarray]:
-        """The current maps (cheap relative to the scan; read-only on the accumulators)."""
+        """The current maps (read-only on the accumulators)."""
         offset, _ = self.background()
         snap = self.moments.snapshot(offset)
-        return moment_maps(
-            snap, self.geometry.motor_names, self.frame_shape, self.config.min_intensity_fraction
-        )
+        names = self.geometry.motor_names
+        maps = moment_maps(snap, names, self.frame_shape, self.config.min_intensity_fraction)
+        if offset is not None:
+            maps["background"] = offset.reshape(self.frame_shape)
+        coms = [maps[f"com_{m}"] for m in names]
+        maps["kam"] = kam(coms, radius=self.config.kam_radius)
+        if len(names) >= 2:
+            rgb, key, extent = mosaicity_rgb(coms[0], coms[1])
+            maps["mosaicity"] = rgb
+            maps["mosaicity_key"] = key
+            self.mosaicity_extent = extent
+        return maps
+
+    def map_axes(self) -> dict[str, list[tuple[str, np.ndarray]]]:
+        """Axes of the maps that have physical ones (the mosaicity key: motor values)."""
+        extent = self.mosaicity_extent
+        if extent is None:
+            return {}
+        names = self.geometry.motor_names
+        a = np.linspace(extent[0], extent[1], KEY_SIZE + 1)
+        b = np.linspace(extent[2], extent[3], KEY_SIZE + 1)
+        # cell centres, rows = second motor, columns = first motor (the key's layout)
+        return {"mosaicity_key": [(names[1], 0.5 * (b[1:] + b[:-1])), (names[0], 0.5 * (a[1:] + a[:-1]))]}

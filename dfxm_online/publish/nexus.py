@@ -19,7 +19,7 @@ import datetime
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +60,11 @@ class ProcessInfo:
             raise ValueError(f"state {self.state!r} is not one of {STATES}")
 
 
-def _write(path: Path, maps: Mapping[str, np.ndarray], info: ProcessInfo, default: str | None, title: str) -> None:
+AxesSpec = Mapping[str, Sequence[tuple[str, np.ndarray]]]
+
+
+def _write(path: Path, maps: Mapping[str, np.ndarray], info: ProcessInfo, default: str | None,
+           title: str, axes: AxesSpec) -> None:
     with h5py.File(path, "w") as f:
         f.attrs["creator"] = "dfxm-online"
         f.attrs["NX_class"] = "NXroot"
@@ -82,6 +86,12 @@ def _write(path: Path, maps: Mapping[str, np.ndarray], info: ProcessInfo, defaul
                 dset.attrs["interpretation"] = "image"
             elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
                 dset.attrs["interpretation"] = "rgba-image"
+            if name in axes:
+                names = []
+                for axis_name, values in axes[name]:
+                    nxdata.create_dataset(axis_name, data=np.asarray(values))
+                    names.append(axis_name)
+                nxdata.attrs["axes"] = names
         if default and default in group:
             select_default_plot(group[default])
         process = entry.create_group("process")
@@ -105,13 +115,14 @@ def write_maps_file(
     info: ProcessInfo,
     default: str | None = None,
     title: str = "",
+    axes: AxesSpec | None = None,
 ) -> Path:
     """Write the maps file atomically (temporary file + fsync + rename); return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        _write(tmp, maps, info, default, title)
+        _write(tmp, maps, info, default, title, axes or {})
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

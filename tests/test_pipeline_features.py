@@ -1,0 +1,122 @@
+"""Preprocessing, monitor normalisation and orientation maps through `process` and `serve`."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+from dfxm_online.acquisition.simulate import REFERENCE_CURRENT, SimulationSpec, simulate
+from dfxm_online.config import AnalysisConfig, DaemonConfig
+from dfxm_online.maps import signal_mask
+from dfxm_online.offline import process_scan, process_to_file
+from dfxm_online.online.preprocess import PreprocessChain
+from dfxm_online.orientation import kam, mosaicity_rgb
+from dfxm_online.publish.nexus import read_maps_file
+
+from . import brute
+from .conftest import wait_done
+
+
+def _spec(tmp_path, **kw):
+    kw.setdefault("frame_shape", (32, 28))
+    kw.setdefault("peak_counts", 5000.0)
+    return SimulationSpec(scan_dir=tmp_path / "scans", **kw)
+
+
+def test_preprocessing_chain_in_process_equals_brute_force(redis_url, tmp_path):
+    """Hot pixels injected into the recorded frames, then hot-pixel removal + 2x2 binning."""
+    rec = simulate(redis_url, _spec(tmp_path, kind="mosaicity", points=9, session="pp"), keep_frames=True)
+    scan = f"{rec.scan_number}.1"
+    with h5py.File(rec.filename, "a") as f:
+        data = f[f"{scan}/instrument/pco/data"]
+        stack = data[()]
+        clean = stack.copy()
+        stack[:, 5, 7] = 60000  # a hot pixel in every frame
+        stack[3, 20, 11] = 50000  # and a transient one
+        data[...] = stack
+    steps = [{"step": "hot_pixels"}, {"step": "binning", "factor": 2, "mode": "sum"}]
+    config = AnalysisConfig(preprocess=steps)
+    maps, _, geometry, n = process_scan(rec.filename, scan, config, progress=False)
+    assert maps["com_mu"].shape == (16, 14) and n == len(rec.positions)
+    chain = PreprocessChain.from_config(steps)
+    pre = chain(stack).astype(np.float64)
+    # the hot pixels are gone: what is left differs from the clean frames by far less
+    clean_pre = PreprocessChain.from_config(steps)(clean).astype(np.float64)
+    assert np.abs(pre[:, 5 // 2, 7 // 2] - clean_pre[:, 5 // 2, 7 // 2]).max() < 0.05 * 60000
+    assert abs(pre[3, 10, 5] - clean_pre[3, 10, 5]) < 0.05 * 50000
+    offset = brute.edge_baseline(pre, rec.positions, list(rec.model.motors), 0.2)
+    ref = brute.moments(pre, rec.positions, offset)
+    valid = signal_mask(ref["intensity"], 0.05) & (ref["var0"] > 0) & (ref["var1"] > 0)
+    assert valid.sum() > 50
+    np.testing.assert_allclose(maps["com_mu"][valid], ref["mean0"][valid], rtol=1e-9)
+    np.testing.assert_allclose(maps["fwhm_chi"][valid], 2.3548200450309493 * np.sqrt(ref["var1"][valid]), rtol=1e-9)
+
+
+def test_monitor_normalisation_live_and_offline(make_daemon, redis_url, tmp_path):
+    """A decaying, refilled beam: normalised frames recover the truth, raw ones do not."""
+    config = AnalysisConfig(preprocess=[{"step": "monitor", "reference": REFERENCE_CURRENT}], monitor="mon")
+    daemon = make_daemon(DaemonConfig(publish_period=0.2, analysis=config))
+    rec = simulate(redis_url, _spec(tmp_path, kind="rocking", monitor="mon", session="mon"), keep_frames=True)
+    status = wait_done(daemon, rec.scan_key)
+    assert status.state == "complete", status.reason
+    live, _ = read_maps_file(status.path)
+    with h5py.File(rec.filename) as f:
+        current = f[f"{rec.scan_number}.1/measurement/mon"][()]
+    assert current.min() < 0.9 * REFERENCE_CURRENT  # the beam really changed
+    # the chain works in float32: the reference is its own output, checked against float64
+    stack = PreprocessChain.from_config(config.preprocess)(np.stack(rec.frames), current).astype(np.float64)
+    direct = np.stack(rec.frames).astype(np.float64) * (REFERENCE_CURRENT / current)[:, None, None]
+    np.testing.assert_allclose(stack, direct, rtol=1e-6)
+    offset = brute.edge_baseline(stack, rec.positions, list(rec.model.motors), 0.2)
+    ref = brute.moments(stack, rec.positions, offset)
+    valid = signal_mask(ref["intensity"], 0.05) & (ref["var0"] > 0)
+    np.testing.assert_allclose(live["com_mu"][valid], ref["mean0"][valid], rtol=2e-6)
+    offline, _, _, _ = process_scan(rec.filename, f"{rec.scan_number}.1", config, progress=False)
+    np.testing.assert_allclose(offline["com_mu"][valid], ref["mean0"][valid], rtol=1e-9)
+    # without normalisation the changing flux biases the maps
+    model = rec.model
+    inside = valid & (model.amplitude > 0.5 * model.amplitude.max())
+    raw, _, _, _ = process_scan(rec.filename, f"{rec.scan_number}.1", AnalysisConfig(), progress=False)
+    err_norm = np.median(np.abs(offline["com_mu"] - model.centre[0])[inside])
+    err_raw = np.median(np.abs(raw["com_mu"] - model.centre[0])[inside])
+    assert err_raw > 2 * err_norm
+
+
+def test_mosaicity_and_kam_maps_in_the_file(redis_url, tmp_path):
+    rec = simulate(redis_url, _spec(tmp_path, kind="mosaicity", points=11, session="mos"))
+    out = process_to_file(rec.filename, tmp_path / "m.h5", f"{rec.scan_number}.1", progress=False)
+    maps, _ = read_maps_file(out)
+    rgb, key, _ = mosaicity_rgb(maps["com_mu"].astype(np.float64), maps["com_chi"].astype(np.float64))
+    np.testing.assert_allclose(maps["mosaicity"], rgb, atol=2e-3)  # float32 COMs in the file
+    assert maps["mosaicity"].shape == (32, 28, 3) and maps["mosaicity_key"].shape == key.shape
+    np.testing.assert_allclose(
+        maps["kam"], kam([maps["com_mu"].astype(np.float64), maps["com_chi"].astype(np.float64)]),
+        rtol=1e-5, atol=1e-7, equal_nan=True,
+    )
+    # sub-grain boundaries stand out in the KAM map
+    inside = np.isfinite(maps["kam"])
+    assert np.nanpercentile(maps["kam"], 95) > 5 * np.nanmedian(maps["kam"][inside])
+    with h5py.File(out) as f:
+        group = f["entry/maps/mosaicity_key"]
+        assert list(group.attrs["axes"]) == ["chi", "mu"]
+        assert group["mu"].shape == (128,) and group["chi"][0] < group["chi"][-1]
+        assert f["entry/maps/mosaicity/mosaicity"].attrs["interpretation"] == "rgba-image"
+
+
+def test_mask_and_flatfield_images_from_files(redis_url, tmp_path):
+    rec = simulate(redis_url, _spec(tmp_path, kind="rocking", points=21, session="img"), keep_frames=True)
+    mask = np.zeros((32, 28), np.uint8)
+    mask[:, :4] = 1  # pyFAI convention: non-zero = bad
+    flat = np.full((32, 28), 2.0)
+    with h5py.File(tmp_path / "images.h5", "w") as f:
+        f["mask"] = mask
+        f["flat"] = flat
+    config = AnalysisConfig(
+        preprocess=[{"step": "mask"}, {"step": "flatfield"}],
+        images={"mask": f"{tmp_path / 'images.h5'}::/mask", "flatfield": f"{tmp_path / 'images.h5'}::/flat"},
+    )
+    maps, _, _, _ = process_scan(rec.filename, f"{rec.scan_number}.1", config, progress=False)
+    assert np.isnan(maps["com_mu"][:, :4]).all()
+    plain, _, _, _ = process_scan(rec.filename, f"{rec.scan_number}.1", AnalysisConfig(), progress=False)
+    np.testing.assert_allclose(maps["intensity"][:, 4:], plain["intensity"][:, 4:] / 2, rtol=1e-9)
+    np.testing.assert_allclose(maps["com_mu"][:, 4:], plain["com_mu"][:, 4:], rtol=1e-9, equal_nan=True)
