@@ -142,3 +142,18 @@ def test_edge_baseline_gives_unbiased_com_and_fwhm_where_raw_moments_do_not():
     clipped = np.clip(stack.astype(float) - model.dark_offset, 0, None)
     ref = brute.moments(clipped, pos)
     assert np.median((FWHM_PER_SIGMA * np.sqrt(ref["var0"]) / model.fwhm[0] - 1)[inside]) > 0.03
+
+
+def test_float32_precision_within_its_stated_tolerance():
+    axes, _, pos, stack = make_stack(2)
+    exact = PowerSums(axes, stack[0].size)
+    fast = PowerSums(axes, stack[0].size, precision="float32")
+    for start in range(0, len(pos), 16):
+        for acc in (exact, fast):
+            acc.update(stack[start : start + 16], as_dict(axes, pos[start : start + 16]))
+    offset = brute.edge_baseline(stack, pos, axes, 0.2).reshape(-1)
+    a, b = exact.snapshot(offset), fast.snapshot(offset)
+    good = a.intensity > 0.05 * a.intensity.max()
+    np.testing.assert_allclose(b.mean[:, good], a.mean[:, good], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b.cov[0, 0, good], a.cov[0, 0, good], rtol=1e-4)
+    assert not np.array_equal(fast.sums, exact.sums)  # really a different computation

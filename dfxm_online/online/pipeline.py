@@ -44,7 +44,7 @@ class ScanPipeline:
         self.chain = self._build_chain(dark, images or {}, has_monitor)
         self.frame_shape = self.chain.output_shape(self.raw_shape)
         n_pixels = self.frame_shape[0] * self.frame_shape[1]
-        self.moments = PowerSums(geometry.motors, n_pixels)
+        self.moments = PowerSums(geometry.motors, n_pixels, precision=self.config.precision)
         self.edges = EdgeBaseline(geometry.motors, n_pixels, self.config.edge_fraction)
         self.dark: np.ndarray | None = None
         self.dark_frames: RunningMean | None = None
@@ -152,7 +152,9 @@ class ScanPipeline:
         def part(prefix: str) -> dict[str, np.ndarray]:
             return {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(prefix + "/")}
 
-        self.moments = PowerSums.from_state(self.geometry.motors, part("moments"))
+        self.moments = PowerSums.from_state(
+            self.geometry.motors, part("moments"), precision=self.config.precision
+        )
         self.edges = EdgeBaseline.from_state(
             self.geometry.motors, part("edges"), self.config.edge_fraction
         )

@@ -26,9 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...acquisition.geometry import MotorAxis
-
-#: pixels per tile of the batch product; 16k float64 x batch rows stays within L2
-TILE_PIXELS = 16384
+from ..tiles import for_each_tile
 
 
 def monomial_exponents(n_motors: int, order: int) -> np.ndarray:
@@ -76,13 +74,21 @@ class PowerSums:
     `offset` image from every frame (exactly, through the W_e sums).
     """
 
-    def __init__(self, axes: Sequence[MotorAxis], n_pixels: int, order: int = 4) -> None:
+    def __init__(
+        self, axes: Sequence[MotorAxis], n_pixels: int, order: int = 4, precision: str = "float64"
+    ) -> None:
+        """`precision` "float64" is exact to ~1e-12 against brute force; "float32" computes
+        each batch's product in float32 (2-3x faster, ~1e-7 relative error per batch, sums
+        still accumulated in float64)."""
         if not 1 <= len(axes) <= 3:
             raise ValueError("PowerSums supports 1 to 3 motors")
         if order < 2:
             raise ValueError("order must be >= 2 (variance)")
         self.axes = tuple(axes)
         self.order = order
+        if precision not in ("float64", "float32"):
+            raise ValueError("precision must be 'float64' or 'float32'")
+        self.compute_dtype = np.dtype(precision)
         self.exponents = monomial_exponents(len(axes), order)
         self.sums = np.zeros((len(self.exponents), n_pixels), dtype=np.float64)
         self.weights = np.zeros(len(self.exponents), dtype=np.float64)
@@ -102,11 +108,14 @@ class PowerSums:
         if flat.shape[1] != self.n_pixels:
             raise ValueError(f"frames have {flat.shape[1]} pixels, expected {self.n_pixels}")
         mono = self.monomials(reduced_coordinates(self.axes, positions))
-        mono_t = np.ascontiguousarray(mono.T)
-        for start in range(0, self.n_pixels, TILE_PIXELS):
-            stop = min(start + TILE_PIXELS, self.n_pixels)
-            tile = flat[:, start:stop].astype(np.float64)
-            self.sums[:, start:stop] += mono_t @ tile
+        dtype = self.compute_dtype
+        mono_t = np.ascontiguousarray(mono.T, dtype=dtype)
+
+        def work(start: int, stop: int) -> None:
+            # the product in compute_dtype, the running sums always in float64
+            self.sums[:, start:stop] += mono_t @ flat[:, start:stop].astype(dtype)
+
+        for_each_tile(self.n_pixels, work)
         self.weights += mono.sum(axis=0)
         self.count += flat.shape[0]
 
@@ -123,9 +132,10 @@ class PowerSums:
 
     @classmethod
     def from_state(
-        cls, axes: Sequence[MotorAxis], state: Mapping[str, np.ndarray], order: int = 4
+        cls, axes: Sequence[MotorAxis], state: Mapping[str, np.ndarray], order: int = 4,
+        precision: str = "float64",
     ) -> PowerSums:
-        obj = cls(axes, state["sums"].shape[1], order)
+        obj = cls(axes, state["sums"].shape[1], order, precision)
         obj.sums[...] = state["sums"]
         obj.weights[...] = state["weights"]
         obj.count = int(state["count"])
