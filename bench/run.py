@@ -127,6 +127,73 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
         daemon.wait(30)
 
 
+def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float, number: int) -> dict:
+    """Frame-to-published-map latency at `rate` frames/s: for each frame, the time from its
+    publication to the first maps file that includes it (file polled every 5 ms)."""
+    import threading
+
+    from dfxm_online.publish.nexus import read_maps_file
+
+    out = workdir / "maps"
+    rng = np.random.default_rng(number)
+    pool = rng.integers(90, 4000, size=(8, size, size), dtype=np.uint16)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "dfxm_online.cli", "--log-level", "WARNING", "serve", "--redis", url,
+         "--output-dir", str(out), "--publish-period", "0.1"], cwd=workdir,
+    )
+    try:
+        time.sleep(2.0)
+        from blissdata.redis_engine.store import DataStore
+
+        desc = ScanDescription(
+            session="latency", number=number, name="ascan", title=f"ascan mu -1 1 {n_frames - 1} 0.1",
+            filename=workdir / "scans" / f"lat_{number}.h5", detector="pco",
+            frame_shape=(size, size), npoints=n_frames, motors=[("mu", -1.0, 1.0, n_frames)],
+        )
+        pub = ScanPublisher(DataStore(url), desc, "array")
+        published: list[float] = []
+
+        def publish() -> None:
+            pub.start()
+            t0 = time.monotonic()
+            for i in range(n_frames):
+                delay = t0 + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                pub.publish({"mu": -1 + 2 * i / (n_frames - 1)}, pool[i % len(pool)])
+                published.append(time.monotonic())
+            pub.finish()
+
+        thread = threading.Thread(target=publish)
+        thread.start()
+        path = out / "latency" / f"ascan_{number}.h5"
+        seen: list[tuple[float, int]] = []
+        deadline = time.monotonic() + n_frames / rate + 60
+        while time.monotonic() < deadline:
+            try:
+                _, process = read_maps_file(path)
+                n = int(process["frames_processed"])
+                if not seen or n > seen[-1][1]:
+                    seen.append((time.monotonic(), n))
+                if process["state"] != "running":
+                    break
+            except (OSError, KeyError):
+                pass
+            time.sleep(0.005)
+        thread.join()
+        latencies = []
+        for k, t_pub in enumerate(published):
+            t_map = next((t for t, n in seen if n > k), None)
+            if t_map is not None:
+                latencies.append(max(0.0, t_map - t_pub))
+        lat = np.array(latencies)
+        return {"size": size, "rate": rate, "frames": n_frames, "p50": float(np.percentile(lat, 50)),
+                "p99": float(np.percentile(lat, 99)), "measured": len(lat)}
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
@@ -165,6 +232,13 @@ def main() -> None:
                     f"| {mode} | {sz}x{sz} | {n} | {r['published_fps']:.1f} | {r['end_to_end_fps']:.1f} | "
                     f"{r['processed']} ({r['state']}) | {r['peak_rss_mb']:.0f} |"
                 )
+            lines += ["", "## Frame-to-published-map latency (publish period 0.1 s)", "",
+                      "| frame | rate (frames/s) | frames | p50 (s) | p99 (s) |", "|---|---|---|---|---|"]
+            lat_runs = [(512, 100), (2048, 60)] if not args.quick else [(128, 30)]
+            for k, (sz, n) in enumerate(lat_runs, start=len(runs) + 1):
+                r = bench_latency(url, Path(tmp), sz, n, 10.0, k)
+                print(json.dumps(r), flush=True)
+                lines.append(f"| {sz}x{sz} | 10 | {r['frames']} | {r['p50']:.3f} | {r['p99']:.3f} |")
         finally:
             store.stop()
     text = "\n".join(lines) + "\n"

@@ -56,6 +56,22 @@ class AnalysisConfig:
     monitor: str | None = None
     #: KAM neighbourhood radius in pixels (8-connected)
     kam_radius: int = 1
+    #: optional accumulators besides the moments and the edge baseline: projections (sum,
+    #: max, half sums), median_background, rolling_median, minimum, low_quantile,
+    #: sums_along (one summed image per value of a motor), pca, nmf
+    accumulators: list[str] = field(default_factory=lambda: ["projections"])
+    #: MedianByStep: every k-th frame
+    median_step: int = 10
+    #: RollingMedian window (odd)
+    rolling_window: int = 9
+    #: LowQuantile's q
+    low_quantile: float = 0.1
+    #: motor of the per-value sums (topo-tomo: omega); default the slowest scanned motor
+    sums_along_motor: str | None = None
+    #: components of the incremental PCA / chunked NMF, and their spatial binning
+    pca_components: int = 5
+    nmf_components: int = 3
+    decomposition_binning: int = 4
     #: "float64": moment sums exact to ~1e-12; "float32": each batch's product in float32
     #: (faster, ~1e-7 relative error), the sums still accumulated in float64
     precision: str = "float64"
@@ -77,6 +93,17 @@ class AnalysisConfig:
             raise ConfigError("analysis.motors must name 1 to 3 motors")
         if self.precision not in ("float64", "float32"):
             raise ConfigError(f"analysis.precision={self.precision!r}: expected float64 or float32")
+        from .online.optional import NAMES
+
+        unknown = [a for a in self.accumulators if a not in NAMES]
+        if unknown:
+            raise ConfigError(f"analysis.accumulators: unknown {unknown}; known: {', '.join(NAMES)}")
+        if self.median_step < 1 or self.rolling_window < 1 or self.rolling_window % 2 == 0:
+            raise ConfigError("analysis.median_step must be >= 1 and rolling_window odd and >= 1")
+        if not 0 <= self.low_quantile <= 1:
+            raise ConfigError("analysis.low_quantile must be in [0, 1]")
+        if min(self.pca_components, self.nmf_components, self.decomposition_binning) < 1:
+            raise ConfigError("analysis.pca_components, nmf_components, decomposition_binning must be >= 1")
         if self.kam_radius < 1:
             raise ConfigError("analysis.kam_radius must be >= 1")
         try:
@@ -143,7 +170,7 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
             isinstance(value, list) and all(isinstance(v, str) for v in value)
         ):
             raise ConfigError(f"{where}motors={value!r}: expected a list of motor names")
-        elif key == "monitor" and not isinstance(value, str):
+        elif key in ("monitor", "sums_along_motor") and not isinstance(value, str):
             raise ConfigError(f"{where}monitor={value!r}: expected a counter name")
         elif key == "detector" and not isinstance(value, str):
             raise ConfigError(f"{where}detector={value!r}: expected a name")

@@ -263,6 +263,8 @@ class ScanWorker(threading.Thread):
             self.publish("aborted", "daemon stopped during the scan")
             return
         end_reason = self._end_reason(scan)
+        if self.pipeline is not None:
+            self.pipeline.finish()
         if st.dark and self.dark_mean is not None and self.dark_mean.count:
             self.d.darks.add(st.session, st.number, self.dark_mean)
         processed = st.frames_processed

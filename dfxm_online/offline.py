@@ -59,6 +59,7 @@ def process_scan(
             pipeline.update(batch.frames, batch.positions, batch.monitor)
             bar.update(batch.frames.shape[0])
         bar.close()
+        pipeline.finish()
         return pipeline.snapshot(), pipeline.map_axes(), geometry, pipeline.frames_processed
 
 

@@ -83,7 +83,7 @@ def test_merge_halves_equals_whole_and_state_round_trip():
     whole.update(stack, as_dict(axes, pos))
     h = len(pos) // 2
     first = ScanPipeline(ScanGeometry(tuple(axes), len(pos), "det"), stack.shape[1:])
-    second = ScanPipeline(ScanGeometry(tuple(axes), len(pos), "det"), stack.shape[1:])
+    second = ScanPipeline(ScanGeometry(tuple(axes), len(pos), "det"), stack.shape[1:], first_index=h)
     first.update(stack[:h], as_dict(axes, pos[:h]))
     second.update(stack[h:], as_dict(axes, pos[h:]))
     # checkpoint the first half, restore it into a fresh pipeline, then merge

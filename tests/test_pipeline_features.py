@@ -120,3 +120,32 @@ def test_mask_and_flatfield_images_from_files(redis_url, tmp_path):
     plain, _, _, _ = process_scan(rec.filename, f"{rec.scan_number}.1", AnalysisConfig(), progress=False)
     np.testing.assert_allclose(maps["intensity"][:, 4:], plain["intensity"][:, 4:] / 2, rtol=1e-9)
     np.testing.assert_allclose(maps["com_mu"][:, 4:], plain["com_mu"][:, 4:], rtol=1e-9, equal_nan=True)
+
+
+def test_optional_accumulators_against_brute_force(redis_url, tmp_path):
+    rec = simulate(redis_url, _spec(tmp_path, kind="strain", points=7, session="acc"), keep_frames=True)
+    config = AnalysisConfig(
+        accumulators=["projections", "median_background", "rolling_median", "minimum", "low_quantile", "sums_along"],
+        median_step=4, rolling_window=5, low_quantile=0.2, sums_along_motor="ffz",
+    )
+    out = process_to_file(rec.filename, tmp_path / "acc.h5", f"{rec.scan_number}.1", config, progress=False)
+    maps, _ = read_maps_file(out)
+    stack = np.stack(rec.frames).astype(np.float64)
+    n = len(stack)
+    f32 = {"rtol": 1e-6}  # maps are stored as float32
+    np.testing.assert_allclose(maps["sum"], stack.sum(0), **f32)
+    np.testing.assert_allclose(maps["max"], stack.max(0), **f32)
+    np.testing.assert_allclose(maps["sum_first_half"], stack[: n // 2].sum(0), **f32)
+    np.testing.assert_allclose(maps["sum_second_half"], stack[n // 2 :].sum(0), **f32)
+    np.testing.assert_allclose(maps["background_median"], np.median(stack[::4], axis=0), **f32)
+    np.testing.assert_allclose(maps["minimum"], stack.min(0), **f32)
+    np.testing.assert_allclose(maps["low_quantile"], np.quantile(stack, 0.2, axis=0, method="lower"), **f32)
+    # the last frame's rolling median (window truncated at the scan end)
+    np.testing.assert_allclose(maps["rolling_median"], np.median(stack[-3:], axis=0), **f32)
+    ffz = rec.positions[:, 1]
+    values = np.unique(ffz)
+    sums = np.stack([stack[ffz == v].sum(0) for v in values])
+    sums *= (sums.sum(axis=(1, 2)).mean() / sums.sum(axis=(1, 2)))[:, None, None]
+    np.testing.assert_allclose(maps["projections_ffz"], sums, rtol=1e-5)
+    with h5py.File(out) as f:
+        np.testing.assert_allclose(f["entry/maps/projections_ffz/ffz"][()], values)

@@ -15,6 +15,7 @@ from ..acquisition.geometry import ScanError, ScanGeometry
 from ..config import AnalysisConfig
 from ..maps import moment_maps
 from ..orientation import KEY_SIZE, kam, mosaicity_rgb
+from . import optional
 from .accumulators.background import EdgeBaseline, RunningMean
 from .accumulators.moments import PowerSums
 from .preprocess import DarkStep, MonitorStep, PreprocessChain
@@ -33,11 +34,13 @@ class ScanPipeline:
         dark: RunningMean | np.ndarray | None = None,
         images: Mapping[str, np.ndarray] | None = None,
         has_monitor: bool = True,
+        first_index: int = 0,
     ) -> None:
         """`frame_shape` is the raw detector frame's; `images` the chain's named images
         (mask, flatfield, ...); `dark` the session's dark scan (or a dark image), used by a
         "dark" preprocessing step or else at snapshot time; `has_monitor` False drops a
-        "monitor" step (the scan records no monitor counter)."""
+        "monitor" step (the scan records no monitor counter); `first_index` is the scan
+        index of the first frame (a part of a scan processed elsewhere, to be merged)."""
         self.geometry = geometry
         self.config = config or AnalysisConfig()
         self.raw_shape = (int(frame_shape[0]), int(frame_shape[1]))
@@ -46,9 +49,11 @@ class ScanPipeline:
         n_pixels = self.frame_shape[0] * self.frame_shape[1]
         self.moments = PowerSums(geometry.motors, n_pixels, precision=self.config.precision)
         self.edges = EdgeBaseline(geometry.motors, n_pixels, self.config.edge_fraction)
+        self.extras = optional.build(self.config, geometry, n_pixels, first_index)
         self.dark: np.ndarray | None = None
         self.dark_frames: RunningMean | None = None
         self.mosaicity_extent: tuple[float, float, float, float] | None = None
+        self._extra_axes: dict = {}
         if dark is not None and not self.dark_in_chain:
             self.set_dark(dark)
 
@@ -137,14 +142,32 @@ class ScanPipeline:
                 raise ScanError(f"preprocessing: {exc}") from None
         self.moments.update(frames, positions)
         self.edges.update(frames, positions)
+        for acc in self.extras.values():
+            acc.update(frames, positions)
+        optional.after_update(self.extras)
+
+    def finish(self) -> None:
+        """The scan has ended: accumulators that hold frames back (rolling median window,
+        PCA batches smaller than its number of components) take them into account."""
+        for acc in self.extras.values():
+            finish = getattr(acc, "finish", None)
+            if finish is not None:
+                finish()
+        optional.after_update(self.extras)
 
     def merge(self, other: ScanPipeline) -> None:
+        """Add another part of the same scan (raises for accumulators that cannot merge
+        exactly, e.g. the rolling median or the incremental PCA)."""
         self.moments.merge(other.moments)
         self.edges.merge(other.edges)
+        for name, acc in self.extras.items():
+            acc.merge(other.extras[name])
 
     def state(self) -> dict[str, np.ndarray]:
         out = {f"moments/{k}": v for k, v in self.moments.state().items()}
         out.update({f"edges/{k}": v for k, v in self.edges.state().items()})
+        for name, acc in self.extras.items():
+            out.update({f"{name}/{k}": v for k, v in acc.state().items()})
         return out
 
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:
@@ -158,6 +181,8 @@ class ScanPipeline:
         self.edges = EdgeBaseline.from_state(
             self.geometry.motors, part("edges"), self.config.edge_fraction
         )
+        for name, acc in list(self.extras.items()):
+            self.extras[name] = type(acc).from_state(part(name))
 
     # -- maps ------------------------------------------------------------------------------
     def background(self) -> tuple[np.ndarray | None, str]:
@@ -191,6 +216,8 @@ class ScanPipeline:
         maps = moment_maps(snap, names, self.frame_shape, self.config.min_intensity_fraction)
         if offset is not None:
             maps["background"] = offset.reshape(self.frame_shape)
+        extra_maps, self._extra_axes = optional.maps_of(self.extras, self.frame_shape)
+        maps.update(extra_maps)
         coms = [maps[f"com_{m}"] for m in names]
         maps["kam"] = kam(coms, radius=self.config.kam_radius)
         if len(names) >= 2:
@@ -202,11 +229,13 @@ class ScanPipeline:
 
     def map_axes(self) -> dict[str, list[tuple[str, np.ndarray]]]:
         """Axes of the maps that have physical ones (the mosaicity key: motor values)."""
+        axes = dict(self._extra_axes)
         extent = self.mosaicity_extent
         if extent is None:
-            return {}
+            return axes
         names = self.geometry.motor_names
         a = np.linspace(extent[0], extent[1], KEY_SIZE + 1)
         b = np.linspace(extent[2], extent[3], KEY_SIZE + 1)
         # cell centres, rows = second motor, columns = first motor (the key's layout)
-        return {"mosaicity_key": [(names[1], 0.5 * (b[1:] + b[:-1])), (names[0], 0.5 * (a[1:] + a[:-1]))]}
+        axes["mosaicity_key"] = [(names[1], 0.5 * (b[1:] + b[:-1])), (names[0], 0.5 * (a[1:] + a[:-1]))]
+        return axes
