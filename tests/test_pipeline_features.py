@@ -149,3 +149,30 @@ def test_optional_accumulators_against_brute_force(redis_url, tmp_path):
     np.testing.assert_allclose(maps["projections_ffz"], sums, rtol=1e-5)
     with h5py.File(out) as f:
         np.testing.assert_allclose(f["entry/maps/projections_ffz/ffz"][()], values)
+
+
+def test_pca_and_nmf_maps_against_scikit_learn(redis_url, tmp_path):
+    from sklearn.decomposition import PCA
+
+    rec = simulate(redis_url, _spec(tmp_path, kind="rocking", points=41, session="bss"), keep_frames=True)
+    config = AnalysisConfig(accumulators=["pca", "nmf"], pca_components=3, nmf_components=2,
+                            decomposition_binning=2)
+    out = process_to_file(rec.filename, tmp_path / "bss.h5", f"{rec.scan_number}.1", config, progress=False)
+    maps, _ = read_maps_file(out)
+    stack = np.stack(rec.frames).astype(np.float64)
+    binned = stack.reshape(41, 16, 2, 14, 2).sum(axis=(2, 4)).reshape(41, -1)
+    full = PCA(n_components=3).fit(binned)
+    np.testing.assert_allclose(maps["pca_variance"], full.explained_variance_ratio_, atol=1e-3)
+    assert maps["pca_component_0"].shape == (16, 14) and maps["pca_weights"].shape == (41, 3)
+    assert maps["nmf_component_1"].shape == (16, 14) and maps["nmf_weights"].shape == (41, 2)
+    assert (maps["nmf_component_0"] >= 0).all() and (maps["nmf_weights"] >= 0).all()
+    w = maps["nmf_weights"].astype(np.float64)
+    h = np.stack([maps["nmf_component_0"], maps["nmf_component_1"]]).reshape(2, -1).astype(np.float64)
+    from sklearn.decomposition import NMF
+
+    ref = NMF(n_components=2, init="nndsvda", max_iter=1000).fit(binned)
+    ref_err = np.linalg.norm(binned - ref.transform(binned) @ ref.components_) / np.linalg.norm(binned)
+    ours = np.linalg.norm(binned - w @ h) / np.linalg.norm(binned)
+    assert ours <= 1.1 * ref_err + 0.01
+    with h5py.File(out) as f:
+        assert list(f["entry/maps/pca_variance"].attrs["axes"]) == ["component"]

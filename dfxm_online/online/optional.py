@@ -16,6 +16,7 @@ import numpy as np
 
 from ..acquisition.geometry import ScanGeometry
 from ..config import AnalysisConfig
+from .accumulators.decomposition import ChunkedNMF, OnlinePCA
 from .accumulators.median import LowQuantile, MedianByStep, RollingMedian, RunningMinimum
 from .accumulators.projections import Projections, SumsAlongMotor
 
@@ -27,12 +28,13 @@ NAMES = (
 
 
 def build(
-    config: AnalysisConfig, geometry: ScanGeometry, n_pixels: int, first_index: int = 0
+    config: AnalysisConfig, geometry: ScanGeometry, frame_shape: tuple[int, int], first_index: int = 0
 ) -> dict[str, Any]:
     """The configured optional accumulators of one scan, by name; `first_index` is the
     scan index of the first frame they will see (a part of a scan processed elsewhere)."""
     out: dict[str, Any] = {}
     n = geometry.npoints or None
+    n_pixels = frame_shape[0] * frame_shape[1]
     for name in config.accumulators:
         if name == "projections":
             split = geometry.motors[0] if geometry.motors else None
@@ -47,10 +49,12 @@ def build(
             out[name] = LowQuantile(n_pixels, config.low_quantile, max_frames=n or 100000)
         elif name == "sums_along":
             out[name] = SumsAlongMotor(n_pixels, config.sums_along_motor or geometry.motors[-1].name)
-        elif name in ("pca", "nmf"):
-            from .accumulators import decomposition
-
-            out[name] = decomposition.build(name, config, n_pixels)
+        elif name == "pca":
+            out[name] = OnlinePCA(n_pixels, config.pca_components,
+                                  binning=config.decomposition_binning, frame_shape=frame_shape)
+        elif name == "nmf":
+            out[name] = ChunkedNMF(n_pixels, config.nmf_components,
+                                   binning=config.decomposition_binning, frame_shape=frame_shape)
     return out
 
 
@@ -86,9 +90,14 @@ def maps_of(accumulators: Mapping[str, Any], shape: tuple[int, int]) -> tuple[di
                 maps[key] = images.reshape((len(values), *shape))
                 axes[key] = [(acc.motor, values)]
         elif name in ("pca", "nmf"):
-            from .accumulators import decomposition
-
-            part_maps, part_axes = decomposition.maps_of(name, acc, shape)
-            maps.update(part_maps)
-            axes.update(part_axes)
+            snap = acc.snapshot()
+            if snap is None:
+                continue
+            comp_shape = snap["shape"] or shape
+            for i, image in enumerate(snap["components"]):
+                maps[f"{name}_component_{i}"] = np.asarray(image).reshape(comp_shape)
+            maps[f"{name}_weights"] = snap["weights"]  # (frames, k): each component's curve
+            if name == "pca":
+                maps["pca_variance"] = snap["explained_variance_ratio"]
+                axes["pca_variance"] = [("component", np.arange(len(snap["explained_variance_ratio"])))]
     return maps, axes

@@ -49,7 +49,7 @@ class ScanPipeline:
         n_pixels = self.frame_shape[0] * self.frame_shape[1]
         self.moments = PowerSums(geometry.motors, n_pixels, precision=self.config.precision)
         self.edges = EdgeBaseline(geometry.motors, n_pixels, self.config.edge_fraction)
-        self.extras = optional.build(self.config, geometry, n_pixels, first_index)
+        self.extras = optional.build(self.config, geometry, self.frame_shape, first_index)
         self.dark: np.ndarray | None = None
         self.dark_frames: RunningMean | None = None
         self.mosaicity_extent: tuple[float, float, float, float] | None = None
