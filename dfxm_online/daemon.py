@@ -116,10 +116,13 @@ class ScanWorker(threading.Thread):
             return {"dark": self.dark_mean.snapshot().reshape(self.dark_shape)}
         return {}
 
-    def _publish_interval(self) -> float:
-        """`publish_period`, stretched so that writing maps takes at most a quarter of the
-        worker's time: on full frames a snapshot costs seconds, and publishing every
-        second would starve the accumulators."""
+    def _publish_interval(self, behind: bool) -> float:
+        """`publish_period`; when frames are waiting (the worker is behind), stretched so
+        that writing maps takes at most a quarter of the worker's time: on full frames a
+        snapshot costs seconds, and publishing every period would starve the accumulators.
+        When the worker keeps up, maps go out every period (latency)."""
+        if not behind:
+            return self.d.config.publish_period
         return max(self.d.config.publish_period, 3.0 * self._last_publish_cost)
 
     def publish(self, state: str = "running", reason: str = "") -> None:
@@ -257,7 +260,7 @@ class ScanWorker(threading.Thread):
             self.d.metrics.frames.inc(batch.frames.shape[0])
             self.d.metrics.batch_seconds.observe(time.perf_counter() - t0)
             st.frames_processed += batch.frames.shape[0]
-            if time.monotonic() - self._last_publish >= self._publish_interval():
+            if time.monotonic() - self._last_publish >= self._publish_interval(source.backlog > 0):
                 self.publish("running")
         if self._stop_requested():
             self.publish("aborted", "daemon stopped during the scan")

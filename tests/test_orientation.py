@@ -329,3 +329,16 @@ def test_orientation_gradient_equals_forward_differences():
     # A linear ramp of slope (0.1, 0.2) per pixel along x in mu and chi: |grad| = sqrt(0.05).
     x = np.arange(8.0)[None, :].repeat(7, 0)
     np.testing.assert_allclose(orientation_gradient([0.1 * x, 0.2 * x])[:-1, :-1], np.sqrt(0.05))
+
+
+def test_closed_form_colour_equals_matplotlib_hsv_to_rgb():
+    from matplotlib.colors import hsv_to_rgb
+
+    from dfxm_online.orientation import _colour
+
+    rng = np.random.default_rng(11)
+    u, v = rng.normal(size=(2, 4000)) * 0.8
+    hue = np.mod(np.arctan2(v, u) / (2 * np.pi), 1.0)
+    sat = np.minimum(np.hypot(u, v), 1.0)
+    expected = hsv_to_rgb(np.stack([hue, sat, np.ones_like(sat)], axis=-1))
+    np.testing.assert_allclose(_colour(u, v), expected, atol=1e-12)

@@ -145,6 +145,11 @@ class LiveFrameSource:
     def frames_received(self) -> int:
         return self._n_frames
 
+    @property
+    def backlog(self) -> int:
+        """Frames received but not yet handed out: > 0 means the consumer is behind."""
+        return self._n_frames - self._emitted
+
     def _take_views(self, views) -> None:
         for stream, view in views.items():
             if stream is self.image:  # Lima status: frames announced
