@@ -28,14 +28,36 @@ def _add_analysis_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edge-fraction", type=float, help="fraction of each motor's range per edge band")
     p.add_argument("--min-intensity-fraction", type=float, help="NaN below this fraction of bright pixels")
     p.add_argument("--batch-size", type=int, help="frames per accumulator update")
+    p.add_argument("--preprocess", type=_json_list, metavar="JSON",
+                   help='preprocessing steps in order, e.g. \'[{"step": "hot_pixels"}, '
+                        '{"step": "binning", "factor": 2}]\'')
+    p.add_argument("--image", action="append", nargs=2, metavar=("NAME", "URL"),
+                   help="an image the steps use: mask, flatfield, dark (silx URL; repeat)")
+    p.add_argument("--monitor", help="counter normalising each frame (with a 'monitor' step)")
+    p.add_argument("--accumulators", nargs="*", metavar="NAME",
+                   help="optional accumulators: projections median_background rolling_median "
+                        "minimum low_quantile sums_along pca nmf (default: projections)")
+    p.add_argument("--precision", choices=["float64", "float32"], help="moment sums' batch products")
 
 
 def _analysis_overrides(args: argparse.Namespace) -> dict:
     return {
         "detector": args.detector, "motors": args.motors, "background": args.background,
         "edge_fraction": args.edge_fraction, "min_intensity_fraction": args.min_intensity_fraction,
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size, "preprocess": args.preprocess,
+        "images": dict(args.image) if args.image else None, "monitor": args.monitor,
+        "accumulators": args.accumulators, "precision": args.precision,
     }
+
+
+def _json_list(text: str) -> list:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError("expected a JSON list of steps")
+    return value
 
 
 def _motor_spec(values: list[str]) -> tuple[str, float, float, int]:
@@ -56,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publish-period", type=float, help="seconds between map rewrites (default 1)")
     p.add_argument("--metrics-port", type=int, help="port for /metrics and /status (0: off)")
     p.add_argument("--dark-pattern", help="regex on title/name marking dark scans (default 'dark')")
+    p.add_argument("--dark", help="dark scan FILE::SCAN used when a session has taken none")
     _add_analysis_flags(p)
 
     p = sub.add_parser("simulate", help="publish a simulated DFXM scan through blissdata")
@@ -148,7 +171,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         config = load_config(
             args.config, publish_period=args.publish_period, metrics_port=args.metrics_port,
-            dark_pattern=args.dark_pattern, **_analysis_overrides(args),
+            dark_pattern=args.dark_pattern, dark=args.dark, **_analysis_overrides(args),
         )
         Daemon(args.redis, args.output_dir, config).run()
         return 0

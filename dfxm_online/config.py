@@ -125,6 +125,8 @@ class DaemonConfig:
     publish_period: float = 1.0
     #: regular expression (case-insensitive) on a scan's title or name marking a dark scan
     dark_pattern: str = "dark"
+    #: a dark scan to use when the session has none before a scan: "FILE::SCAN"
+    dark: str | None = None
     #: port of the HTTP server giving /metrics (prometheus) and /status; 0 disables it
     metrics_port: int = 0
     #: seconds one blocking read of the live streams waits before checking for shutdown
@@ -170,7 +172,7 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
             isinstance(value, list) and all(isinstance(v, str) for v in value)
         ):
             raise ConfigError(f"{where}motors={value!r}: expected a list of motor names")
-        elif key in ("monitor", "sums_along_motor") and not isinstance(value, str):
+        elif key in ("monitor", "sums_along_motor", "dark") and not isinstance(value, str):
             raise ConfigError(f"{where}monitor={value!r}: expected a counter name")
         elif key == "detector" and not isinstance(value, str):
             raise ConfigError(f"{where}detector={value!r}: expected a name")

@@ -35,6 +35,7 @@ from .acquisition.geometry import (
 from .config import DaemonConfig
 from .images import load_images
 from .maps import default_map
+from .offline import mean_dark
 from .online.accumulators.background import RunningMean
 from .online.pipeline import ScanPipeline
 from .publish.metrics import Metrics, serve_http
@@ -66,20 +67,22 @@ class ScanStatus:
 class DarkRegistry:
     """Mean dark images of the dark scans seen, per session, for the scans that follow."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._darks: dict[str, list[tuple[int, RunningMean]]] = {}
-
     def add(self, session: str, number: int, image: RunningMean) -> None:
         with self._lock:
             self._darks.setdefault(session, []).append((number, image))
             self._darks[session].sort(key=lambda item: item[0])
 
     def latest_before(self, session: str, number: int) -> RunningMean | None:
-        """The dark of the latest dark scan of `session` numbered below `number`."""
+        """The dark of the latest dark scan of `session` numbered below `number`, else the
+        configured dark file's (if any)."""
         with self._lock:
             found = [img for n, img in self._darks.get(session, []) if n < number]
-        return found[-1] if found else None
+        return found[-1] if found else self.fallback
+
+    def __init__(self, fallback: RunningMean | None = None) -> None:
+        self._lock = threading.Lock()
+        self._darks: dict[str, list[tuple[int, RunningMean]]] = {}
+        self.fallback = fallback
 
 
 class ScanWorker(threading.Thread):
@@ -297,7 +300,7 @@ class Daemon:
         self.config.validate()
         self.images = load_images(self.config.analysis.images)  # once, not per scan
         self.metrics = Metrics()
-        self.darks = DarkRegistry()
+        self.darks = DarkRegistry(mean_dark(self.config.dark) if self.config.dark else None)
         self.stop_event = threading.Event()
         self.workers: dict[str, ScanWorker] = {}
         self._status: OrderedDict[str, ScanStatus] = OrderedDict()

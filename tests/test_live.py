@@ -246,3 +246,18 @@ def test_model_axes_are_what_the_simulator_published(tmp_path):
     spec = spec_for(tmp_path, kind="strain", points=5)
     assert [m[0] for m in spec.motor_specs()] == ["mu", "ffz"]
     assert all(isinstance(MotorAxis(*m), MotorAxis) for m in spec.motor_specs())
+
+
+def test_configured_dark_file_is_used_without_a_dark_scan(make_daemon, redis_url, tmp_path):
+    darks = simulate(redis_url, spec_for(tmp_path / "d", kind="rocking", points=5, dark_frames=10, session="darkfile"))
+    dark_url = f"{darks.filename}::{darks.dark_number}.1"
+    daemon = make_daemon(DaemonConfig(publish_period=0.2, dark=dark_url))
+    result = simulate(redis_url, spec_for(tmp_path / "s", kind="rocking", session="nodark", seed=3), keep_frames=True)
+    status = wait_done(daemon, result.scan_key)
+    assert status.state == "complete"
+    maps, _ = read_maps_file(status.path)
+    with h5py.File(darks.filename) as f:
+        dark_stack = f[f"{darks.dark_number}.1/measurement/pco"][()]
+    ref = reference_maps(result, dark_frames=dark_stack)
+    valid = signal_mask(ref["intensity"], 0.05) & (ref["fwhm_mu"] > 0)
+    assert_maps_match(maps, ref, valid)

@@ -109,3 +109,21 @@ def test_config_file_flags_and_errors(tmp_path):
 def test_shipped_service_config_is_valid():
     config = load_config(ROOT / "services" / "dfxm-online.toml")
     assert config.metrics_port == 9108 and config.analysis.background == "auto"
+
+
+def test_process_cli_preprocessing_and_accumulator_flags(recorded, tmp_path):
+    out = tmp_path / "flags.h5"
+    run = subprocess.run(
+        [*CLI, "process", str(recorded.filename), "--scan", f"{recorded.scan_number}.1", "-o", str(out),
+         "--no-progress", "--preprocess", '[{"step": "hot_pixels"}, {"step": "binning", "factor": 2}]',
+         "--accumulators", "projections", "minimum"],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    maps, process = read_maps_file(out)
+    assert maps["com_mu"].shape == (12, 10) and maps["minimum"].shape == (12, 10)
+    config = json.loads(process["config"])
+    assert config["preprocess"][1] == {"step": "binning", "factor": 2}
+    bad = subprocess.run([*CLI, "process", str(recorded.filename), "-o", str(out), "--preprocess",
+                          '[{"step": "blur"}]'], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown preprocess step 'blur'" in bad.stderr
