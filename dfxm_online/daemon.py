@@ -263,7 +263,7 @@ class ScanWorker(threading.Thread):
             self.d.metrics.frames.inc(batch.frames.shape[0])
             self.d.metrics.batch_seconds.observe(time.perf_counter() - t0)
             st.frames_processed += batch.frames.shape[0]
-            if time.monotonic() - self._last_publish >= self._publish_interval(source.backlog > 0):
+            if time.monotonic() - self._last_publish >= self._publish_interval(source.behind):
                 self.publish("running")
         if self._stop_requested():
             self.publish("aborted", "daemon stopped during the scan")

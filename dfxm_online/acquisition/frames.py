@@ -90,6 +90,7 @@ class ArrayFrameReader:
         self.count = max(1, max_bytes // max(frame_bytes, 1))
         self.index = 0
         self.sealed = False
+        self.last_read_full = False  # the last read hit `count`: more frames are waiting
 
     def read(self, timeout: float | None) -> list | np.ndarray:
         """Frames published since the last read; waits up to `timeout` s (None: don't wait)."""
@@ -104,6 +105,7 @@ class ArrayFrameReader:
             )
         self.index = index + len(data)
         self.sealed = bool(sealed)
+        self.last_read_full = len(data) >= self.count
         return data
 
 
@@ -146,9 +148,14 @@ class LiveFrameSource:
         return self._n_frames
 
     @property
-    def backlog(self) -> int:
-        """Frames received but not yet handed out: > 0 means the consumer is behind."""
-        return self._n_frames - self._emitted
+    def behind(self) -> bool:
+        """True when frames are known to be waiting: received but not handed out, announced
+        by Lima but not read yet, or the last Redis read was cut at its size bound."""
+        if self._n_frames > self._emitted:
+            return True
+        if self.is_lima:
+            return self._announced > self._n_frames
+        return self._array is not None and self._array.last_read_full
 
     def _take_views(self, views) -> None:
         for stream, view in views.items():
