@@ -399,6 +399,12 @@ class _ImageStep(PreprocessStep):
             )
         return shape
 
+    @classmethod
+    def from_params(
+        cls, params: Mapping[str, Any], images: Mapping[str, np.ndarray]
+    ) -> PreprocessStep:
+        return cls(_image(cls.name, params, images))  # type: ignore[call-arg]
+
 
 @dataclass(eq=False)
 class DarkStep(_ImageStep):
@@ -413,12 +419,6 @@ class DarkStep(_ImageStep):
 
     def __call__(self, frames: np.ndarray, monitor: np.ndarray | None) -> np.ndarray:
         return subtract_dark(frames, self.image)
-
-    @classmethod
-    def from_params(
-        cls, params: Mapping[str, Any], images: Mapping[str, np.ndarray]
-    ) -> PreprocessStep:
-        return cls(_image(cls.name, params, images))
 
 
 @dataclass(eq=False)
@@ -443,12 +443,6 @@ class MaskStep(_ImageStep):
     def __call__(self, frames: np.ndarray, monitor: np.ndarray | None) -> np.ndarray:
         return apply_mask(frames, self.image)
 
-    @classmethod
-    def from_params(
-        cls, params: Mapping[str, Any], images: Mapping[str, np.ndarray]
-    ) -> PreprocessStep:
-        return cls(_image(cls.name, params, images))
-
 
 @dataclass(eq=False)
 class FlatfieldStep(_ImageStep):
@@ -463,12 +457,6 @@ class FlatfieldStep(_ImageStep):
 
     def __call__(self, frames: np.ndarray, monitor: np.ndarray | None) -> np.ndarray:
         return divide_flatfield(frames, self.image)
-
-    @classmethod
-    def from_params(
-        cls, params: Mapping[str, Any], images: Mapping[str, np.ndarray]
-    ) -> PreprocessStep:
-        return cls(_image(cls.name, params, images))
 
 
 @dataclass

@@ -17,17 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ...acquisition.geometry import MotorAxis
-
-
-def _flat(frames: np.ndarray, n_pixels: int) -> np.ndarray:
-    """(B, P) view of a batch given as (B, H, W) or (B, P)."""
-    frames = np.asarray(frames)
-    if frames.ndim < 2:
-        raise ValueError(f"frames must be (B, H, W) or (B, P), got shape {frames.shape}")
-    flat = frames.reshape(frames.shape[0], -1)
-    if flat.shape[1] != n_pixels:
-        raise ValueError(f"frames have {flat.shape[1]} pixels, expected {n_pixels}")
-    return flat
+from .median import _flat  # one definition of the (B, P) batch view
 
 
 def batch_sum(flat: np.ndarray, members: np.ndarray | None = None) -> np.ndarray:
