@@ -23,8 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 from dfxm_online.acquisition.geometry import MotorAxis, ScanGeometry  # noqa: E402
 from dfxm_online.acquisition.publisher import ScanDescription, ScanPublisher  # noqa: E402
+from dfxm_online.config import AnalysisConfig  # noqa: E402
 from dfxm_online.online.accumulators.background import EdgeBaseline  # noqa: E402
 from dfxm_online.online.accumulators.moments import PowerSums  # noqa: E402
+from dfxm_online.online.accumulators.projections import Projections  # noqa: E402
 from dfxm_online.online.pipeline import ScanPipeline  # noqa: E402
 from dfxm_online.store import EmbeddedStore  # noqa: E402
 
@@ -52,10 +54,18 @@ def bench_accumulators(size: int, n_frames: int, batch: int) -> list[tuple[str, 
     rows = []
     ps = PowerSums(axes, p)
     rows.append(("PowerSums, 2 motors, order 4 (15 sums), float64", frames_per_second(ps.update, frames, pos, batch, 1)))
+    ps32 = PowerSums(axes, p, precision="float32")
+    rows.append(("PowerSums, same, float32 batch products", frames_per_second(ps32.update, frames, pos, batch, 1)))
     eb = EdgeBaseline(axes, p)
     rows.append(("EdgeBaseline (edge frames only)", frames_per_second(eb.update, frames, pos, batch, 1)))
+    pr = Projections(p, n_frames)
+    rows.append(("Projections (sum, max, half sums)", frames_per_second(pr.update, frames, pos, batch, 1)))
     pipe = ScanPipeline(ScanGeometry(axes, n_frames, "det"), (size, size))
-    rows.append(("ScanPipeline.update (both)", frames_per_second(pipe.update, frames, pos, batch, 1)))
+    rows.append(("ScanPipeline.update, defaults (moments + edge baseline + projections)",
+                 frames_per_second(pipe.update, frames, pos, batch, 1)))
+    pipe32 = ScanPipeline(ScanGeometry(axes, n_frames, "det"), (size, size), AnalysisConfig(precision="float32"))
+    rows.append(("ScanPipeline.update, defaults with precision float32",
+                 frames_per_second(pipe32.update, frames, pos, batch, 1)))
     t0 = time.perf_counter()
     pipe.snapshot()
     rows.append(("ScanPipeline.snapshot (maps), seconds", time.perf_counter() - t0))
