@@ -252,6 +252,10 @@ def main() -> None:
         finally:
             store.stop()
     text = "\n".join(lines) + "\n"
+    # the hand-written analysis below the tables survives a re-run
+    marker = "\n## Notes"
+    if args.out.exists() and marker in args.out.read_text():
+        text += marker + args.out.read_text().split(marker, 1)[1]
     args.out.write_text(text)
     print(text)
 
