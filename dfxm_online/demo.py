@@ -27,9 +27,20 @@ def quicklook_png(maps: dict[str, np.ndarray], motors: list[str], path: Path, ti
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [f"com_{m}" for m in motors] + [f"fwhm_{m}" for m in motors] + ["intensity"]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), constrained_layout=True)
-    for ax, name in zip(np.atleast_1d(axes), names):
+    names = [f"com_{m}" for m in motors] + [f"fwhm_{m}" for m in motors] + ["intensity", "kam"]
+    colour = "mosaicity" in maps
+    panels = len(names) + (2 if colour else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 4.2), constrained_layout=True)
+    axes = np.atleast_1d(axes)
+    if colour:
+        axes[-2].imshow(maps["mosaicity"])
+        axes[-2].set_title("mosaicity")
+        axes[-2].set_xticks([])
+        axes[-2].set_yticks([])
+        key = maps["mosaicity_key"]
+        axes[-1].imshow(key, origin="lower", aspect="auto")
+        axes[-1].set_title(f"key: {motors[0]} (x) vs {motors[1]} (y)")
+    for ax, name in zip(axes, names):
         data = maps[name]
         finite = data[np.isfinite(data)]
         vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (0, 1))
