@@ -238,16 +238,32 @@ def bin_frames(frames: np.ndarray, by: int, bx: int, mode: str = "sum") -> np.nd
     dropped, so every output pixel is a full block: a partial block's sum would not be
     comparable with its neighbours, and its mean would be noisier than theirs.
     """
-    frames = _as_batch(frames)
-    ny, nx = _binned_shape(frames.shape[1:], by, bx)
-    blocks = frames[:, : ny * by, : nx * bx].reshape(frames.shape[0], ny, by, nx, bx)
-    if mode == "sum":
-        out = blocks.sum(axis=(2, 4), dtype=np.float64)
-    elif mode == "mean":
-        out = blocks.mean(axis=(2, 4), dtype=np.float64)
-    else:
+    if mode not in ("sum", "mean"):
         raise ValueError(f"binning mode must be 'sum' or 'mean', got {mode!r}")
+    out = block_sums(frames, by, bx)
+    if mode == "mean":
+        out /= by * bx
     return out.astype(np.float32)
+
+
+def block_sums(frames: np.ndarray, by: int, bx: int) -> np.ndarray:
+    """(B, H, W) -> (B, H // by, W // bx) float64 sums over full blocks (partial blocks at the
+    end dropped). Strided slices added together, in uint32 for frames of at most 16-bit
+    unsigned integers (exact while by * bx <= 65536), are ~4x faster than a numpy reduction
+    over the short block axes (measured at 2048^2). Also used by the decomposition."""
+    frames = np.asarray(frames)
+    if frames.ndim != 3:
+        raise ValueError(f"frames must be a (B, H, W) batch, got shape {frames.shape}")
+    ny, nx = _binned_shape(frames.shape[1:], by, bx)
+    crop = frames[:, : ny * by, : nx * bx]
+    small_uint = crop.dtype.kind == "u" and crop.dtype.itemsize <= 2 and by * bx <= 65536
+    cols = crop[:, :, 0::bx].astype(np.uint32 if small_uint else np.float64)
+    for j in range(1, bx):
+        cols += crop[:, :, j::bx]
+    out = cols[:, 0::by, :].copy()
+    for i in range(1, by):
+        out += cols[:, i::by, :]
+    return out.astype(np.float64, copy=False)
 
 
 def _binned_shape(shape: Sequence[int], by: int, bx: int) -> Shape2:

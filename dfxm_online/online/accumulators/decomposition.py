@@ -34,33 +34,23 @@ from scipy.linalg import cho_factor, solve_triangular
 from scipy.optimize import nnls
 from sklearn.decomposition import IncrementalPCA
 
-#: pixels per tile of the component update; k x 16k float64 rows stay within L2
-TILE_PIXELS = 16384
+from ..preprocess import block_sums
+from ..tiles import TILE_PIXELS  # pixel tiles of the component update
 
 
 def bin_frames(frames: np.ndarray, binning: int) -> np.ndarray:
     """(B, H, W) -> (B, H // b, W // b) float64 block sums; incomplete edge blocks dropped.
 
-    Sums (not means) keep binned pixels in counts, so Poisson statistics still apply.
-    Strided slices added (in uint32 for uint8/uint16 frames: exact, b^2 * 65535 < 2^32 for
-    any b <= 256) are ~4x faster than a numpy reduction over the short block axes.
+    Sums (not means) keep binned pixels in counts, so Poisson statistics still apply; the
+    block sums are the preprocessing's (:func:`..preprocess.block_sums`).
     """
     b = int(binning)
     if b == 1:
         return frames.astype(np.float64)
-    n, height, width = frames.shape
-    h, w = height // b, width // b
-    if h == 0 or w == 0:
+    height, width = frames.shape[1:]
+    if b > height or b > width:
         raise ValueError(f"binning {b} is larger than the frame {height}x{width}")
-    small_uint = frames.dtype.kind == "u" and frames.dtype.itemsize <= 2 and b <= 256
-    crop = frames[:, : h * b, : w * b]
-    cols = crop[:, :, 0::b].astype(np.uint32 if small_uint else np.float64)
-    for j in range(1, b):
-        cols += crop[:, :, j::b]
-    out = cols[:, 0::b, :].copy()
-    for i in range(1, b):
-        out += cols[:, i::b, :]
-    return out.astype(np.float64, copy=False)
+    return block_sums(frames, b, b)
 
 
 class _FrameMatrix:
