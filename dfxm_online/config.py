@@ -106,15 +106,19 @@ class AnalysisConfig:
             raise ConfigError("analysis.pca_components, nmf_components, decomposition_binning must be >= 1")
         if self.kam_radius < 1:
             raise ConfigError("analysis.kam_radius must be >= 1")
-        try:
-            from .online.preprocess import PreprocessChain
+        from .online.preprocess import PreprocessChain
 
-            # parameters and step names only; images are checked when they are loaded
-            names = {e.get("image", e.get("step")) for e in self.preprocess if isinstance(e, dict)}
-            PreprocessChain.from_config(self.preprocess, {n: np.zeros((1, 1)) for n in names if isinstance(n, str)})
+        # step names and parameters only: stand-in images of the right kind (a boolean mask);
+        # the real images and their shapes are checked when a scan's chain is built
+        stand_ins: dict[str, np.ndarray] = {}
+        for entry in self.preprocess:
+            if isinstance(entry, dict) and isinstance(entry.get("image", entry.get("step")), str):
+                kind = bool if entry.get("step") == "mask" else np.float64
+                stand_ins[entry.get("image", entry.get("step"))] = np.ones((1, 1), dtype=kind)
+        try:
+            PreprocessChain.from_config(self.preprocess, stand_ins)
         except ValueError as exc:
-            if "shape" not in str(exc) and "boolean" not in str(exc):
-                raise ConfigError(f"analysis.preprocess: {exc}") from None
+            raise ConfigError(f"analysis.preprocess: {exc}") from None
 
 
 @dataclass
