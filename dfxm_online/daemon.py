@@ -108,7 +108,7 @@ class ScanWorker(threading.Thread):
     def _maps(self) -> dict[str, np.ndarray]:
         if self.pipeline is not None and self.pipeline.frames_processed:
             session = self.status.session if self.status else ""
-            if self.pipeline.dark is None and not self.pipeline.dark_in_chain:
+            if self.pipeline.dark is None and self.pipeline.takes_snapshot_dark:
                 # a dark scan that finished after this scan started is still used
                 dark = self.d.darks.latest_before(session, self.status.number if self.status else 0)
                 raw = self.pipeline.raw_shape

@@ -81,6 +81,12 @@ class ScanPipeline:
         return any(isinstance(s, DarkStep) for s in self.chain.steps)
 
     @property
+    def takes_snapshot_dark(self) -> bool:
+        """Whether a dark can be subtracted at snapshot time: not already in the chain, and
+        the chain (if any) is linear so that a constant before it is a constant after it."""
+        return not self.dark_in_chain and (not self.chain.steps or self.chain.is_linear)
+
+    @property
     def needs_monitor(self) -> bool:
         return any(isinstance(s, MonitorStep) for s in self.chain.steps)
 
@@ -97,10 +103,9 @@ class ScanPipeline:
         before the moments would commute with it otherwise); with a "dark" step in the
         chain the dark is applied per frame instead.
         """
-        if self.dark_in_chain:
-            return
-        if self.chain.steps and not self.chain.is_linear:
-            logger.info("dark not applied at snapshot time: the preprocessing is not linear")
+        if not self.takes_snapshot_dark:
+            if not self.dark_in_chain:
+                logger.info("dark not applied at snapshot time: the preprocessing is not linear")
             return
         if isinstance(dark, RunningMean):
             image = dark.snapshot()
