@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from dfxm_online.acquisition.geometry import MotorAxis, ScanGeometry  # noqa: E402
 from dfxm_online.acquisition.publisher import ScanDescription, ScanPublisher  # noqa: E402
 from dfxm_online.config import AnalysisConfig  # noqa: E402
+from dfxm_online.memory import keep_freed_memory  # noqa: E402
 from dfxm_online.online.accumulators.background import EdgeBaseline  # noqa: E402
 from dfxm_online.online.accumulators.moments import PowerSums  # noqa: E402
 from dfxm_online.online.accumulators.projections import Projections  # noqa: E402
@@ -209,6 +210,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     args = parser.parse_args()
+    keep_freed_memory()  # as the daemon does (dfxm_online/memory.py)
     size = 256 if args.quick else 2048
     lines = [
         "# Benchmark results",

@@ -112,7 +112,7 @@ class ArrayFrameReader:
 class LiveFrameSource:
     """Batches of a live scan's frames and positions, in acquisition order."""
 
-    def __init__(self, scan, geometry: ScanGeometry, batch_size: int = 16, read_timeout: float = 0.2,
+    def __init__(self, scan, geometry: ScanGeometry, batch_size: int = 32, read_timeout: float = 0.2,
                  max_delay: float = 0.1) -> None:
         self.scan = scan
         self.geometry = geometry

@@ -18,6 +18,7 @@ from ..orientation import KEY_SIZE, kam, mosaicity_rgb
 from . import optional
 from .accumulators.background import EdgeBaseline, RunningMean
 from .accumulators.moments import PowerSums
+from .framesums import accumulate
 from .preprocess import DarkStep, MonitorStep, PreprocessChain
 
 logger = logging.getLogger(__name__)
@@ -145,9 +146,19 @@ class ScanPipeline:
                 frames = self.chain(frames, monitor)
             except ValueError as exc:
                 raise ScanError(f"preprocessing: {exc}") from None
-        self.moments.update(frames, positions)
-        self.edges.update(frames, positions)
+        # the moments, the edge baseline and the accumulators that can (projections) share
+        # one pass over the frames; the others take the batch in turn
+        n = frames.shape[0]
+        plans = [self.moments.sums_plan(positions, n), self.edges.sums_plan(positions, n)]
+        others = []
         for acc in self.extras.values():
+            plan_of = getattr(acc, "sums_plan", None)
+            if plan_of is not None:
+                plans.append(plan_of(positions, n))
+            else:
+                others.append(acc)
+        accumulate(frames, plans)
+        for acc in others:
             acc.update(frames, positions)
         optional.after_update(self.extras)
 

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from threadpoolctl import ThreadpoolController
 
 TILE_PIXELS = 16384
+#: pixels per call of the compiled per-pixel snapshot loops (large: they stream, no reuse)
+SNAPSHOT_PIXELS = 262144
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numexpr as ne
 import numpy as np
 
 from ...acquisition.geometry import MotorAxis
-from ..tiles import for_each_tile
+from .. import _pixelmaps
+from ..framesums import SumsPlan, accumulate
+from ..tiles import SNAPSHOT_PIXELS, for_each_tile
 
 
 class RunningMean:
@@ -40,10 +41,11 @@ class RunningMean:
         self.count = 0
 
     def update(self, frames: np.ndarray, positions: Mapping[str, np.ndarray] | None = None) -> None:
-        flat = frames.reshape(frames.shape[0], -1).astype(np.float64)
-        self.total += flat.sum(axis=0)
-        self.total_sq += np.einsum("bp,bp->p", flat, flat)
-        self.count += flat.shape[0]
+        n = len(frames)
+        plan = SumsPlan()
+        plan.add_group(np.ones(n, dtype=bool), self.total, self.total_sq)
+        accumulate(frames, [plan])
+        self.count += n
 
     def merge(self, other: RunningMean) -> None:
         self.total += other.total
@@ -103,30 +105,23 @@ class EdgeBaseline:
         self.counts = np.zeros(2 * len(self.axes), dtype=np.int64)
 
     def update(self, frames: np.ndarray, positions: Mapping[str, np.ndarray]) -> None:
-        flat = frames.reshape(frames.shape[0], -1)
+        accumulate(frames, [self.sums_plan(positions, len(frames))])
+
+    def sums_plan(self, positions: Mapping[str, np.ndarray], n_frames: int) -> SumsPlan:
+        """This batch's part of a pass over the frames: the sums and sums of squares of the
+        frames in each edge band (work only for the frames in a band)."""
         groups = edge_groups(self.axes, positions, self.fraction)
-        used = groups.any(axis=1)
-        if not used.any():
-            return
-        # one (groups x frames) @ (frames x pixels) product per tile for the sums and one for
-        # the sums of squares, over the frames in any edge band only
-        frames_used = groups.any(axis=0)
-        members = np.ascontiguousarray(groups[used][:, frames_used], dtype=np.float64)
-        members32 = members.astype(np.float32)
-        chosen = flat[frames_used]
-        rows = np.flatnonzero(used)
+        if groups.shape[1] != n_frames:
+            raise ValueError(f"{groups.shape[1]} positions for {n_frames} frames")
+        plan = SumsPlan()
+        for g in np.flatnonzero(groups.any(axis=1)):
+            plan.add_group(groups[g], self.sums[g], self.sumsq[g])
 
-        def work(start: int, stop: int) -> None:
-            tile = chosen[:, start:stop].astype(np.float64)
-            self.sums[rows, start:stop] += members @ tile
-            # squares only set the 3-sigma rejection tolerance: float32 products suffice
-            # (~1e-7 relative), accumulated in float64
-            tile32 = tile.astype(np.float32)
-            np.multiply(tile32, tile32, out=tile32)
-            self.sumsq[rows, start:stop] += members32 @ tile32
+        def after() -> None:
+            self.counts += groups.sum(axis=1)
 
-        for_each_tile(self.n_pixels, work)
-        self.counts += groups.sum(axis=1)
+        plan.after = after
+        return plan
 
     @property
     def n_pixels(self) -> int:
@@ -159,46 +154,34 @@ class EdgeBaseline:
         they never contain the peak, and the edge frames that agree with them cut the
         dark's own noise, which the lever arm (x - com)^2 of a wide mesh amplifies ~30x.
         """
-        seen = self.counts > 0
-        sums, sumsq, counts = self.sums[seen], self.sumsq[seen], self.counts[seen]
+        seen = np.flatnonzero(self.counts > 0)
+        sums = [self.sums[g] for g in seen]
+        sumsq = [self.sumsq[g] for g in seen]
+        counts = [int(self.counts[g]) for g in seen]
         if dark is not None and dark.count:
-            sums = np.vstack([sums, dark.total[None]])
-            sumsq = np.vstack([sumsq, dark.total_sq[None]])
-            counts = np.append(counts, dark.count)
-        if counts.size == 0:
+            sums.append(dark.total)
+            sumsq.append(dark.total_sq)
+            counts.append(dark.count)
+        if not counts:
             return None
-        return pooled_edge_mean(sums, sumsq, counts, self.REJECT_SIGMAS)
+        return pooled_edge_mean(sums, sumsq, np.array(counts), self.REJECT_SIGMAS)
 
 
 def pooled_edge_mean(
-    sums: np.ndarray, sumsq: np.ndarray, counts: np.ndarray, k: float
+    sums: Sequence[np.ndarray], sumsq: Sequence[np.ndarray], counts: np.ndarray, k: float
 ) -> np.ndarray:
     """Pooled mean of the groups within `k` standard errors of each pixel's lowest group.
 
-    Two passes over the groups with pixel-sized work arrays only: the (groups x pixels)
-    temporaries of the direct formulation were ~800 MB per snapshot at 2048^2, and on this
-    VM their page faults cost more than the arithmetic.
+    `sums`, `sumsq`: one (P,) row per group (frame sums and sums of squares), `counts` the
+    groups' frame counts. The standard error of the difference between a group mean and
+    the lowest one assumes both share the lowest (clean) group's per-frame variance. One
+    compiled pass per pixel range (no groups x pixels temporaries; 0.54 s -> ~0.02 s at
+    2048^2 against the numexpr version).
     """
-    n = counts.astype(np.float64)
-    m_low = sums[0] / n[0]
-    var_low = np.maximum(sumsq[0] / n[0] - m_low * m_low, 0.0)
-    n_low = np.full(m_low.shape, n[0])
-    for g in range(1, len(n)):  # the lowest group per pixel (first one on ties, as argmin)
-        env = {"s": sums[g], "q": sumsq[g], "n": n[g], "low": m_low}
-        mean = ne.evaluate("s / n", env)
-        lower = ne.evaluate("mean < low", {"mean": mean, "low": m_low})
-        np.copyto(var_low, ne.evaluate("where(q / n - mean * mean > 0, q / n - mean * mean, 0)",
-                                       {**env, "mean": mean}), where=lower)
-        np.copyto(m_low, mean, where=lower)
-        n_low[lower] = n[g]
-    # standard error of the difference between a group mean and the lowest one, both
-    # assumed to share the lowest (clean) group's per-frame variance
-    num = np.zeros_like(m_low)
-    den = np.zeros_like(m_low)
-    for g in range(len(n)):
-        env = {"s": sums[g], "n": n[g], "low": m_low, "v": var_low, "nl": n_low, "k": k,
-               "num": num, "den": den}
-        keep = "(s / n <= low + k * sqrt(v * (1 / nl + 1 / n)))"
-        ne.evaluate(f"num + where({keep}, s, 0)", env, out=num)
-        ne.evaluate(f"den + where({keep}, n, 0)", env, out=den)
-    return num / den
+    rows = [np.ascontiguousarray(r, dtype=np.float64) for r in sums]
+    rows_sq = [np.ascontiguousarray(r, dtype=np.float64) for r in sumsq]
+    n = np.ascontiguousarray(counts, dtype=np.float64)
+    out = np.empty(rows[0].shape[0])
+    for_each_tile(out.shape[0], lambda start, stop: _pixelmaps.pooled_edge_mean(
+        rows, rows_sq, n, float(k), out, start, stop), tile=SNAPSHOT_PIXELS)
+    return out

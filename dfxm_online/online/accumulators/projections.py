@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ...acquisition.geometry import MotorAxis
+from ..framesums import SumsPlan, accumulate
 from .median import _flat  # one definition of the (B, P) batch view
 
 
@@ -110,18 +111,27 @@ class Projections:
         return (x - axis.centre) * direction >= -tolerance
 
     def update(self, frames: np.ndarray, positions: Mapping[str, np.ndarray] | None = None) -> None:
-        flat = _flat(frames, self.n_pixels)
-        n = flat.shape[0]
-        if n == 0:
-            return
-        second = self.second_half(n, positions)
+        _flat(frames, self.n_pixels)  # shape check
+        accumulate(frames, [self.sums_plan(positions, len(frames))])
+
+    def sums_plan(self, positions: Mapping[str, np.ndarray] | None, n_frames: int) -> SumsPlan:
+        """This batch's part of a pass over the frames: each frame into its half's sum (one
+        add per pixel), and the maximum."""
+        plan = SumsPlan()
+        if n_frames == 0:
+            return plan
+        second = self.second_half(n_frames, positions)
         for half, members in enumerate((~second, second)):
-            chosen = int(members.sum())
-            if chosen:
-                self.halves[half] += batch_sum(flat, None if chosen == n else members)
-            self.counts[half] += chosen
-        np.maximum(self.maximum, flat.max(axis=0), out=self.maximum)
-        self.next_index += n
+            if members.any():
+                plan.add_group(members, self.halves[half])
+        plan.maximum = self.maximum
+
+        def after() -> None:
+            self.counts += [int((~second).sum()), int(second.sum())]
+            self.next_index += n_frames
+
+        plan.after = after
+        return plan
 
     def _rule(self) -> tuple:
         axis = self.split_axis

@@ -1,0 +1,116 @@
+"""The compiled pass over a batch of frames against direct numpy sums."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dfxm_online.online import _framesums
+from dfxm_online.online.framesums import PASS_PIXELS, SumsPlan, accumulate
+
+FRAME_TYPES = [np.uint8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64]
+
+
+def _batch(dtype, n_frames: int, n_pixels: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    values = rng.uniform(-50 if np.dtype(dtype).kind in "if" else 0, 250, size=(n_frames, n_pixels))
+    return values.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", FRAME_TYPES)
+def test_every_frame_type_against_numpy(dtype):
+    # pixel counts that are not multiples of the C tile or vector sizes, a sub-range
+    n, p, r = 13, 5003, 15
+    x = _batch(dtype, n, p)
+    xf = x.astype(np.float64)
+    rng = np.random.default_rng(1)
+    weights = rng.normal(size=(n, r))
+    sums = rng.normal(size=(r, p))
+    members = rng.random((3, n)) > 0.5
+    gsums = rng.normal(size=(3, p))
+    gsumsq = rng.normal(size=(3, p))
+    maximum = np.full(p, -np.inf)
+    expect_sums, expect_g, expect_q = sums.copy(), gsums.copy(), gsumsq.copy()
+    lo, hi = 7, 4999
+    _framesums.frame_pass(x, lo, hi, weights, sums, members.astype(np.uint8),
+                          list(gsums), [gsumsq[0], None, gsumsq[2]], maximum, False)
+    part = xf[:, lo:hi]
+    expect_sums[:, lo:hi] += weights.T @ part
+    expect_g[:, lo:hi] += members.astype(float) @ part
+    expect_q[[0, 2], lo:hi] += (members.astype(float) @ (part * part))[[0, 2]]
+    expect_max = np.full(p, -np.inf)
+    expect_max[lo:hi] = part.max(axis=0)
+    np.testing.assert_allclose(sums, expect_sums, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(gsums, expect_g, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(gsumsq, expect_q, rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(maximum, expect_max)
+
+
+def test_single_precision_products_within_float32_rounding():
+    x = _batch(np.uint16, 32, 4100)
+    weights = np.random.default_rng(2).normal(size=(32, 15))
+    sums = np.zeros((15, 4100))
+    _framesums.frame_pass(x, 0, 4100, weights, sums, None, [], [], None, True)
+    exact = weights.T @ x.astype(np.float64)
+    scale = np.abs(weights).T @ x.astype(np.float64)  # no cancellation in the error bound
+    assert np.max(np.abs(sums - exact) / scale) < 32 * 2.0**-24
+    assert not np.array_equal(sums, exact)  # it did round: the float32 path ran
+
+
+def test_maximum_propagates_nan_like_numpy():
+    x = np.ones((3, 40))
+    x[1, 5] = np.nan
+    maximum = np.zeros(40)
+    maximum[9] = np.nan
+    _framesums.frame_pass(x, 0, 40, None, None, None, [], [], maximum, False)
+    expect = np.maximum(np.array([0.0] * 9 + [np.nan] + [0.0] * 30), x.max(axis=0))
+    np.testing.assert_array_equal(maximum, expect)
+
+
+def test_bad_arguments_raise_clear_errors():
+    x = np.zeros((4, 100), dtype=np.uint16)
+    sums = np.zeros((2, 100))
+    with pytest.raises(ValueError, match="pixel range"):
+        _framesums.frame_pass(x, 0, 101, np.zeros((4, 2)), sums, None, [], [], None, False)
+    with pytest.raises(ValueError, match="shapes"):
+        _framesums.frame_pass(x, 0, 100, np.zeros((3, 2)), sums, None, [], [], None, False)
+    with pytest.raises(TypeError, match="format"):
+        _framesums.frame_pass(x.astype(np.int64), 0, 100, None, None, None, [], [], np.zeros(100), False)
+    with pytest.raises(TypeError, match="format"):
+        _framesums.frame_pass(x, 0, 100, np.zeros((4, 2), np.float32), sums, None, [], [], None, False)
+    with pytest.raises(ValueError, match="one entry per group"):
+        _framesums.frame_pass(x, 0, 100, None, None, np.ones((2, 4), np.uint8), [np.zeros(100)], [None], None, False)
+    with pytest.raises(ValueError):  # not C-contiguous
+        _framesums.frame_pass(x[:, ::2], 0, 50, None, None, None, [], [], np.zeros(50), False)
+
+
+def test_accumulate_runs_several_plans_over_threads_and_tiles():
+    # more pixels than one tile per thread; two dense plans (two passes), groups of both
+    # plans and a maximum; unsupported frame types are converted
+    p = 2 * PASS_PIXELS + 1234
+    x = _batch(np.int64, 6, p, seed=3)
+    xf = x.astype(np.float64)
+    rng = np.random.default_rng(4)
+    w1, w2 = rng.normal(size=(6, 4)), rng.normal(size=(6, 2))
+    s1, s2 = np.zeros((4, p)), np.zeros((2, p))
+    g = np.zeros((2, p))
+    q = np.zeros(p)
+    m = np.full(p, -np.inf)
+    done = []
+    first = SumsPlan(weights=w1, sums=s1, after=lambda: done.append(1))
+    first.add_group(np.array([1, 0, 1, 0, 0, 1], bool), g[0], q)
+    second = SumsPlan(weights=w2, sums=s2, maximum=m, after=lambda: done.append(2))
+    second.add_group(np.array([0, 1, 1, 1, 0, 0], bool), g[1])
+    accumulate(x.reshape(6, 1, p), [first, second])
+    np.testing.assert_allclose(s1, w1.T @ xf, rtol=1e-12)
+    np.testing.assert_allclose(s2, w2.T @ xf, rtol=1e-12)
+    np.testing.assert_allclose(g[0], xf[[0, 2, 5]].sum(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(g[1], xf[[1, 2, 3]].sum(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(q, (xf[[0, 2, 5]] ** 2).sum(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(m, xf.max(axis=0))
+    assert done == [1, 2]
+
+
+def test_accumulate_rejects_plans_of_different_sizes():
+    with pytest.raises(ValueError, match="different numbers of pixels"):
+        accumulate(np.zeros((2, 10)), [SumsPlan(maximum=np.zeros(10)), SumsPlan(maximum=np.zeros(11))])
