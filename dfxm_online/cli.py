@@ -139,9 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
-    from .memory import keep_freed_memory
-
-    keep_freed_memory()  # snapshots and batches reuse their memory (see memory.py)
     from .acquisition.geometry import ScanError
     from .config import ConfigError
     from .store import StoreError

@@ -23,6 +23,9 @@ from typing import Literal
 
 import numpy as np
 
+from .online import _pixelmaps
+from .online.tiles import SNAPSHOT_PIXELS, for_each_tile
+
 KEY_SIZE = 128
 SCALE_PERCENTILE = 99.0
 
@@ -39,16 +42,17 @@ def _colour(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     linear, so the colour is continuous everywhere, including at the origin (white) and
     across hue 0/1, which is what lets a viewer read a pixel's orientation off the key.
     """
-    hue6 = np.mod(np.arctan2(v, u) * (3.0 / np.pi), 6.0)  # hue in sixths of a turn
-    sat = np.minimum(np.hypot(u, v), 1.0)
     # the closed form of HSV -> RGB at value 1 (channel n = 5, 3, 1 for R, G, B):
     # 1 - s * clip(min(k, 4 - k), 0, 1) with k = (n + 6 hue) mod 6. It equals matplotlib's
-    # hsv_to_rgb to 1e-15 (tested) and takes 0.3 s instead of 1.2 s on a 2048^2 map.
-    out = np.empty((*sat.shape, 3))
-    for channel, n in enumerate((5.0, 3.0, 1.0)):
-        k = np.mod(n + hue6, 6.0)
-        out[..., channel] = 1.0 - sat * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
-    return out
+    # hsv_to_rgb to 1e-15 (tested); one compiled pass per pixel range: 1.2 s with
+    # matplotlib, 0.3 s in numpy, ~0.05 s compiled on a 2048^2 map.
+    u, v = np.broadcast_arrays(np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64))
+    shape = u.shape
+    uf, vf = np.ascontiguousarray(u).reshape(-1), np.ascontiguousarray(v).reshape(-1)
+    out = np.empty((uf.size, 3))
+    for_each_tile(uf.size, lambda start, stop: _pixelmaps.hsv_colour(uf, vf, out, start, stop),
+                  tile=SNAPSHOT_PIXELS)
+    return out.reshape(*shape, 3)
 
 
 def _robust_centre_scale(values: np.ndarray, centre: float | None) -> tuple[float, float]:
