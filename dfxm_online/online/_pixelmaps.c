@@ -2,9 +2,9 @@
  * baseline and the mosaicity colour key (see accumulators/moments.py,
  * accumulators/background.py and orientation.py for the maths).
  *
- * Why C: at 2048^2 these were ~30 numexpr passes over 32 MB arrays, 1.1 s of a 1.8 s
- * snapshot on 2 cores; one pass per pixel that keeps every intermediate in registers
- * does the same in a few tens of ms (bench/RESULTS.md). Functions work on a pixel range
+ * Why C: at 2048^2 the moments and the edge baseline were ~30 numexpr passes over 32 MB
+ * arrays, 1.07 s of a 1.8 s snapshot on 2 cores; one pass per pixel that keeps every
+ * intermediate in registers does both in ~0.17 s (bench/RESULTS.md). Functions work on a pixel range
  * and release the GIL, so the caller spreads ranges over its tile threads.
  */
 #define PY_SSIZE_T_CLEAN

@@ -7,9 +7,9 @@ describes what it needs as a :class:`SumsPlan`; :func:`accumulate` runs the plan
 batch together in one pass over the frames, in the compiled loops of `_framesums` (see its
 source for why they are C), over pixel tiles spread on the tile threads.
 
-Measured at 2048^2 uint16, 2 cores (bench/RESULTS.md has the current figures): the numpy
-version of moments + edge baseline + projections ran at 76 frames/s; the fused pass runs
-them at ~300-400 frames/s in float64 products and ~400-500 in float32.
+Measured at 2048^2 uint16, 2 cores, batches of 32 (bench/RESULTS.md has the current
+figures): the numpy version of moments + edge baseline + projections ran at 76 frames/s;
+the fused pass runs them at ~200-270 frames/s with float64 products, ~250-300 with float32.
 """
 
 from __future__ import annotations

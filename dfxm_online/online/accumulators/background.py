@@ -175,8 +175,8 @@ def pooled_edge_mean(
     `sums`, `sumsq`: one (P,) row per group (frame sums and sums of squares), `counts` the
     groups' frame counts. The standard error of the difference between a group mean and
     the lowest one assumes both share the lowest (clean) group's per-frame variance. One
-    compiled pass per pixel range (no groups x pixels temporaries; 0.54 s -> ~0.02 s at
-    2048^2 against the numexpr version).
+    compiled pass per pixel range, no groups x pixels temporaries (with the moment
+    conversion: ~1.07 s as numexpr passes, ~0.17 s compiled at 2048^2).
     """
     rows = [np.ascontiguousarray(r, dtype=np.float64) for r in sums]
     rows_sq = [np.ascontiguousarray(r, dtype=np.float64) for r in sumsq]
