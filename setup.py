@@ -17,12 +17,14 @@ setup(
             depends=[
                 "dfxm_online/online/_framesums_pass.h",
                 "dfxm_online/online/_framesums_types.h",
+                "dfxm_online/online/_buffers.h",
             ],
             extra_compile_args=["-O3", "-std=gnu11", "-Wno-psabi"],
         ),
         Extension(
             "dfxm_online.online._pixelmaps",
             sources=["dfxm_online/online/_pixelmaps.c"],
+            depends=["dfxm_online/online/_buffers.h"],
             extra_compile_args=["-O3", "-std=gnu11"],
         ),
     ]

@@ -91,41 +91,7 @@ typedef struct {
 
 #define MAX_BUFS (5 + 2 * MAX_GROUPS)
 
-typedef struct {
-    Py_buffer views[MAX_BUFS];
-    int n;
-} Held;
-
-static void release_all(Held *h)
-{
-    for (int i = 0; i < h->n; i++) PyBuffer_Release(&h->views[i]);
-    h->n = 0;
-}
-
-static const char *format_of(Py_buffer *v)
-{
-    const char *f = v->format ? v->format : "B";
-    if (*f == '<' || *f == '=' || *f == '@') f++;
-    return f;
-}
-
-/* A C-contiguous buffer of `ndim` dimensions (format `fmt`, or any when NULL). */
-static Py_buffer *get(Held *h, PyObject *obj, int ndim, const char *fmt, int writable, const char *name)
-{
-    Py_buffer *v = &h->views[h->n];
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, v, flags) < 0) return NULL;
-    h->n++;
-    if (v->ndim != ndim) {
-        PyErr_Format(PyExc_ValueError, "%s must have %d dimensions, not %d", name, ndim, v->ndim);
-        return NULL;
-    }
-    if (fmt && strcmp(format_of(v), fmt) != 0) {
-        PyErr_Format(PyExc_TypeError, "%s must have format '%s', not '%s'", name, fmt, format_of(v));
-        return NULL;
-    }
-    return v;
-}
+#include "_buffers.h"
 
 static char frame_code(Py_buffer *v)
 {
@@ -162,7 +128,7 @@ static PyObject *frame_pass(PyObject *self, PyObject *args)
                           &xo, &single))
         return NULL;
     Held h = {.n = 0};
-    PyObject *gseq = NULL, *qseq = NULL, *result = NULL;
+    PyObject *result = NULL;
     Pass job;
     memset(&job, 0, sizeof job);
     Py_buffer *fv = get(&h, fo, 2, NULL, 0, "frames");
@@ -175,10 +141,7 @@ static PyObject *frame_pass(PyObject *self, PyObject *args)
     job.frames = fv->buf;
     job.F = fv->shape[0];
     job.P = fv->shape[1];
-    if (start < 0 || stop > job.P || start > stop) {
-        PyErr_Format(PyExc_ValueError, "pixel range [%zd, %zd) outside [0, %zd)", start, stop, (Py_ssize_t)job.P);
-        goto done;
-    }
+    if (check_range(start, stop, job.P) < 0) goto done;
     if ((wo == Py_None) != (so == Py_None)) {
         PyErr_SetString(PyExc_ValueError, "weights and sums go together");
         goto done;
@@ -203,32 +166,10 @@ static PyObject *frame_pass(PyObject *self, PyObject *args)
             goto done;
         }
         job.members = mv->buf;
-        if (!(gseq = PySequence_Fast(glist, "gsums must be a sequence")) ||
-            !(qseq = PySequence_Fast(qlist, "gsumsq must be a sequence")))
+        Py_ssize_t G = job.G;
+        if (get_rows(&h, glist, job.gsums, &G, MAX_GROUPS, job.P, 1, 0, "gsums") < 0 ||
+            get_rows(&h, qlist, job.gsumsq, &G, MAX_GROUPS, job.P, 1, 1, "gsumsq") < 0)
             goto done;
-        if (PySequence_Fast_GET_SIZE(gseq) != job.G || PySequence_Fast_GET_SIZE(qseq) != job.G) {
-            PyErr_SetString(PyExc_ValueError, "gsums and gsumsq need one entry per group");
-            goto done;
-        }
-        for (int64_t g = 0; g < job.G; g++) {
-            Py_buffer *gv = get(&h, PySequence_Fast_GET_ITEM(gseq, g), 1, "d", 1, "gsums[g]");
-            if (!gv) goto done;
-            if (gv->shape[0] != job.P) {
-                PyErr_SetString(PyExc_ValueError, "each group row must have P pixels");
-                goto done;
-            }
-            job.gsums[g] = gv->buf;
-            PyObject *qo = PySequence_Fast_GET_ITEM(qseq, g);
-            if (qo != Py_None) {
-                Py_buffer *qv = get(&h, qo, 1, "d", 1, "gsumsq[g]");
-                if (!qv) goto done;
-                if (qv->shape[0] != job.P) {
-                    PyErr_SetString(PyExc_ValueError, "each group row must have P pixels");
-                    goto done;
-                }
-                job.gsumsq[g] = qv->buf;
-            }
-        }
     }
     if (xo != Py_None) {
         Py_buffer *xv = get(&h, xo, 1, "d", 1, "maximum");
@@ -265,8 +206,6 @@ static PyObject *frame_pass(PyObject *self, PyObject *args)
     }
     result = Py_NewRef(Py_None);
 done:
-    Py_XDECREF(gseq);
-    Py_XDECREF(qseq);
     release_all(&h);
     return result;
 }

@@ -17,76 +17,7 @@
 #define MAX_MOTORS 3
 #define MAX_BUFS (2 * MAX_ROWS + 16)
 
-typedef struct {
-    Py_buffer views[MAX_BUFS];
-    int n;
-} Held;
-
-static void release_all(Held *h)
-{
-    for (int i = 0; i < h->n; i++) PyBuffer_Release(&h->views[i]);
-    h->n = 0;
-}
-
-/* A C-contiguous float64 buffer of `ndim` dimensions. */
-static Py_buffer *get(Held *h, PyObject *obj, int ndim, int writable, const char *name)
-{
-    if (h->n >= MAX_BUFS) {
-        PyErr_SetString(PyExc_ValueError, "too many arrays");
-        return NULL;
-    }
-    Py_buffer *v = &h->views[h->n];
-    if (PyObject_GetBuffer(obj, v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
-        return NULL;
-    h->n++;
-    const char *f = v->format ? v->format : "B";
-    if (*f == '<' || *f == '=' || *f == '@') f++;
-    if (strcmp(f, "d") != 0) {
-        PyErr_Format(PyExc_TypeError, "%s must be float64, not format '%s'", name, f);
-        return NULL;
-    }
-    if (v->ndim != ndim) {
-        PyErr_Format(PyExc_ValueError, "%s must have %d dimensions, not %d", name, ndim, v->ndim);
-        return NULL;
-    }
-    return v;
-}
-
-/* A list of float64 (P,) rows. */
-static int get_rows(Held *h, PyObject *list, double **rows, Py_ssize_t *count, Py_ssize_t P,
-                    int writable, const char *name)
-{
-    PyObject *seq = PySequence_Fast(list, "expected a sequence of arrays");
-    if (!seq) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > MAX_ROWS || (*count >= 0 && n != *count)) {
-        PyErr_Format(PyExc_ValueError, "%s: wrong number of rows (%zd)", name, n);
-        Py_DECREF(seq);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_buffer *v = get(h, PySequence_Fast_GET_ITEM(seq, i), 1, writable, name);
-        if (!v) { Py_DECREF(seq); return -1; }
-        if (v->shape[0] != P) {
-            PyErr_Format(PyExc_ValueError, "%s rows must have %zd pixels", name, P);
-            Py_DECREF(seq);
-            return -1;
-        }
-        rows[i] = v->buf;
-    }
-    *count = n;
-    Py_DECREF(seq);
-    return 0;
-}
-
-static int check_range(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t P)
-{
-    if (start < 0 || stop > P || start > stop) {
-        PyErr_Format(PyExc_ValueError, "pixel range [%zd, %zd) outside [0, %zd)", start, stop, P);
-        return -1;
-    }
-    return 0;
-}
+#include "_buffers.h"
 
 /* ---- pooled edge baseline ---------------------------------------------------------------- */
 
@@ -105,12 +36,12 @@ static PyObject *pooled_edge_mean(PyObject *self, PyObject *args)
     Held h = {.n = 0};
     PyObject *result = NULL;
     double *s[MAX_ROWS], *q[MAX_ROWS], n[MAX_ROWS];
-    Py_buffer *ov = get(&h, oo, 1, 1, "out");
+    Py_buffer *ov = get(&h, oo, 1, "d", 1, "out");
     if (!ov) goto done;
     const Py_ssize_t P = ov->shape[0];
     Py_ssize_t G = -1;
-    if (get_rows(&h, so, s, &G, P, 0, "sums") < 0 || get_rows(&h, qo, q, &G, P, 0, "sumsq") < 0) goto done;
-    Py_buffer *cv = get(&h, co, 1, 0, "counts");
+    if (get_rows(&h, so, s, &G, MAX_ROWS, P, 0, 0, "sums") < 0 || get_rows(&h, qo, q, &G, MAX_ROWS, P, 0, 0, "sumsq") < 0) goto done;
+    Py_buffer *cv = get(&h, co, 1, "d", 0, "counts");
     if (!cv) goto done;
     if (cv->shape[0] != G || G == 0) {
         PyErr_SetString(PyExc_ValueError, "counts must have one positive entry per group");
@@ -174,15 +105,15 @@ static PyObject *central_moments(PyObject *self, PyObject *args)
         return NULL;
     Held h = {.n = 0};
     PyObject *result = NULL;
-    Py_buffer *sv = get(&h, so, 2, 0, "sums"), *wv, *iv, *cv, *scv, *inv, *mv, *covv, *m3v, *m4v;
+    Py_buffer *sv = get(&h, so, 2, "d", 0, "sums"), *wv, *iv, *cv, *scv, *inv, *mv, *covv, *m3v, *m4v;
     Py_buffer *ofv = NULL;
-    if (!sv || !(wv = get(&h, wo, 1, 0, "weights")) || !(iv = get(&h, io, 1, 0, "index")) ||
-        !(cv = get(&h, co, 1, 0, "centre")) || !(scv = get(&h, sco, 1, 0, "scale")) ||
-        !(inv = get(&h, into, 1, 1, "intensity")) || !(mv = get(&h, mo, 2, 1, "mean")) ||
-        !(covv = get(&h, cvo, 3, 1, "cov")) || !(m3v = get(&h, m3o, 2, 1, "m3")) ||
-        !(m4v = get(&h, m4o, 2, 1, "m4")))
+    if (!sv || !(wv = get(&h, wo, 1, "d", 0, "weights")) || !(iv = get(&h, io, 1, "d", 0, "index")) ||
+        !(cv = get(&h, co, 1, "d", 0, "centre")) || !(scv = get(&h, sco, 1, "d", 0, "scale")) ||
+        !(inv = get(&h, into, 1, "d", 1, "intensity")) || !(mv = get(&h, mo, 2, "d", 1, "mean")) ||
+        !(covv = get(&h, cvo, 3, "d", 1, "cov")) || !(m3v = get(&h, m3o, 2, "d", 1, "m3")) ||
+        !(m4v = get(&h, m4o, 2, "d", 1, "m4")))
         goto done;
-    if (oo != Py_None && !(ofv = get(&h, oo, 1, 0, "offset"))) goto done;
+    if (oo != Py_None && !(ofv = get(&h, oo, 1, "d", 0, "offset"))) goto done;
     const Py_ssize_t R = sv->shape[0], P = sv->shape[1], M = cv->shape[0];
     if (M < 1 || M > MAX_MOTORS || scv->shape[0] != M || wv->shape[0] != R ||
         iv->shape[0] != 1 + M + M * M + 2 * M || inv->shape[0] != P ||
@@ -264,8 +195,8 @@ static PyObject *hsv_colour(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOnn", &uo, &vo, &oo, &start, &stop)) return NULL;
     Held h = {.n = 0};
     PyObject *result = NULL;
-    Py_buffer *uv = get(&h, uo, 1, 0, "u"), *vv, *ov;
-    if (!uv || !(vv = get(&h, vo, 1, 0, "v")) || !(ov = get(&h, oo, 2, 1, "out"))) goto done;
+    Py_buffer *uv = get(&h, uo, 1, "d", 0, "u"), *vv, *ov;
+    if (!uv || !(vv = get(&h, vo, 1, "d", 0, "v")) || !(ov = get(&h, oo, 2, "d", 1, "out"))) goto done;
     const Py_ssize_t P = uv->shape[0];
     if (vv->shape[0] != P || ov->shape[0] != P || ov->shape[1] != 3) {
         PyErr_SetString(PyExc_ValueError, "u, v must be (P,) and out (P, 3)");
