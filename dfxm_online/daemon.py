@@ -133,6 +133,7 @@ class ScanWorker(threading.Thread):
         st = self.status
         assert st is not None
         t0 = time.perf_counter()
+        started = time.monotonic()
         try:
             maps = self._maps() if state != "failed" or self.pipeline is not None else {}
         except ScanError as exc:
@@ -147,7 +148,8 @@ class ScanWorker(threading.Thread):
         default = default_map(self.geometry.motor_names) if self.geometry else ("dark" if st.dark else None)
         axes = self.pipeline.map_axes() if self.pipeline is not None and maps else {}
         try:
-            write_maps_file(st.path, maps, info, default, self.geometry.title if self.geometry else "", axes)
+            write_maps_file(st.path, maps, info, default, self.geometry.title if self.geometry else "", axes,
+                            durable=state != "running")
         except OSError as exc:
             self.d.metrics.publish_errors.inc()
             logger.error("scan %s: cannot write %s: %s", self.key, st.path, exc)
@@ -158,7 +160,9 @@ class ScanWorker(threading.Thread):
         finally:
             self._last_publish_cost = time.perf_counter() - t0
             self.d.metrics.publish_seconds.observe(self._last_publish_cost)
-        self._last_publish = time.monotonic()
+        # the period runs from start to start: with a publish costing about a period,
+        # counting from its end would halve the cadence
+        self._last_publish = started
         if self._oldest_unpublished is not None:
             self.d.metrics.latency_seconds.observe(time.monotonic() - self._oldest_unpublished)
             self._oldest_unpublished = None
@@ -239,8 +243,10 @@ class ScanWorker(threading.Thread):
         source = LiveFrameSource(scan, geometry, config.analysis.batch_size, config.read_timeout,
                                  config.analysis.batch_delay)
         self.publish("running")
+        t_read = time.perf_counter()
         for batch in source.batches(self._stop_requested):
             t0 = time.perf_counter()
+            self.d.metrics.read_seconds.observe(t0 - t_read)
             if self._oldest_unpublished is None:
                 self._oldest_unpublished = time.monotonic()
             if st.dark:
@@ -265,6 +271,7 @@ class ScanWorker(threading.Thread):
             st.frames_processed += batch.frames.shape[0]
             if time.monotonic() - self._last_publish >= self._publish_interval(source.behind):
                 self.publish("running")
+            t_read = time.perf_counter()
         if self._stop_requested():
             self.publish("aborted", "daemon stopped during the scan")
             return

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 from blissdata.exceptions import EndOfStream, IndexNoMoreThereError
 from blissdata.streams import CursorGroup
+from blissdata.streams.event_stream import StreamEntry
 
 from .geometry import ScanError, ScanGeometry
 
@@ -67,7 +68,13 @@ def read_lima_frames(stream, start: int, stop: int) -> np.ndarray:
         if not ref.format.lower().startswith("hdf5"):
             raise ScanError(f"Lima file format {ref.format} is not supported (HDF5 only)")
         with h5py.File(ref.file_path, "r") as f:
-            out.append(f[ref.data_path][ref.index : refs[j].index + 1])
+            chunk = f[ref.data_path][ref.index : refs[j].index + 1]
+        if chunk.shape[0] != j - i + 1:
+            raise ScanError(
+                f"Lima file {ref.file_path} holds {ref.index + chunk.shape[0]} frames, "
+                f"frame {refs[j].index} was announced in it"
+            )
+        out.append(chunk)
         i = j + 1
     return np.concatenate(out) if out else np.empty((0,))
 
@@ -78,8 +85,10 @@ class ArrayFrameReader:
     blissdata's cursors ask Redis for up to 100 entries per read; with 8 MB frames such
     replies are hundreds of MB and read back at ~25-35 frames/s, where one bounded reply
     at a time runs an order of magnitude faster (issue 3's probe). This reads at most
-    `max_bytes` of frames per request. It uses blissdata 2.4's EventStream reading
-    primitive (`_read_next`), pinned in pyproject.toml.
+    about `max_bytes` of frames per request; an entry may carry several points (a
+    publisher sending blocks), so the number of entries asked for follows the points per
+    entry seen. It uses blissdata 2.4's stream entry decoding (`StreamEntry`,
+    `EventStream._decode_entries`), pinned in pyproject.toml.
     """
 
     def __init__(self, stream, max_bytes: int = 32 << 20) -> None:
@@ -87,7 +96,8 @@ class ArrayFrameReader:
         shape = [int(s) for s in (stream.shape or ())]
         itemsize = np.dtype(stream.dtype).itemsize
         frame_bytes = itemsize * int(np.prod(shape)) if shape and all(s > 0 for s in shape) else 8 << 20
-        self.count = max(1, max_bytes // max(frame_bytes, 1))
+        self.max_points = max(1, max_bytes // max(frame_bytes, 1))
+        self.count = self.max_points  # entries per XREAD
         self.index = 0
         self.sealed = False
         self.last_read_full = False  # the last read hit `count`: more frames are waiting
@@ -97,26 +107,44 @@ class ArrayFrameReader:
         if self.sealed:
             return []
         block = None if timeout is None else max(1, int(timeout * 1000))
-        index, data, sealed = self._events._read_next(self.index, block, self.count)
+        events = self._events
+        raw = events._data_store._redis.xread({events.key: self.index}, block=block, count=self.count)
+        if not raw:
+            self.last_read_full = False
+            return []
+        entries = [StreamEntry.from_raw(item) for item in raw[0][1]]
+        index, data = events._decode_entries(entries)
         if index > self.index:
             raise ScanError(
                 f"frames {self.index}..{index - 1} were trimmed from Redis before the daemon "
                 "read them (daemon lagging behind the memory tracker)"
             )
         self.index = index + len(data)
-        self.sealed = bool(sealed)
-        self.last_read_full = len(data) >= self.count
+        self.sealed = entries[-1].is_seal
+        self.last_read_full = len(entries) >= self.count
+        points = [e.length for e in entries if not e.is_seal]
+        if points:
+            self.count = max(1, self.max_points // max(1, round(sum(points) / len(points))))
         return data
 
 
 class LiveFrameSource:
-    """Batches of a live scan's frames and positions, in acquisition order."""
+    """Batches of a live scan's frames and positions, in acquisition order.
+
+    Frames held in memory are bounded: Lima files are read at most `read_ahead` frames
+    beyond the last batch handed out (default one batch: reading happens between batches,
+    on the worker's thread, so more would not overlap anything). A daemon that falls
+    behind a Lima scan would otherwise read every closed file at once: 300 frames of 2048^2
+    took the daemon to 3.9 GB in the benchmark. Plain array frames are bounded by the size
+    of one Redis read (`ArrayFrameReader`).
+    """
 
     def __init__(self, scan, geometry: ScanGeometry, batch_size: int = 32, read_timeout: float = 0.2,
-                 max_delay: float = 0.1) -> None:
+                 max_delay: float = 0.1, read_ahead: int | None = None) -> None:
         self.scan = scan
         self.geometry = geometry
         self.batch_size = batch_size
+        self.read_ahead = max(1, read_ahead if read_ahead is not None else batch_size)
         self.read_timeout = min(read_timeout, max_delay) if max_delay > 0 else read_timeout
         self.max_delay = max_delay
         self._pending_since: float | None = None
@@ -138,6 +166,7 @@ class LiveFrameSource:
         self._frames: list[np.ndarray] = []
         self._n_frames = 0  # frames received (array) or read from files (Lima)
         self._announced = 0  # frames the image stream says exist
+        self._lima_backlog = 0  # frames in closed Lima files not read yet (read-ahead bound)
         self._emitted = 0
         self._sealed = False
         self.frame_shape: tuple[int, int] | None = geometry.frame_shape if (
@@ -173,12 +202,14 @@ class LiveFrameSource:
                     self._positions[motor].append(values)
                     self._n_positions[motor] += values.size
 
-    def _read_once(self) -> bool:
-        """One round of reads; True if anything new arrived."""
+    def _read_once(self, wait: bool = True) -> bool:
+        """One round of reads; True if anything new arrived. `wait` False never blocks."""
         before = (self._n_frames, self._announced, sum(self._n_positions.values()))
         if not self._cursors_done:
-            # don't block on the motors when frames are read separately and may be waiting
-            timeout = self.read_timeout if self._array is None else None
+            # don't block on the motors when frames are read separately and may be waiting,
+            # nor while closed Lima files hold frames not read yet
+            waiting = not wait or self._array is not None or self._lima_backlog > 0
+            timeout = None if waiting else self.read_timeout
             try:
                 views = self._group.read(block=timeout is not None, timeout=timeout or 0)
             except EndOfStream:
@@ -188,7 +219,7 @@ class LiveFrameSource:
         if self._array is not None:
             # wait for frames only when nothing arrived on the other streams
             got = (self._announced, sum(self._n_positions.values())) != before[1:]
-            data = self._array.read(None if got else self.read_timeout)
+            data = self._array.read(self.read_timeout if wait and not got else None)
             if len(data):
                 # free-shape streams decode to a list of arrays: check each frame first
                 self._check_shape(data, self._n_frames)
@@ -196,17 +227,27 @@ class LiveFrameSource:
                 self._n_frames += len(data)
             self._sealed = self._array.sealed and self._cursors_done
         else:
-            self._sealed = self._cursors_done
             self._read_lima()
         return (self._n_frames, self._announced, sum(self._n_positions.values())) != before
 
     def _read_lima(self) -> None:
-        readable = self._announced if self._sealed else min(self._announced, lima_readable(self.image))
-        if readable > self._n_frames:
-            frames = read_lima_frames(self.image, self._n_frames, readable)
+        """Read the frames of closed Lima files, up to `read_ahead` beyond the last batch.
+
+        Once the image stream is sealed every announced frame is in a closed file; the
+        scan counts as sealed only when all of them have been read.
+        """
+        if self._cursors_done:
+            readable = self._announced
+        else:
+            readable = min(self._announced, lima_readable(self.image))
+        stop = min(readable, self._emitted + self.read_ahead)
+        if stop > self._n_frames:
+            frames = read_lima_frames(self.image, self._n_frames, stop)
             self._check_shape(frames, self._n_frames)
             self._frames.append(frames)
             self._n_frames += frames.shape[0]
+        self._lima_backlog = readable - self._n_frames
+        self._sealed = self._cursors_done and self._n_frames >= self._announced
 
     def _check_shape(self, frames, first_index: int) -> None:
         for k, frame in enumerate(frames):
@@ -228,9 +269,20 @@ class LiveFrameSource:
             yield self._pop(min(self.batch_size, self._ready()))
 
     def _pop(self, count: int) -> Batch:
-        frames = np.concatenate(self._frames) if len(self._frames) > 1 else self._frames[0]
-        batch_frames, rest = frames[:count], frames[count:]
-        self._frames = [rest] if len(rest) else []
+        # take whole chunks (and a slice of the last) until `count` frames: the frames left
+        # stay views of their chunks. Concatenating everything held on every pop copied the
+        # remainder again for each batch (one 512-frame Redis read at 512^2 = 16 batches).
+        taken, n = [], 0
+        while n < count:
+            chunk = self._frames[0]
+            need = count - n
+            if len(chunk) <= need:
+                taken.append(self._frames.pop(0))
+            else:
+                taken.append(chunk[:need])
+                self._frames[0] = chunk[need:]
+            n += len(taken[-1])
+        batch_frames = taken[0] if len(taken) == 1 else np.concatenate(taken)
         positions = {}
         for motor, chunks in self._positions.items():
             values = np.concatenate(chunks) if len(chunks) != 1 else chunks[0]
@@ -245,16 +297,20 @@ class LiveFrameSource:
     def batches(self, stop_requested=lambda: False) -> Iterator[Batch]:
         """Yield batches until the scan's streams end (or `stop_requested()` is true).
 
-        A batch is yielded when `batch_size` points are complete, or when the oldest
-        complete point has waited `max_delay` seconds (the latency budget). If reading
-        fails (store gone, bad frame), the points already complete are yielded first, so
-        the maps keep them, then the error propagates.
+        A batch is yielded when `batch_size` points are complete, as soon as the streams
+        are idle (a read that does not wait finds nothing new), or when the oldest complete
+        point has waited `max_delay` seconds while points keep arriving (the latency
+        budget). So a slow scan's points go out at once, and a fast scan's, or those that
+        piled up while the worker was busy, go out in full batches. If reading fails (store
+        gone, bad frame), the points already complete are yielded first, so the maps keep
+        them, then the error propagates.
         """
+        wait = True
         while not self._sealed:
             if stop_requested():
                 return
             try:
-                views = self._read_once()
+                views = self._read_once(wait)
             except Exception:
                 yield from self._drain()
                 raise
@@ -266,6 +322,9 @@ class LiveFrameSource:
                     self._pending_since = now
                 if not views or now - self._pending_since >= self.max_delay:
                     yield self._pop(self._ready())
+            # after new data, look again without waiting: pending points go out as soon
+            # as the streams are idle
+            wait = not views
         yield from self._drain()
         leftover = {m: n - self._emitted for m, n in self._n_positions.items()}
         if self._n_frames != self._emitted or any(leftover.values()):

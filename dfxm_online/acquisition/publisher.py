@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_MODES = ("array", "lima")
 LIMA_DATA_PATH = "/entry_0000/measurement/data"
+FLUSH_PERIOD = 0.5  # s between flushes of the BLISS scan file while the scan runs
 
 
 @dataclass
@@ -93,6 +94,17 @@ class ScanDescription:
         return info
 
 
+def write_frames(dset: h5py.Dataset, first: int, frames: np.ndarray) -> None:
+    """Frames into a dataset chunked one frame per chunk, uncompressed, from `first` on.
+
+    Direct chunk writes, as Lima's own HDF5 saving does: 2048^2 uint16 frames went in at
+    ~370 frames/s, against 70-160 through h5py's selection writes (measured here).
+    """
+    frames = np.ascontiguousarray(frames, dtype=dset.dtype)
+    for k, frame in enumerate(frames):
+        dset.id.write_direct_chunk((first + k, 0, 0), frame)
+
+
 class BlissScanFile:
     """Writes one scan into a BLISS dataset file, point by point.
 
@@ -146,22 +158,31 @@ class BlissScanFile:
             )
             self.measurement[desc.detector] = h5py.SoftLink(self._frames.name)
         self.count = 0
+        self._flushed = time.monotonic()
 
-    def append(self, frame: np.ndarray | None, positions: Mapping[str, float],
-               monitor: float | None = None) -> None:
+    def append(self, frames: np.ndarray | None, positions: Mapping[str, np.ndarray],
+               monitor: np.ndarray | None = None) -> None:
+        """Points `count .. count + k`: positions (motor -> (k,)), frames (k, H, W) or None."""
+        k = len(next(iter(positions.values()))) if positions else (len(frames) if frames is not None else 1)
+        end = self.count + k
         for name, dset in self._motor_dsets.items():
-            dset.resize((self.count + 1,))
-            dset[self.count] = positions[name]
+            dset.resize((end,))
+            dset[self.count : end] = positions[name]
         if self._monitor is not None:
-            self._monitor.resize((self.count + 1,))
-            self._monitor[self.count] = monitor
-        if self._frames is not None and frame is not None:
-            if self._frames.shape[1:] != frame.shape:
-                self._frames.resize((self._frames.shape[0], *frame.shape))
-            self._frames.resize((self.count + 1, *self._frames.shape[1:]))
-            self._frames[self.count] = frame
-        self.count += 1
-        self._file.flush()
+            self._monitor.resize((end,))
+            self._monitor[self.count : end] = monitor
+        if self._frames is not None and frames is not None:
+            if self._frames.shape[1:] != frames.shape[1:]:
+                self._frames.resize((self._frames.shape[0], *frames.shape[1:]))
+            self._frames.resize((end, *self._frames.shape[1:]))
+            write_frames(self._frames, self.count, frames)
+        self.count = end
+        # flushed at most every FLUSH_PERIOD, as the BLISS writer does: a flush per point
+        # costs ~14 ms (2048^2 or blocks of 512^2 frames), more than sending the point
+        now = time.monotonic()
+        if now - self._flushed >= FLUSH_PERIOD:
+            self._file.flush()
+            self._flushed = now
 
     def close(self, lima_counts: Sequence[int] = ()) -> None:
         if self.lima_files is not None and self.count:
@@ -197,24 +218,32 @@ class LimaFileWriter:
         self._file: h5py.File | None = None
         self._dset = None
 
-    def write(self, frame: np.ndarray) -> None:
-        if self._file is None:
-            path = Path(self.template % len(self.files))
-            self._file = h5py.File(path, "w")
-            self._dset = self._file.create_dataset(
-                LIMA_DATA_PATH, shape=(0, *self.frame_shape), maxshape=(self.frames_per_file, *self.frame_shape),
-                dtype=self.dtype, chunks=(1, *self.frame_shape),
-            )
-            self.files.append(path)
-            self.counts.append(0)
-        n = self.counts[-1]
-        self._dset.resize((n + 1, *self.frame_shape))
-        self._dset[n] = frame
-        self.counts[-1] = n + 1
-        if n + 1 == self.frames_per_file:
-            self.close()
-        else:
-            self._file.flush()
+    def write(self, frames: np.ndarray) -> None:
+        """Append frames (k, H, W), closing each file when it holds `frames_per_file`.
+
+        Files are not flushed frame by frame: readers only open closed files (blissdata's
+        rule), as with Lima's own HDF5 saving.
+        """
+        done = 0
+        while done < len(frames):
+            if self._file is None:
+                path = Path(self.template % len(self.files))
+                self._file = h5py.File(path, "w")
+                self._dset = self._file.create_dataset(
+                    LIMA_DATA_PATH, shape=(0, *self.frame_shape),
+                    maxshape=(self.frames_per_file, *self.frame_shape),
+                    dtype=self.dtype, chunks=(1, *self.frame_shape),
+                )
+                self.files.append(path)
+                self.counts.append(0)
+            n = self.counts[-1]
+            take = min(len(frames) - done, self.frames_per_file - n)
+            self._dset.resize((n + take, *self.frame_shape))
+            write_frames(self._dset, n, frames[done : done + take])
+            self.counts[-1] = n + take
+            done += take
+            if n + take == self.frames_per_file:
+                self.close()
 
     def close(self) -> None:
         if self._file is not None:
@@ -296,21 +325,33 @@ class ScanPublisher:
     def publish(self, positions: Mapping[str, float], frame: np.ndarray | None,
                 monitor: float | None = None) -> None:
         """One point of the scan: motor positions, counters, then the frame."""
+        self.publish_points(
+            {name: np.array([value], dtype=np.float64) for name, value in positions.items()},
+            None if frame is None else np.asarray(frame)[np.newaxis],
+            None if monitor is None else np.array([monitor], dtype=np.float64),
+        )
+
+    def publish_points(self, positions: Mapping[str, np.ndarray], frames: np.ndarray | None,
+                       monitor: np.ndarray | None = None) -> None:
+        """k points at once (motor -> (k,), frames (k, H, W)): one blissdata entry per
+        stream, as a fast detector's points arrive in BLISS in blocks."""
+        k = len(next(iter(positions.values()))) if positions else (0 if frames is None else len(frames))
         for name, stream in self.motor_streams.items():
-            stream.send(np.float64(positions[name]))
+            stream.send(np.asarray(positions[name], dtype=np.float64))
         if self.monitor_stream is not None:
-            self.monitor_stream.send(np.float64(monitor))
+            self.monitor_stream.send(np.asarray(monitor, dtype=np.float64))
         now = time.time()
-        self.timer_streams["elapsed_time"].send(np.float64(now - self._t0))
-        self.timer_streams["epoch"].send(np.float64(now))
-        self.file.append(frame if self.lima is None else None, positions, monitor)
-        if frame is not None and self.image_stream is not None:
+        self.timer_streams["elapsed_time"].send(np.full(k, now - self._t0))
+        self.timer_streams["epoch"].send(np.full(k, now))
+        self.file.append(frames if self.lima is None else None, positions, monitor)
+        if frames is not None and self.image_stream is not None:
             if self.lima is not None:
-                self.lima.write(frame)
-                self.image_stream.send({"last_index": self.index, "last_index_saved": self.index})
+                self.lima.write(frames)
+                last = self.index + len(frames) - 1
+                self.image_stream.send({"last_index": last, "last_index_saved": last})
             else:
-                self.image_stream.send(frame)
-        self.index += 1
+                self.image_stream.send(frames)
+        self.index += k
 
     def finish(self, end_reason: str = "SUCCESS") -> None:
         """Seal the streams, close the files, close the scan with its end reason."""

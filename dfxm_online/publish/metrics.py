@@ -38,6 +38,10 @@ class Metrics:
             "dfxm_batch_seconds", "Time to update the accumulators with one batch", registry=r,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        self.read_seconds = Histogram(
+            "dfxm_read_seconds", "Time a scan worker waited for and read one batch of frames",
+            registry=r, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
         self.publish_seconds = Histogram(
             "dfxm_publish_seconds", "Time to compute and write one scan's maps", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
