@@ -269,6 +269,7 @@ class ScanWorker(threading.Thread):
             self.d.metrics.frames.inc(batch.frames.shape[0])
             self.d.metrics.batch_seconds.observe(time.perf_counter() - t0)
             st.frames_processed += batch.frames.shape[0]
+            del batch  # its frames are free before the snapshot and the next read
             if time.monotonic() - self._last_publish >= self._publish_interval(source.behind):
                 self.publish("running")
             t_read = time.perf_counter()
