@@ -150,27 +150,15 @@ def _stack_maps(com_maps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]
     return stack, np.isfinite(stack).all(axis=0)
 
 
-def _pair_slices(d: int, n: int) -> tuple[slice, slice]:
-    """Slices of p and of q = p + d along one axis of length n, over their overlap."""
-    if d >= 0:
-        return slice(0, max(n - d, 0)), slice(min(d, n), n)
-    return slice(min(-d, n), n), slice(0, max(n + d, 0))
-
-
-def _half_offsets(radius: int, connectivity: str) -> list[tuple[int, int]]:
-    """One offset of each +/- pair in the neighbourhood (the pixel itself excluded).
-
-    Distances are symmetric, so each pair of pixels is visited once and credited to both.
-    """
-    offsets = []
-    for dy in range(0, radius + 1):
-        for dx in range(-radius, radius + 1):
-            if dy == 0 and dx <= 0:
-                continue
-            if connectivity == "four" and abs(dy) + abs(dx) > radius:
-                continue
-            offsets.append((dy, dx))
-    return offsets
+def _offsets(radius: int, connectivity: str) -> np.ndarray:
+    """(K, 2) int64 (dy, dx) of the neighbourhood, the pixel itself excluded."""
+    offsets = [
+        (dy, dx)
+        for dy in range(-radius, radius + 1)
+        for dx in range(-radius, radius + 1)
+        if (dy, dx) != (0, 0) and (connectivity == "eight" or abs(dy) + abs(dx) <= radius)
+    ]
+    return np.array(offsets, dtype=np.int64).reshape(-1, 2)
 
 
 def kam(
@@ -194,34 +182,32 @@ def kam(
     `max_distance`, if given, also drops neighbours farther than it (the EBSD practice of
     keeping grain boundaries out of the intra-grain KAM).
 
-    NaN where the pixel itself is NaN or has no valid neighbour. Vectorised: one pass of
-    whole-array slices per +/- pair of offsets (4 passes for the default 3x3 kernel).
+    NaN where the pixel itself is NaN or has no valid neighbour. float64 result; float32
+    maps are read as they are (each value is widened exactly), others converted to float64.
     """
+    # One compiled pass per range of rows (_pixelmaps.kam_rows), each pixel gathering its
+    # neighbours, so row ranges run on the tile threads. At 2048^2, two COM maps, 2 cores:
+    # 0.04 s for the 3x3 kernel (0.10 s for 5x5), against 0.20 s (0.52 s) for numpy's
+    # whole-array slices per +/- pair of offsets in a warm process and up to 0.9 s on fresh
+    # memory (a 64 MB stack of the maps and map-sized temporaries per pair).
     if radius < 1:
         raise ValueError(f"radius must be >= 1, got {radius}")
     if connectivity not in ("four", "eight"):
         raise ValueError(f"connectivity must be 'four' or 'eight', got {connectivity!r}")
-    stack, valid = _stack_maps(com_maps)
-    h, w = valid.shape
-    total = np.zeros((h, w))
-    count = np.zeros((h, w), dtype=np.int32)
-    with np.errstate(invalid="ignore"):
-        for dy, dx in _half_offsets(radius, connectivity):
-            (py, qy), (px, qx) = _pair_slices(dy, h), _pair_slices(dx, w)
-            p, q = (py, px), (qy, qx)
-            diff = stack[:, py, px] - stack[:, qy, qx]
-            dist = np.sqrt(np.einsum("mij,mij->ij", diff, diff))
-            ok = valid[p] & valid[q]
-            if max_distance is not None:
-                ok &= dist <= max_distance
-            dist = np.where(ok, dist, 0.0)
-            total[p] += dist
-            count[p] += ok
-            total[q] += dist
-            count[q] += ok
-        with np.errstate(divide="ignore"):
-            out = total / count
-    out[~valid | (count == 0)] = np.nan
+    if len(com_maps) == 0:
+        raise ValueError("need at least one COM map")
+    maps = [np.asarray(m) for m in com_maps]
+    dtype = np.float32 if all(m.dtype == np.float32 for m in maps) else np.float64
+    maps = [np.ascontiguousarray(m, dtype=dtype) for m in maps]
+    shape = maps[0].shape
+    if len(shape) != 2 or any(m.shape != shape for m in maps):
+        raise ValueError(f"COM maps must be 2-D of one shape, got {[m.shape for m in maps]}")
+    out = np.empty(shape)
+    offsets = _offsets(radius, connectivity)
+    limit = np.inf if max_distance is None else float(max_distance)
+    rows = max(1, SNAPSHOT_PIXELS // max(shape[1], 1))
+    for_each_tile(shape[0], lambda start, stop: _pixelmaps.kam_rows(
+        maps, offsets, limit, out, start, stop), tile=rows)
     return out
 
 

@@ -309,6 +309,79 @@ def test_kam_radius_larger_than_map():
     assert np.isnan(kam([np.array([[1.0]])])).all()
 
 
+def holey_maps(shape, n_maps, dtype, seed):
+    """Random COM maps with NaN and inf holes (some pixels masked in one map only)."""
+    rng = np.random.default_rng(seed)
+    maps = [rng.normal(size=shape).astype(dtype) for _ in range(n_maps)]
+    maps[0][rng.random(shape) < 0.15] = np.nan
+    maps[-1][rng.random(shape) < 0.05] = np.inf
+    return maps
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n_maps", [1, 2, 3, 4])
+@pytest.mark.parametrize("radius", [1, 2])
+@pytest.mark.parametrize("connectivity", ["four", "eight"])
+def test_compiled_kam_equals_brute_force_on_all_shapes(dtype, n_maps, radius, connectivity):
+    """The compiled rows pass against the per-pixel loop: both dtypes (float32 read as is),
+    1-4 maps, maps narrower / shorter than the kernel, with and without max_distance."""
+    for i, shape in enumerate([(1, 1), (1, 6), (5, 1), (2, 2), (3, 4), (4, 3), (9, 10)]):
+        maps = holey_maps(shape, n_maps, dtype, seed=100 * n_maps + 10 * radius + i)
+        wide = [m.astype(np.float64) for m in maps]  # float32 values widen exactly
+        for max_distance in (None, 1.2):
+            ours = kam(maps, radius=radius, connectivity=connectivity, max_distance=max_distance)
+            ref = brute_kam(wide, radius, connectivity, max_distance)
+            assert ours.dtype == np.float64 and ours.shape == shape
+            np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
+            np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
+
+
+def test_kam_row_tiles_on_threads_equal_one_pass(monkeypatch):
+    """Rows spread over the tile threads (here one row per tile) give the one-pass result,
+    bit for bit: each row only reads its neighbours and writes itself."""
+    from dfxm_online import orientation
+    from dfxm_online.online import _pixelmaps
+
+    maps = holey_maps((23, 17), 2, np.float64, seed=9)
+    offsets = orientation._offsets(2, "eight")
+    whole = np.empty((23, 17))
+    _pixelmaps.kam_rows(maps, offsets, np.inf, whole, 0, 23)
+    monkeypatch.setattr(orientation, "SNAPSHOT_PIXELS", 17)
+    np.testing.assert_array_equal(kam(maps, radius=2), whole)
+    np.testing.assert_allclose(whole, brute_kam(maps, 2), rtol=0, atol=1e-12)
+    rows = np.full((23, 17), -1.0)
+    for start, stop in [(0, 1), (1, 7), (7, 7), (7, 22), (22, 23)]:
+        _pixelmaps.kam_rows(maps, offsets, np.inf, rows, start, stop)
+    np.testing.assert_array_equal(rows, whole)
+
+
+def test_kam_mixed_dtypes_and_compiled_argument_checks():
+    from dfxm_online.online import _pixelmaps
+
+    a, b = holey_maps((6, 7), 2, np.float64, seed=4)
+    mixed = [a.astype(np.float32), b]  # not all float32: everything read as float64
+    np.testing.assert_allclose(
+        kam(mixed), brute_kam([a.astype(np.float32).astype(np.float64), b]), atol=1e-12
+    )
+    np.testing.assert_allclose(kam([a.astype(int)]), brute_kam([a.astype(int).astype(float)]))
+    offsets = np.array([[0, 1], [0, -1]], dtype=np.int64)
+    out = np.empty((6, 7))
+    with pytest.raises(ValueError):  # mixed dtypes
+        _pixelmaps.kam_rows(mixed, offsets, np.inf, out, 0, 6)
+    with pytest.raises(ValueError):  # offsets not int64
+        _pixelmaps.kam_rows([a], offsets.astype(np.float64), np.inf, out, 0, 6)
+    with pytest.raises(ValueError):  # offsets not (K, 2)
+        _pixelmaps.kam_rows([a], offsets.reshape(1, 4), np.inf, out, 0, 6)
+    with pytest.raises(ValueError):  # map and out shapes differ
+        _pixelmaps.kam_rows([a[:5]], offsets, np.inf, out, 0, 6)
+    with pytest.raises(ValueError):  # rows outside the map
+        _pixelmaps.kam_rows([a], offsets, np.inf, out, 0, 7)
+    with pytest.raises(ValueError):
+        _pixelmaps.kam_rows([], offsets, np.inf, out, 0, 6)
+    with pytest.raises(TypeError):  # out must be float64
+        _pixelmaps.kam_rows([a], offsets, np.inf, out.astype(np.float32), 0, 6)
+
+
 # --------------------------------------------------------------------------------------------
 # orientation_gradient
 

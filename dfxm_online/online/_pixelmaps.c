@@ -227,10 +227,152 @@ done:
     return result;
 }
 
+/* ---- kernel average misorientation ------------------------------------------------------- */
+
+/* Rows start <= y < stop of KAM, gathering every neighbour of each pixel (so that threads
+ * on other row ranges never write here). `valid` holds rows y0.. of "finite in every map";
+ * `total` and `count` are one row of scratch. Inlined with constant `f32` and `M`, so each
+ * dtype and map count gets its own loop with the map loop unrolled. */
+static inline __attribute__((always_inline)) void kam_kernel(
+    const void *const *maps, const int f32, const Py_ssize_t M, const Py_ssize_t H, const Py_ssize_t W,
+    const int64_t *off, const Py_ssize_t K, const double max_distance, double *out,
+    const Py_ssize_t start, const Py_ssize_t stop, unsigned char *valid, const Py_ssize_t y0,
+    const Py_ssize_t y1, double *total, int32_t *count)
+{
+#define AT(m, i) (f32 ? (double)((const float *)maps[m])[i] : ((const double *)maps[m])[i])
+    for (Py_ssize_t i = 0; i < (y1 - y0) * W; i++) {
+        int ok = 1;
+        for (Py_ssize_t m = 0; m < M; m++) ok &= isfinite(AT(m, y0 * W + i)) != 0;
+        valid[i] = (unsigned char)ok;
+    }
+    for (Py_ssize_t y = start; y < stop; y++) {
+        const unsigned char *vp = valid + (y - y0) * W;
+        for (Py_ssize_t x = 0; x < W; x++) {
+            total[x] = 0.0;
+            count[x] = 0;
+        }
+        for (Py_ssize_t k = 0; k < K; k++) {
+            const Py_ssize_t dy = off[2 * k], dx = off[2 * k + 1], qy = y + dy;
+            if (qy < 0 || qy >= H || dx >= W || dx <= -W) continue;
+            const Py_ssize_t x0 = dx < 0 ? -dx : 0, x1 = dx > 0 ? W - dx : W;
+            const Py_ssize_t p0 = y * W, q0 = qy * W + dx;
+            const unsigned char *vq = valid + (qy - y0) * W + dx;
+            for (Py_ssize_t x = x0; x < x1; x++) {
+                double s = 0.0;
+                for (Py_ssize_t m = 0; m < M; m++) {
+                    const double d = AT(m, p0 + x) - AT(m, q0 + x);
+                    s += d * d;
+                }
+                const int both = vp[x] & vq[x];
+                const double dist = sqrt(both ? s : 0.0);  /* never NaN: sqrt stays inline */
+                const int ok = both & (dist <= max_distance);
+                total[x] += ok ? dist : 0.0;
+                count[x] += ok;
+            }
+        }
+        for (Py_ssize_t x = 0; x < W; x++) out[y * W + x] = vp[x] && count[x] ? total[x] / count[x] : NAN;
+    }
+#undef AT
+}
+
+PyDoc_STRVAR(kam_rows_doc,
+"kam_rows(maps, offsets, max_distance, out, start, stop)\n\n"
+"For rows start <= y < stop: out[y, x] = mean distance sqrt(sum_m (map_m[y, x] -\n"
+"map_m[y + dy, x + dx])^2) to the neighbours (dy, dx) of offsets ((K, 2) int64) that are inside\n"
+"the map, finite in every map and no farther than max_distance (inf: no limit); NaN where the\n"
+"pixel is not finite in every map or has no such neighbour (see orientation.kam). maps: a\n"
+"sequence of (H, W) arrays, all float64 or all float32; out (H, W) float64.");
+
+static PyObject *kam_rows(PyObject *self, PyObject *args)
+{
+    PyObject *mo, *oo, *outo;
+    double max_distance;
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "OOdOnn", &mo, &oo, &max_distance, &outo, &start, &stop)) return NULL;
+    Held h = {.n = 0};
+    PyObject *result = NULL, *seq = NULL;
+    unsigned char *scratch = NULL;
+    const void *maps[MAX_ROWS];
+    Py_buffer *ov = get(&h, oo, 2, NULL, 0, "offsets"), *outv;
+    if (!ov || !(outv = get(&h, outo, 2, "d", 1, "out"))) goto done;
+    const char *of = format_of(ov);
+    if (ov->itemsize != 8 || (strcmp(of, "q") != 0 && strcmp(of, "l") != 0) || ov->shape[1] != 2) {
+        PyErr_SetString(PyExc_ValueError, "offsets must be (K, 2) int64");
+        goto done;
+    }
+    const Py_ssize_t H = outv->shape[0], W = outv->shape[1], K = ov->shape[0];
+    if (!(seq = PySequence_Fast(mo, "maps must be a sequence of arrays"))) goto done;
+    const Py_ssize_t M = PySequence_Fast_GET_SIZE(seq);
+    if (M < 1 || M > MAX_ROWS) {
+        PyErr_Format(PyExc_ValueError, "need 1 to %d maps, got %zd", MAX_ROWS, M);
+        goto done;
+    }
+    int f32 = 0;
+    for (Py_ssize_t m = 0; m < M; m++) {
+        Py_buffer *v = get(&h, PySequence_Fast_GET_ITEM(seq, m), 2, NULL, 0, "maps");
+        if (!v) goto done;
+        const char *f = format_of(v);
+        if (m == 0) f32 = strcmp(f, "f") == 0;
+        if (strcmp(f, f32 ? "f" : "d") != 0 || v->shape[0] != H || v->shape[1] != W) {
+            PyErr_SetString(PyExc_ValueError, "maps must be all float64 or all float32, of the shape of out");
+            goto done;
+        }
+        maps[m] = v->buf;
+    }
+    if (check_range(start, stop, H) < 0) goto done;
+    const int64_t *off = ov->buf;
+    Py_ssize_t R = 0;  /* rows of halo */
+    for (Py_ssize_t k = 0; k < K; k++) {
+        const int64_t dy = off[2 * k] < 0 ? -off[2 * k] : off[2 * k];
+        R = dy > R ? (dy < H ? (Py_ssize_t)dy : H) : R;
+    }
+    const Py_ssize_t y0 = start - R > 0 ? start - R : 0, y1 = stop + R < H ? stop + R : H;
+    if (start == stop) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    /* one row of totals and counts, then the validity of rows y0..y1 */
+    scratch = PyMem_RawMalloc(W * (sizeof(double) + sizeof(int32_t)) + (y1 - y0) * W);
+    if (!scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    double *total = (double *)scratch;
+    int32_t *count = (int32_t *)(total + W);
+    unsigned char *valid = (unsigned char *)(count + W);
+    double *out = outv->buf;
+    Py_BEGIN_ALLOW_THREADS
+#define KAM(F32, NM) kam_kernel(maps, F32, NM, H, W, off, K, max_distance, out, start, stop, valid, y0, y1, total, count)
+    if (f32) {
+        switch (M) {
+            case 1: KAM(1, 1); break;
+            case 2: KAM(1, 2); break;
+            case 3: KAM(1, 3); break;
+            default: KAM(1, M);
+        }
+    } else {
+        switch (M) {
+            case 1: KAM(0, 1); break;
+            case 2: KAM(0, 2); break;
+            case 3: KAM(0, 3); break;
+            default: KAM(0, M);
+        }
+    }
+#undef KAM
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_RawFree(scratch);
+    Py_XDECREF(seq);
+    release_all(&h);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"pooled_edge_mean", pooled_edge_mean, METH_VARARGS, pooled_edge_mean_doc},
     {"central_moments", central_moments, METH_VARARGS, central_moments_doc},
     {"hsv_colour", hsv_colour, METH_VARARGS, hsv_colour_doc},
+    {"kam_rows", kam_rows, METH_VARARGS, kam_rows_doc},
     {NULL, NULL, 0, NULL},
 };
 
