@@ -180,6 +180,65 @@ done:
     return result;
 }
 
+/* ---- named maps of the moments ----------------------------------------------------------- */
+
+PyDoc_STRVAR(moment_maps_doc,
+"moment_maps(mean, cov, m3, m4, valid, fwhm_per_sigma, out, start, stop)\n\n"
+"For pixels start <= p < stop, the rows of out (list of (P,) float64): for each motor a, com =\n"
+"mean[a], fwhm = fwhm_per_sigma * sqrt(var), skewness = m3[a] / (var * sqrt(var)), kurtosis =\n"
+"m4[a] / (var * var) - 3 with var = cov[a, a]; then cov[a, b] for each a < b. NaN where valid[p]\n"
+"(bool) is false, and fwhm, skewness and kurtosis also where var is not > 0 (see\n"
+"maps.moment_maps). mean, m3, m4 (M, P), cov (M, M, P) float64.");
+
+static PyObject *moment_maps(PyObject *self, PyObject *args)
+{
+    PyObject *mo, *co, *m3o, *m4o, *vo, *oo;
+    double fwhm_per_sigma;
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "OOOOOdOnn", &mo, &co, &m3o, &m4o, &vo, &fwhm_per_sigma, &oo, &start, &stop))
+        return NULL;
+    Held h = {.n = 0};
+    PyObject *result = NULL;
+    double *out[MAX_ROWS];
+    Py_buffer *mv = get(&h, mo, 2, "d", 0, "mean"), *cv, *m3v, *m4v, *vv;
+    if (!mv || !(cv = get(&h, co, 3, "d", 0, "cov")) || !(m3v = get(&h, m3o, 2, "d", 0, "m3")) ||
+        !(m4v = get(&h, m4o, 2, "d", 0, "m4")) || !(vv = get(&h, vo, 1, "?", 0, "valid")))
+        goto done;
+    const Py_ssize_t M = mv->shape[0], P = mv->shape[1];
+    if (M < 1 || M > MAX_MOTORS || cv->shape[0] != M || cv->shape[1] != M || cv->shape[2] != P ||
+        m3v->shape[0] != M || m3v->shape[1] != P || m4v->shape[0] != M || m4v->shape[1] != P ||
+        vv->shape[0] != P) {
+        PyErr_SetString(PyExc_ValueError, "inconsistent shapes of the moment arrays");
+        goto done;
+    }
+    Py_ssize_t n_out = 4 * M + M * (M - 1) / 2;
+    if (get_rows(&h, oo, out, &n_out, MAX_ROWS, P, 1, 0, "out") < 0) goto done;
+    if (check_range(start, stop, P) < 0) goto done;
+    const double *mean = mv->buf, *cov = cv->buf, *m3 = m3v->buf, *m4 = m4v->buf;
+    const unsigned char *valid = vv->buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t p = start; p < stop; p++) {
+        const int ok = valid[p] != 0;
+        for (Py_ssize_t a = 0; a < M; a++) {
+            const double var = cov[(a * M + a) * P + p];
+            const int positive = ok && var > 0;
+            const double sd = sqrt(positive ? var : 0.0);  /* never < 0: sqrt stays inline */
+            out[4 * a][p] = ok ? mean[a * P + p] : NAN;
+            out[4 * a + 1][p] = positive ? fwhm_per_sigma * sd : NAN;
+            out[4 * a + 2][p] = positive ? m3[a * P + p] / (var * sd) : NAN;
+            out[4 * a + 3][p] = positive ? m4[a * P + p] / (var * var) - 3.0 : NAN;
+        }
+        Py_ssize_t r = 4 * M;
+        for (Py_ssize_t a = 0; a < M; a++)
+            for (Py_ssize_t b = a + 1; b < M; b++) out[r++][p] = ok ? cov[(a * M + b) * P + p] : NAN;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    release_all(&h);
+    return result;
+}
+
 /* ---- mosaicity colours ------------------------------------------------------------------- */
 
 PyDoc_STRVAR(hsv_colour_doc,
@@ -381,6 +440,7 @@ done:
 static PyMethodDef methods[] = {
     {"pooled_edge_mean", pooled_edge_mean, METH_VARARGS, pooled_edge_mean_doc},
     {"central_moments", central_moments, METH_VARARGS, central_moments_doc},
+    {"moment_maps", moment_maps, METH_VARARGS, moment_maps_doc},
     {"hsv_colour", hsv_colour, METH_VARARGS, hsv_colour_doc},
     {"kam_rows", kam_rows, METH_VARARGS, kam_rows_doc},
     {NULL, NULL, 0, NULL},
