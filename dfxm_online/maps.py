@@ -11,7 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from .acquisition.model import FWHM_PER_SIGMA
+from .online import _pixelmaps
 from .online.accumulators.moments import MomentSnapshot
+from .online.tiles import SNAPSHOT_PIXELS, for_each_tile
 
 
 def signal_mask(intensity: np.ndarray, min_fraction: float) -> np.ndarray:
@@ -23,7 +25,8 @@ def signal_mask(intensity: np.ndarray, min_fraction: float) -> np.ndarray:
     positive = intensity[np.isfinite(intensity) & (intensity > 0)]
     if positive.size == 0:
         return np.zeros(intensity.shape, dtype=bool)
-    level = min_fraction * np.percentile(positive, 99.5)
+    # `positive` is a copy already: partition it in place rather than copy it again
+    level = min_fraction * np.percentile(positive, 99.5, overwrite_input=True)
     with np.errstate(invalid="ignore"):
         return (intensity > 0) & (intensity >= level)
 
@@ -34,25 +37,34 @@ def moment_maps(
     shape: tuple[int, int],
     min_intensity_fraction: float = 0.05,
 ) -> dict[str, np.ndarray]:
-    """Named 2-D maps from a moment snapshot; pixels without enough signal are NaN."""
-    valid = signal_mask(snap.intensity, min_intensity_fraction)
+    """Named 2-D maps from a moment snapshot; pixels without enough signal are NaN.
+
+    Per motor: `com` = mean, `fwhm` = FWHM_PER_SIGMA * sqrt(var), `skewness` = m3 / var^1.5,
+    `kurtosis` = m4 / var^2 - 3 (excess), the last three also NaN where var is not > 0;
+    then `cov` of each pair of motors.
+    """
+    # One compiled pass per pixel range writes all the maps (_pixelmaps.moment_maps): at
+    # 2048^2, two motors, 2 cores, in a warm process, moment_maps takes 0.10 s (0.044 s of
+    # it the signal mask) against 0.23 s with numpy's np.where per map and 0.24 s with the
+    # same expressions in numexpr; on fresh memory numpy's temporaries made it 0.6-0.9 s.
+    valid = np.ascontiguousarray(signal_mask(snap.intensity, min_intensity_fraction)).reshape(-1)
     maps: dict[str, np.ndarray] = {"intensity": snap.intensity.reshape(shape)}
+    m = len(motor_names)
+    if m == 0:
+        return maps
 
-    def masked(values: np.ndarray, ok: np.ndarray | None = None) -> np.ndarray:
-        keep = valid if ok is None else valid & ok
-        return np.where(keep, values, np.nan).reshape(shape)
+    def arr(x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=np.float64)
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for a, name in enumerate(motor_names):
-            var = snap.cov[a, a]
-            positive = var > 0
-            maps[f"com_{name}"] = masked(snap.mean[a])
-            maps[f"fwhm_{name}"] = masked(FWHM_PER_SIGMA * np.sqrt(var), positive)
-            maps[f"skewness_{name}"] = masked(snap.m3[a] / (var * np.sqrt(var)), positive)
-            maps[f"kurtosis_{name}"] = masked(snap.m4[a] / (var * var) - 3.0, positive)
-        for a in range(len(motor_names)):
-            for b in range(a + 1, len(motor_names)):
-                maps[f"cov_{motor_names[a]}_{motor_names[b]}"] = masked(snap.cov[a, b])
+    kinds = ("com", "fwhm", "skewness", "kurtosis")
+    names = [f"{kind}_{name}" for name in motor_names for kind in kinds]
+    names += [f"cov_{motor_names[a]}_{motor_names[b]}" for a in range(m) for b in range(a + 1, m)]
+    out = [np.empty(valid.size) for _ in names]
+    mean, cov = arr(snap.mean[:m]), arr(snap.cov[:m, :m])
+    m3, m4 = arr(snap.m3[:m]), arr(snap.m4[:m])
+    for_each_tile(valid.size, lambda start, stop: _pixelmaps.moment_maps(
+        mean, cov, m3, m4, valid, FWHM_PER_SIGMA, out, start, stop), tile=SNAPSHOT_PIXELS)
+    maps.update((name, values.reshape(shape)) for name, values in zip(names, out))
     return maps
 
 

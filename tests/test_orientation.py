@@ -16,6 +16,10 @@ VIOLET = (0.5, 0.0, 1.0)  # hue 0.75
 WHITE = (1.0, 1.0, 1.0)
 BLACK = (0.0, 0.0, 0.0)
 
+# Rounding of a colour channel in [0, 1] to float32 (half an ulp below 1), plus the 1e-15 of
+# the float64 closed form against matplotlib.
+FLOAT32_ROUNDING = 2.0**-25 + 1e-15
+
 # Per channel, the key colour is Lipschitz in the normalised (u, v) plane with this constant:
 # 1 - s * g(hue), |dg/dhue| <= 6 per turn -> radial slope <= 1, tangential <= 6 / (2 pi).
 KEY_LIPSCHITZ = np.hypot(1.0, 3.0 / np.pi)
@@ -124,6 +128,55 @@ def test_invalid_arguments():
         mosaicity_rgb(np.zeros((3, 4)), np.zeros((4, 3)))
     with pytest.raises(ValueError):
         mosaicity_rgb(np.zeros((3, 4)), np.zeros((3, 4)), scale=0.0)
+
+
+def test_compiled_pass_from_raw_maps_equals_matplotlib(monkeypatch):
+    """Normalisation, black for non-finite input and float32 output all in the compiled pass,
+    on many pixel tiles over the threads: the float64 reference rounded to float32."""
+    from matplotlib.colors import hsv_to_rgb
+
+    from dfxm_online import orientation
+
+    rng = np.random.default_rng(21)
+    a = rng.normal(3.0, 0.2, (37, 41))
+    b = rng.normal(-1.0, 0.05, (37, 41))
+    a[rng.random(a.shape) < 0.1] = np.nan
+    b[rng.random(b.shape) < 0.05] = np.inf
+    b[rng.random(b.shape) < 0.05] = -np.inf
+    centre, scale = (3.1, -0.98), (0.25, 0.04)
+    u, v = (a - centre[0]) / scale[0], (b - centre[1]) / scale[1]
+    ok = np.isfinite(a) & np.isfinite(b)
+    hue = np.mod(np.arctan2(v, u) / (2 * np.pi), 1.0)
+    sat = np.minimum(np.hypot(u, v), 1.0)
+    expected = hsv_to_rgb(np.stack([hue[ok], sat[ok], np.ones(ok.sum())], axis=-1))
+
+    rgb, _, _ = mosaicity_rgb(a, b, centre=centre, scale=scale)
+    assert rgb.dtype == np.float32 and rgb.shape == (37, 41, 3)
+    np.testing.assert_allclose(rgb[ok], expected, rtol=0, atol=FLOAT32_ROUNDING)
+    assert (rgb[~ok] == 0).all() and (~ok).sum() > 100
+    monkeypatch.setattr(orientation, "SNAPSHOT_PIXELS", 7)  # 217 tiles of 7 pixels
+    np.testing.assert_array_equal(mosaicity_rgb(a, b, centre=centre, scale=scale)[0], rgb)
+
+
+@pytest.mark.parametrize("size", [(30, 41), (31, 41)])  # 1229 and 1270 valid pixels
+def test_default_centre_and_scale_are_exactly_numpys(size):
+    """The in-place partitions give numpy's median and percentile bit for bit."""
+    rng = np.random.default_rng(size[0])
+    a = rng.normal(0.2, 0.01, size)
+    b = rng.standard_t(3, size)
+    a[0, 0] = b[0, 0] = np.nan
+    ok = np.isfinite(a) & np.isfinite(b)
+    assert ok.sum() == size[0] * size[1] - 1
+    ca, cb = np.median(a[ok]), np.median(b[ok])
+    sa = np.percentile(np.abs(a[ok] - ca), 99)
+    sb = np.percentile(np.abs(b[ok] - cb), 99)
+    a_in, b_in = a.copy(), b.copy()
+    _, _, extent = mosaicity_rgb(a, b)
+    assert extent == (ca - sa, ca + sa, cb - sb, cb + sb)
+    np.testing.assert_array_equal(a, a_in)  # the inputs are not partitioned in place
+    np.testing.assert_array_equal(b, b_in)
+    _, _, extent = mosaicity_rgb(a, b, scale=0.5)
+    assert extent == (ca - 0.5, ca + 0.5, cb - 0.5, cb + 0.5)
 
 
 def key_cell(a, b, extent, k):
@@ -309,6 +362,79 @@ def test_kam_radius_larger_than_map():
     assert np.isnan(kam([np.array([[1.0]])])).all()
 
 
+def holey_maps(shape, n_maps, dtype, seed):
+    """Random COM maps with NaN and inf holes (some pixels masked in one map only)."""
+    rng = np.random.default_rng(seed)
+    maps = [rng.normal(size=shape).astype(dtype) for _ in range(n_maps)]
+    maps[0][rng.random(shape) < 0.15] = np.nan
+    maps[-1][rng.random(shape) < 0.05] = np.inf
+    return maps
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n_maps", [1, 2, 3, 4])
+@pytest.mark.parametrize("radius", [1, 2])
+@pytest.mark.parametrize("connectivity", ["four", "eight"])
+def test_compiled_kam_equals_brute_force_on_all_shapes(dtype, n_maps, radius, connectivity):
+    """The compiled rows pass against the per-pixel loop: both dtypes (float32 read as is),
+    1-4 maps, maps narrower / shorter than the kernel, with and without max_distance."""
+    for i, shape in enumerate([(1, 1), (1, 6), (5, 1), (2, 2), (3, 4), (4, 3), (9, 10)]):
+        maps = holey_maps(shape, n_maps, dtype, seed=100 * n_maps + 10 * radius + i)
+        wide = [m.astype(np.float64) for m in maps]  # float32 values widen exactly
+        for max_distance in (None, 1.2):
+            ours = kam(maps, radius=radius, connectivity=connectivity, max_distance=max_distance)
+            ref = brute_kam(wide, radius, connectivity, max_distance)
+            assert ours.dtype == np.float64 and ours.shape == shape
+            np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
+            np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
+
+
+def test_kam_row_tiles_on_threads_equal_one_pass(monkeypatch):
+    """Rows spread over the tile threads (here one row per tile) give the one-pass result,
+    bit for bit: each row only reads its neighbours and writes itself."""
+    from dfxm_online import orientation
+    from dfxm_online.online import _pixelmaps
+
+    maps = holey_maps((23, 17), 2, np.float64, seed=9)
+    offsets = orientation._offsets(2, "eight")
+    whole = np.empty((23, 17))
+    _pixelmaps.kam_rows(maps, offsets, np.inf, whole, 0, 23)
+    monkeypatch.setattr(orientation, "SNAPSHOT_PIXELS", 17)
+    np.testing.assert_array_equal(kam(maps, radius=2), whole)
+    np.testing.assert_allclose(whole, brute_kam(maps, 2), rtol=0, atol=1e-12)
+    rows = np.full((23, 17), -1.0)
+    for start, stop in [(0, 1), (1, 7), (7, 7), (7, 22), (22, 23)]:
+        _pixelmaps.kam_rows(maps, offsets, np.inf, rows, start, stop)
+    np.testing.assert_array_equal(rows, whole)
+
+
+def test_kam_mixed_dtypes_and_compiled_argument_checks():
+    from dfxm_online.online import _pixelmaps
+
+    a, b = holey_maps((6, 7), 2, np.float64, seed=4)
+    mixed = [a.astype(np.float32), b]  # not all float32: everything read as float64
+    np.testing.assert_allclose(
+        kam(mixed), brute_kam([a.astype(np.float32).astype(np.float64), b]), atol=1e-12
+    )
+    np.testing.assert_allclose(kam([a.astype(int)]), brute_kam([a.astype(int).astype(float)]))
+    offsets = np.array([[0, 1], [0, -1]], dtype=np.int64)
+    out = np.empty((6, 7))
+    with pytest.raises(ValueError):  # mixed dtypes
+        _pixelmaps.kam_rows(mixed, offsets, np.inf, out, 0, 6)
+    with pytest.raises(ValueError):  # offsets not int64
+        _pixelmaps.kam_rows([a], offsets.astype(np.float64), np.inf, out, 0, 6)
+    with pytest.raises(ValueError):  # offsets not (K, 2)
+        _pixelmaps.kam_rows([a], offsets.reshape(1, 4), np.inf, out, 0, 6)
+    with pytest.raises(ValueError):  # map and out shapes differ
+        _pixelmaps.kam_rows([a[:5]], offsets, np.inf, out, 0, 6)
+    with pytest.raises(ValueError):  # rows outside the map
+        _pixelmaps.kam_rows([a], offsets, np.inf, out, 0, 7)
+    with pytest.raises(ValueError):
+        _pixelmaps.kam_rows([], offsets, np.inf, out, 0, 6)
+    with pytest.raises(TypeError):  # out must be float64
+        _pixelmaps.kam_rows([a], offsets, np.inf, out.astype(np.float32), 0, 6)
+
+
 # --------------------------------------------------------------------------------------------
 # orientation_gradient
 
@@ -341,4 +467,6 @@ def test_closed_form_colour_equals_matplotlib_hsv_to_rgb():
     hue = np.mod(np.arctan2(v, u) / (2 * np.pi), 1.0)
     sat = np.minimum(np.hypot(u, v), 1.0)
     expected = hsv_to_rgb(np.stack([hue, sat, np.ones_like(sat)], axis=-1))
-    np.testing.assert_allclose(_colour(u, v), expected, atol=1e-12)
+    got = _colour(u, v)
+    assert got.dtype == np.float32  # written as float32 by the compiled pass: its rounding
+    np.testing.assert_allclose(got, expected, rtol=0, atol=FLOAT32_ROUNDING)
