@@ -144,7 +144,10 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
     """Publish pre-computed frames as fast as blissdata allows; the daemon runs as a process.
 
     Points go out in blocks of up to 4 MB of frames per blissdata entry (8 frames at 512^2,
-    one at 2048^2), as a fast detector's points reach BLISS. Reported: the publisher's rate;
+    one at 2048^2), as a fast detector's points reach BLISS. Mode "lima-saved" writes the
+    Lima files first and then announces the points: the daemon's own Lima rate, without the
+    publisher writing files on the same 2 cores (at a beamline the camera's Lima server
+    writes them on its own machine). Reported: the publisher's rate;
     the daemon's rate up to its last frame processed (from /status); the time from there to
     the final maps file; and, from /metrics, where the daemon's time went.
     """
@@ -165,17 +168,24 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
             filename=workdir / "scans" / f"bench_{number}.h5", detector="pco",
             frame_shape=(size, size), npoints=n_frames, motors=[("mu", -1.0, 1.0, n_frames)],
         )
+        saved = mode == "lima-saved"
         pub = ScanPublisher(__import__("blissdata.redis_engine.store", fromlist=["DataStore"]).DataStore(url),
-                            desc, mode, frames_per_file=10)
+                            desc, "lima" if saved else mode, frames_per_file=10)
         block = max(1, min(8, (4 << 20) // pool[0].nbytes))
         pub.start()
         positions = np.linspace(-1, 1, n_frames)
+        if saved:  # the camera's files are written before the scan's points are announced
+            for s in range(0, n_frames, 10):
+                pub.lima.write(pool[np.arange(s, min(s + 10, n_frames)) % len(pool)])
+            pub.lima.close()
         watch = StatusWatch(port, n_frames)
         t0 = time.monotonic()
         for s in range(0, n_frames, block):
             k = min(block, n_frames - s)
-            frames = pool[np.arange(s, s + k) % len(pool)]
-            pub.publish_points({"mu": positions[s : s + k]}, frames)
+            if saved:
+                pub.publish_saved_points({"mu": positions[s : s + k]})
+            else:
+                pub.publish_points({"mu": positions[s : s + k]}, pool[np.arange(s, s + k) % len(pool)])
             if s % 8 < block:
                 peak = max(peak, proc.memory_info().rss)
         t_pub = time.monotonic() - t0
@@ -287,6 +297,7 @@ def main() -> None:
     args = parser.parse_args()
     part = args.only
     size = 256 if args.quick else 2048
+    batch = AnalysisConfig().batch_size
     lines = [
         "# Benchmark results",
         "",
@@ -294,12 +305,12 @@ def main() -> None:
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB; Python {platform.python_version()}, "
         f"numpy {np.__version__}. Run: `make bench` on {time.strftime('%Y-%m-%d')}.",
         "",
-        f"## Accumulators, {size}x{size} uint16 frames from memory, batches of 32 (the default)",
+        f"## Accumulators, {size}x{size} uint16 frames from memory, batches of {batch} (the default)",
         "",
         "| accumulator | frames/s |",
         "|---|---|",
     ]
-    for name, value in (bench_accumulators(size, 128, 32) if part in (None, "accumulators") else []):
+    for name, value in (bench_accumulators(size, 256, batch) if part in (None, "accumulators") else []):
         print(f"{name}: {value:.2f}", flush=True)
         lines.append(f"| {name} | {value:.2f} |" if "seconds" in name else f"| {name} | {value:.1f} |")
     lines += ["", "## End to end through the embedded store (daemon as a separate process)", "",
@@ -315,7 +326,8 @@ def main() -> None:
         store = EmbeddedStore(Path(tmp) / "store")
         url = store.start()
         try:
-            runs = [(512, 1000, "array"), (size, 100, "array"), (size, 100, "lima"), (size, 300, "lima")]
+            runs = [(512, 1000, "array"), (size, 100, "array"), (size, 100, "lima"), (size, 300, "lima"),
+                    (size, 300, "lima-saved")]
             if args.quick:
                 runs = [(128, 100, "array"), (256, 50, "lima")]
             if args.runs:

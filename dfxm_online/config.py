@@ -43,7 +43,7 @@ class AnalysisConfig:
     #: (99.5th percentile) get NaN maps
     min_intensity_fraction: float = 0.05
     #: frames per accumulator update (one matrix product per batch)
-    batch_size: int = 32
+    batch_size: int = 64
     #: seconds a complete point may wait for its batch to fill (latency budget)
     batch_delay: float = 0.1
     #: per-frame preprocessing, in order: [{"step": "hot_pixels", "k": 8}, ...]

@@ -21,10 +21,17 @@ def publish_scan(redis_url, tmp_path, mode: str, n: int, number: int, per_call: 
         filename=tmp_path / "scans" / "src.h5", detector="pco", frame_shape=(6, 5), npoints=n,
         motors=[("mu", -1.0, 1.0, n)],
     )
-    pub = ScanPublisher(DataStore(redis_url), desc, mode, frames_per_file=frames_per_file)
+    pub = ScanPublisher(DataStore(redis_url), desc, "lima" if mode == "lima-saved" else mode,
+                        frames_per_file=frames_per_file)
     pub.start()
+    if mode == "lima-saved":  # the camera saved every frame before the motors were published
+        pub.lima.write(frames)
+        pub.lima.close()
     for s in range(0, n, per_call):
-        pub.publish_points({"mu": mu[s : s + per_call]}, frames[s : s + per_call])
+        if mode == "lima-saved":
+            pub.publish_saved_points({"mu": mu[s : s + per_call]})
+        else:
+            pub.publish_points({"mu": mu[s : s + per_call]}, frames[s : s + per_call])
     pub.finish()
     return pub.key, frames, mu
 
@@ -36,11 +43,12 @@ def open_source(redis_url, key: str, **kw) -> LiveFrameSource:
     return LiveFrameSource(scan, geometry_from_scan_info(scan.info, streams), **kw)
 
 
-@pytest.mark.parametrize("mode", ["array", "lima"])
+@pytest.mark.parametrize("mode", ["array", "lima", "lima-saved"])
 @pytest.mark.parametrize("per_call", [1, 7])
 def test_every_frame_once_in_order_with_its_position(redis_url, tmp_path, mode, per_call):
     """Points published one at a time or several per blissdata entry come out the same."""
-    key, frames, mu = publish_scan(redis_url, tmp_path, mode, 37, 1 if per_call == 1 else 2, per_call)
+    number = {"array": 10, "lima": 20, "lima-saved": 30}[mode] + per_call
+    key, frames, mu = publish_scan(redis_url, tmp_path, mode, 37, number, per_call)
     source = open_source(redis_url, key, batch_size=4)
     batches = list(source.batches())
     assert [b.start for b in batches] == list(range(0, 37, 4))
@@ -74,3 +82,22 @@ def test_lima_file_shorter_than_announced_is_a_scan_error(redis_url, tmp_path):
         data.resize((0, *data.shape[1:]))
     with pytest.raises(ScanError, match="holds 0 frames"):
         list(source.batches())
+
+
+@pytest.mark.parametrize("layout", ["frame_chunks", "gzip", "contiguous", "two_frame_chunks"])
+def test_lima_dataset_layouts_read_the_same_frames(tmp_path, layout):
+    """Uncompressed one-frame chunks are read chunk by chunk into the batch; any other
+    layout (compressed, contiguous, other chunks) through HDF5's own read."""
+    import h5py
+
+    from dfxm_online.acquisition.frames import _read_frames
+
+    frames = np.random.default_rng(5).integers(0, 60000, size=(9, 7, 6), dtype=np.uint16)
+    kwargs = {"frame_chunks": {"chunks": (1, 7, 6)}, "gzip": {"chunks": (1, 7, 6), "compression": "gzip"},
+              "contiguous": {}, "two_frame_chunks": {"chunks": (2, 7, 6)}}[layout]
+    with h5py.File(tmp_path / "lima.h5", "w") as f:
+        f.create_dataset("data", data=frames, **kwargs)
+    with h5py.File(tmp_path / "lima.h5", "r") as f:
+        out = np.full((5, 7, 6), 7, dtype=np.uint16)
+        _read_frames(f["data"], 3, out)
+    np.testing.assert_array_equal(out, frames[3:8])

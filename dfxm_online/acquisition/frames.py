@@ -82,9 +82,27 @@ def read_lima_frames(stream, start: int, stop: int) -> np.ndarray:
                 raise ScanError(
                     f"frame {start + i} has shape {tuple(dset.shape[1:])}, expected {out.shape[1:]}"
                 )
-            dset.read_direct(out, np.s_[ref.index : refs[j].index + 1], np.s_[i : j + 1])
+            _read_frames(dset, ref.index, out[i : j + 1])
         i = j + 1
     return out if out is not None else np.empty((0,))
+
+
+def _read_frames(dset: h5py.Dataset, first: int, out: np.ndarray) -> None:
+    """Frames first.. of a Lima dataset into `out` (len(out), H, W).
+
+    One frame per chunk and no filters (Lima's uncompressed HDF5 saving): each chunk's
+    bytes are read straight into its frame (`read_direct_chunk`), ~1250 frames/s of 2048^2
+    uint16 from the page cache here, against 60-480 through h5py's selection reads, which
+    made the daemon read-bound on Lima scans. Anything else (compressed files, other
+    chunking) goes through HDF5's own read.
+    """
+    one_frame_chunks = dset.chunks == (1, *dset.shape[1:])
+    if one_frame_chunks and dset.id.get_create_plist().get_nfilters() == 0 and out.flags.c_contiguous:
+        raw = out.reshape(len(out), -1).view(np.uint8)
+        for k in range(len(out)):
+            dset.id.read_direct_chunk((first + k, 0, 0), out=raw[k])
+    else:
+        dset.read_direct(out, np.s_[first : first + len(out)])
 
 
 class ArrayFrameReader:
@@ -147,7 +165,7 @@ class LiveFrameSource:
     of one Redis read (`ArrayFrameReader`).
     """
 
-    def __init__(self, scan, geometry: ScanGeometry, batch_size: int = 32, read_timeout: float = 0.2,
+    def __init__(self, scan, geometry: ScanGeometry, batch_size: int = 64, read_timeout: float = 0.2,
                  max_delay: float = 0.1, read_ahead: int | None = None) -> None:
         self.scan = scan
         self.geometry = geometry

@@ -81,8 +81,11 @@ class PowerSums:
         self, axes: Sequence[MotorAxis], n_pixels: int, order: int = 4, precision: str = "float64"
     ) -> None:
         """`precision` "float64" is exact to ~1e-12 against brute force; "float32" forms
-        each batch's products in float32 (~1.4x faster, ~1e-7 relative error per batch, the
-        running sums still float64)."""
+        each batch's products in float32 (the running sums stay float64): ~1e-7 relative
+        on each batch's sums, fine for intensity, COM and FWHM (~3e-5 relative), but the
+        central moments come from raw sums by cancellation, so skewness and kurtosis of a
+        narrow peak far from the scan centre lose digits: measured on a 41 x 31 mesh with
+        peaks anywhere in it, up to 0.02 absolute on skewness and 1.7 on kurtosis."""
         if not 1 <= len(axes) <= 3:
             raise ValueError("PowerSums supports 1 to 3 motors")
         if order < 2:
