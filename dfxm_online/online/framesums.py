@@ -7,9 +7,11 @@ describes what it needs as a :class:`SumsPlan`; :func:`accumulate` runs the plan
 batch together in one pass over the frames, in the compiled loops of `_framesums` (see its
 source for why they are C), over pixel tiles spread on the tile threads.
 
-Measured at 2048^2 uint16, 2 cores, batches of 32 (bench/RESULTS.md has the current
-figures): the numpy version of moments + edge baseline + projections ran at 76 frames/s;
-the fused pass runs them at ~200-270 frames/s with float64 products, ~250-300 with float32.
+Measured at 2048^2 uint16, 2 cores (bench/RESULTS.md has the current figures): the numpy
+version of moments + edge baseline + projections ran at 76 frames/s; the fused pass runs
+them at ~250-310 frames/s in batches of 32 and ~300-330 in batches of 64 (float64
+products). It is bound by memory traffic: each batch reads and writes every running sum
+once, so larger batches amortise it.
 """
 
 from __future__ import annotations
