@@ -297,6 +297,8 @@ class ScanWorker(threading.Thread):
             self.d.metrics.frames.inc(batch.frames.shape[0])
             self.d.metrics.batch_seconds.observe(time.perf_counter() - t0)
             st.frames_processed += batch.frames.shape[0]
+            if self.pipeline is None or not self.pipeline.retains_frames:
+                source.recycle(batch.frames)  # the next read reuses the memory
             del batch  # its frames are free before the snapshot and the next read
             if time.monotonic() - self._last_publish >= self._publish_interval(source.behind):
                 self.publish("running", background=True)

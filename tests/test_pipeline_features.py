@@ -9,6 +9,7 @@ from dfxm_online.acquisition.simulate import REFERENCE_CURRENT, SimulationSpec, 
 from dfxm_online.config import AnalysisConfig, DaemonConfig
 from dfxm_online.maps import signal_mask
 from dfxm_online.offline import process_scan, process_to_file
+from dfxm_online.online.pipeline import ScanPipeline
 from dfxm_online.online.preprocess import PreprocessChain
 from dfxm_online.orientation import kam, mosaicity_rgb
 from dfxm_online.publish.nexus import read_maps_file
@@ -176,3 +177,24 @@ def test_pca_and_nmf_maps_against_scikit_learn(redis_url, tmp_path):
     assert ours <= 1.1 * ref_err + 0.01
     with h5py.File(out) as f:
         assert list(f["entry/maps/pca_variance"].attrs["axes"]) == ["component"]
+
+
+def test_live_lima_scan_with_accumulators_that_keep_frames(make_daemon, redis_url, tmp_path):
+    """Accumulators that keep frames (medians) on a Lima scan in the daemon, in small
+    batches: the maps equal brute force over the published stack, and the pipeline says it
+    retains frames, so the worker does not hand the batch buffers back for later reads."""
+    analysis = AnalysisConfig(accumulators=["median_background", "rolling_median"], median_step=3,
+                              rolling_window=5, batch_size=4)
+    daemon = make_daemon(DaemonConfig(publish_period=0.2, analysis=analysis))
+    spec = _spec(tmp_path, kind="rocking", points=23, session="keep", image_mode="lima", frames_per_file=4)
+    rec = simulate(redis_url, spec, keep_frames=True)
+    status = wait_done(daemon, rec.scan_key)
+    assert status.state == "complete", status.reason
+    maps, _ = read_maps_file(status.path)
+    stack = np.stack(rec.frames).astype(np.float64)
+    np.testing.assert_allclose(maps["background_median"], np.median(stack[::3], axis=0), rtol=1e-6)
+    np.testing.assert_allclose(maps["rolling_median"], np.median(stack[-3:], axis=0), rtol=1e-6)
+    assert daemon.workers[rec.scan_key].pipeline.retains_frames
+    for names, retains in (([], False), (["projections"], False), (["pca"], True), (["minimum"], True)):
+        pipe = ScanPipeline(daemon.workers[rec.scan_key].geometry, (32, 28), AnalysisConfig(accumulators=names))
+        assert pipe.retains_frames is retains, names

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -55,9 +56,10 @@ def lima_readable(stream) -> int:
     return int(client._last_index_saved_and_closed) + 1
 
 
-def read_lima_frames(stream, start: int, stop: int) -> np.ndarray:
+def read_lima_frames(stream, start: int, stop: int, allocate=None) -> np.ndarray:
     """Frames start..stop of a Lima stream, from its files: one h5py read per file, straight
-    into the output array (no per-file chunks to concatenate: half the peak memory)."""
+    into the output array (no per-file chunks to concatenate: half the peak memory).
+    `allocate(count, frame_shape, dtype)` gives the output array (default: np.empty)."""
     refs = stream.get_references(slice(start, stop))
     out: np.ndarray | None = None
     i = 0
@@ -77,7 +79,9 @@ def read_lima_frames(stream, start: int, stop: int) -> np.ndarray:
                     f"frame {refs[j].index} was announced in it"
                 )
             if out is None:
-                out = np.empty((len(refs), *dset.shape[1:]), dtype=dset.dtype)
+                shape = tuple(dset.shape[1:])
+                out = (allocate(len(refs), shape, dset.dtype) if allocate is not None
+                       else np.empty((len(refs), *shape), dtype=dset.dtype))
             elif dset.shape[1:] != out.shape[1:]:
                 raise ScanError(
                     f"frame {start + i} has shape {tuple(dset.shape[1:])}, expected {out.shape[1:]}"
@@ -103,6 +107,13 @@ def _read_frames(dset: h5py.Dataset, first: int, out: np.ndarray) -> None:
             dset.id.read_direct_chunk((first + k, 0, 0), out=raw[k])
     else:
         dset.read_direct(out, np.s_[first : first + len(out)])
+
+
+def _root(array: np.ndarray) -> np.ndarray:
+    """The array that owns the memory `array` views."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
 
 
 class ArrayFrameReader:
@@ -193,6 +204,8 @@ class LiveFrameSource:
         self._n_frames = 0  # frames received (array) or read from files (Lima)
         self._announced = 0  # frames the image stream says exist
         self._lima_backlog = 0  # frames in closed Lima files not read yet (read-ahead bound)
+        self._owned: list[weakref.ref] = []  # batch buffers this source allocated (alive)
+        self._free: np.ndarray | None = None  # one recycled buffer, for the next read
         self._emitted = 0
         self._sealed = False
         self.frame_shape: tuple[int, int] | None = geometry.frame_shape if (
@@ -268,12 +281,42 @@ class LiveFrameSource:
             readable = min(self._announced, lima_readable(self.image))
         stop = min(readable, self._emitted + self.read_ahead)
         if stop > self._n_frames:
-            frames = read_lima_frames(self.image, self._n_frames, stop)
+            frames = read_lima_frames(self.image, self._n_frames, stop, self._allocate)
             self._check_shape(frames, self._n_frames)
             self._frames.append(frames)
             self._n_frames += frames.shape[0]
         self._lima_backlog = readable - self._n_frames
         self._sealed = self._cursors_done and self._n_frames >= self._announced
+
+    def _allocate(self, count: int, frame_shape: tuple[int, ...], dtype) -> np.ndarray:
+        """Room for `count` Lima frames: the recycled buffer when it fits, else a new one
+        with room for a whole batch (so that it can be recycled in turn).
+
+        Fresh memory is expensive here: a new 512 MB batch array costs its page faults on
+        first write, which made reading Lima files ~100 frames/s at 2048^2 where the same
+        reads into reused memory run at ~1250 frames/s (measured on this VM).
+        """
+        buf = self._free
+        if buf is not None and buf.shape[1:] == frame_shape and buf.dtype == dtype and len(buf) >= count:
+            self._free = None
+            return buf[:count]
+        buf = np.empty((max(count, self.batch_size), *frame_shape), dtype=dtype)
+        self._owned = [ref for ref in self._owned if ref() is not None] + [weakref.ref(buf)]
+        return buf[:count]
+
+    def recycle(self, frames: np.ndarray) -> None:
+        """The consumer is done with a batch's frames: their buffer may take later reads.
+
+        Only for a consumer that keeps no reference to them (the daemon asks its pipeline,
+        `ScanPipeline.retains_frames`). A buffer that still holds frames not handed out yet,
+        or that this source did not allocate, is left alone.
+        """
+        base = _root(frames)
+        if not any(ref() is base for ref in self._owned):
+            return
+        if any(_root(chunk) is base for chunk in self._frames):
+            return
+        self._free = base
 
     def _check_shape(self, frames, first_index: int) -> None:
         for k, frame in enumerate(frames):

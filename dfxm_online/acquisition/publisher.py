@@ -335,30 +335,6 @@ class ScanPublisher:
                        monitor: np.ndarray | None = None) -> None:
         """k points at once (motor -> (k,), frames (k, H, W)): one blissdata entry per
         stream, as a fast detector's points arrive in BLISS in blocks."""
-        k = self._send_scalars(positions, monitor, frames)
-        if frames is not None and self.image_stream is not None:
-            if self.lima is not None:
-                self.lima.write(frames)
-                self._announce_saved(k)
-            else:
-                self.image_stream.send(frames)
-        self.index += k
-
-    def publish_saved_points(self, positions: Mapping[str, np.ndarray], monitor: np.ndarray | None = None) -> None:
-        """k points whose frames are already in the Lima files (written beforehand with
-        `lima.write`): the scan as BLISS sees it when the camera's Lima server saves ahead
-        of the motors, or a replay of a recorded Lima scan. Lima mode only."""
-        if self.lima is None:
-            raise ValueError("saved points need a Lima image stream")
-        k = self._send_scalars(positions, monitor, None)
-        if self.index + k > sum(self.lima.counts):
-            raise ValueError(f"points up to {self.index + k} announced, {sum(self.lima.counts)} frames saved")
-        self._announce_saved(k)
-        self.index += k
-
-    def _send_scalars(self, positions: Mapping[str, np.ndarray], monitor: np.ndarray | None,
-                      frames: np.ndarray | None) -> int:
-        """Motors, monitor, timers and the BLISS file's part of the next k points; k."""
         k = len(next(iter(positions.values()))) if positions else (0 if frames is None else len(frames))
         for name, stream in self.motor_streams.items():
             stream.send(np.asarray(positions[name], dtype=np.float64))
@@ -368,11 +344,14 @@ class ScanPublisher:
         self.timer_streams["elapsed_time"].send(np.full(k, now - self._t0))
         self.timer_streams["epoch"].send(np.full(k, now))
         self.file.append(frames if self.lima is None else None, positions, monitor)
-        return k
-
-    def _announce_saved(self, k: int) -> None:
-        last = self.index + k - 1
-        self.image_stream.send({"last_index": last, "last_index_saved": last})
+        if frames is not None and self.image_stream is not None:
+            if self.lima is not None:
+                self.lima.write(frames)
+                last = self.index + k - 1
+                self.image_stream.send({"last_index": last, "last_index_saved": last})
+            else:
+                self.image_stream.send(frames)
+        self.index += k
 
     def finish(self, end_reason: str = "SUCCESS") -> None:
         """Seal the streams, close the files, close the scan with its end reason."""

@@ -92,6 +92,13 @@ class ScanPipeline:
         return any(isinstance(s, MonitorStep) for s in self.chain.steps)
 
     @property
+    def retains_frames(self) -> bool:
+        """Whether an accumulator may keep references to the frames it is given (those
+        updated frame by frame rather than through the shared pass: medians, PCA/NMF
+        pending rows...), so that a batch's buffer must not be reused for later frames."""
+        return any(getattr(acc, "sums_plan", None) is None for acc in self.extras.values())
+
+    @property
     def frames_processed(self) -> int:
         return self.moments.count
 
