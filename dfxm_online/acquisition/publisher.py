@@ -94,6 +94,13 @@ class ScanDescription:
         return info
 
 
+def n_points(positions: Mapping[str, np.ndarray], frames: np.ndarray | None) -> int:
+    """Points in a block: the length of the positions, else of the frames, else one."""
+    if positions:
+        return len(next(iter(positions.values())))
+    return 1 if frames is None else len(frames)
+
+
 def write_frames(dset: h5py.Dataset, first: int, frames: np.ndarray) -> None:
     """Frames into a dataset chunked one frame per chunk, uncompressed, from `first` on.
 
@@ -163,8 +170,7 @@ class BlissScanFile:
     def append(self, frames: np.ndarray | None, positions: Mapping[str, np.ndarray],
                monitor: np.ndarray | None = None) -> None:
         """Points `count .. count + k`: positions (motor -> (k,)), frames (k, H, W) or None."""
-        k = len(next(iter(positions.values()))) if positions else (len(frames) if frames is not None else 1)
-        end = self.count + k
+        end = self.count + n_points(positions, frames)
         for name, dset in self._motor_dsets.items():
             dset.resize((end,))
             dset[self.count : end] = positions[name]
@@ -335,7 +341,7 @@ class ScanPublisher:
                        monitor: np.ndarray | None = None) -> None:
         """k points at once (motor -> (k,), frames (k, H, W)): one blissdata entry per
         stream, as a fast detector's points arrive in BLISS in blocks."""
-        k = len(next(iter(positions.values()))) if positions else (0 if frames is None else len(frames))
+        k = n_points(positions, frames)
         for name, stream in self.motor_streams.items():
             stream.send(np.asarray(positions[name], dtype=np.float64))
         if self.monitor_stream is not None:
