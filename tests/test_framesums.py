@@ -114,3 +114,52 @@ def test_accumulate_runs_several_plans_over_threads_and_tiles():
 def test_accumulate_rejects_plans_of_different_sizes():
     with pytest.raises(ValueError, match="different numbers of pixels"):
         accumulate(np.zeros((2, 10)), [SumsPlan(maximum=np.zeros(10)), SumsPlan(maximum=np.zeros(11))])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.uint32, np.int32])
+def test_integer_group_sums_and_maximum_exact_at_the_type_limits(dtype):
+    # integer frames are summed and compared in integers within a tile: the largest batch
+    # a pass takes, of the type's extreme values, must not overflow, and a NaN already in
+    # the maximum stays NaN as it does with float frames
+    info = np.iinfo(dtype)
+    n, p = _framesums.MAX_PASS_FRAMES, 700
+    x = np.full((n, p), info.max, dtype=dtype)
+    x[:, 1::2] = info.min
+    x[n // 2, 3] = info.max  # one odd frame out
+    members = np.zeros((2, n), np.uint8)
+    members[0] = 1
+    members[1, ::3] = 1
+    gsums = np.ones((2, p))
+    gsumsq = np.ones(p)
+    maximum = np.zeros(p)
+    maximum[10] = np.nan
+    _framesums.frame_pass(x, 0, p, None, None, members, list(gsums), [None, gsumsq], maximum, False)
+    xi = x.astype(np.int64)  # exact reference
+    expect = 1 + members.astype(np.int64) @ xi
+    np.testing.assert_array_equal(gsums, expect.astype(np.float64))
+    if info.bits <= 16:  # squares summed exactly in integers
+        np.testing.assert_array_equal(gsumsq, (1 + members[1].astype(np.int64) @ (xi * xi)).astype(np.float64))
+    else:  # in double, as float frames are
+        xf = x.astype(np.float64)
+        np.testing.assert_allclose(gsumsq, 1 + members[1].astype(np.float64) @ (xf * xf), rtol=1e-12)
+    expect_max = np.maximum(0.0, xi.max(axis=0).astype(np.float64))
+    expect_max[10] = np.nan
+    np.testing.assert_array_equal(maximum, expect_max)
+
+
+def test_frames_beyond_one_pass_are_refused_by_the_pass_and_split_by_accumulate():
+    n, p = _framesums.MAX_PASS_FRAMES * 2 + 37, 300
+    x = _batch(np.uint16, n, p, seed=5)
+    xf = x.astype(np.float64)
+    with pytest.raises(ValueError, match="frames per pass"):
+        _framesums.frame_pass(x, 0, p, None, None, None, [], [], np.zeros(p), False)
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(n, 3))
+    members = rng.random(n) > 0.3
+    s, g, m = np.zeros((3, p)), np.zeros(p), np.full(p, -np.inf)
+    plan = SumsPlan(weights=w, sums=s, maximum=m)
+    plan.add_group(members, g)
+    accumulate(x, [plan])
+    np.testing.assert_allclose(s, w.T @ xf, rtol=1e-11)
+    np.testing.assert_array_equal(g, xf[members].sum(axis=0))
+    np.testing.assert_array_equal(m, xf.max(axis=0))

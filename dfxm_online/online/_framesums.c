@@ -27,12 +27,22 @@
 
 #define RB 8     /* rows per register block */
 #define NV 2     /* vectors per register block */
-#define TP 2048  /* pixels per tile: a tile of a batch's converted frames stays in L2 */
+/* Pixels per tile: as many as keep a batch's converted tile (F x tp values of C) within
+ * TILE_BYTES, a part of the 1 MB L2, between TP_MIN and TP_MAX. At 2048^2 uint16 in
+ * batches of 64 (double products), tiles of 1024 pixels (512 kB converted) ran the
+ * pipeline's pass at 376-379 frames/s (medians of 6) against 328 with a fixed 2048
+ * (1 MB: the whole L2), and 512 did no better than 1024. */
+#define TILE_BYTES (512 * 1024)
+#define TP_MIN 256
+#define TP_MAX 4096
+/* Frames per pass at most (the caller splits bigger batches): the 16-bit types' group
+ * sums are exact in int32 up to 32767 frames, and the converted tile stays small. */
+#define MAX_PASS_FRAMES 1024
 
 /* Grow-only thread-local scratch buffers (64-byte aligned); never freed: the tile
- * threads live as long as the process and the buffers are small (F x TP values). */
-static _Thread_local void *scratch_buf[2];
-static _Thread_local size_t scratch_size[2];
+ * threads live as long as the process and the buffers are small (F x tp values). */
+static _Thread_local void *scratch_buf[5];
+static _Thread_local size_t scratch_size[5];
 
 static void *scratch(int which, size_t size)
 {
@@ -62,24 +72,45 @@ typedef struct {
     double *gsums[MAX_GROUPS];
     double *gsumsq[MAX_GROUPS];
     double *maximum;       /* (P,) */
-    void *scratch_w, *scratch_x;
+    int64_t tp;            /* pixels per tile */
+    void *scratch_w, *scratch_x, *scratch_m, *scratch_g, *scratch_q;
 } Pass;
 
+#define GACC int32_t
+#define INT_SQUARES 1
 #define T uint8_t
 #define TNAME u8
 #include "_framesums_types.h"
+#undef GACC
+#undef INT_SQUARES
+#define GACC int32_t
+#define INT_SQUARES 1
 #define T uint16_t
 #define TNAME u16
 #include "_framesums_types.h"
+#undef GACC
+#undef INT_SQUARES
+#define GACC int32_t
+#define INT_SQUARES 1
 #define T int16_t
 #define TNAME i16
 #include "_framesums_types.h"
+#undef GACC
+#undef INT_SQUARES
+#define GACC int64_t
+#define INT_SQUARES 0
 #define T uint32_t
 #define TNAME u32
 #include "_framesums_types.h"
+#undef GACC
+#undef INT_SQUARES
+#define GACC int64_t
+#define INT_SQUARES 0
 #define T int32_t
 #define TNAME i32
 #include "_framesums_types.h"
+#undef GACC
+#undef INT_SQUARES
 #define T float
 #define TNAME f32
 #include "_framesums_types.h"
@@ -108,8 +139,8 @@ static char frame_code(Py_buffer *v)
 
 PyDoc_STRVAR(frame_pass_doc,
 "frame_pass(frames, start, stop, weights, sums, members, gsums, gsumsq, maximum, single)\n\n"
-"One pass over pixels start <= p < stop of a batch `frames` (F, P) (uint8, uint16, int16,\n"
-"uint32, int32, float32 or float64):\n"
+"One pass over pixels start <= p < stop of a batch `frames` (F <= MAX_PASS_FRAMES, P)\n"
+"(uint8, uint16, int16, uint32, int32, float32 or float64):\n"
 "  sums[r, p] += sum_f weights[f, r] * frames[f, p]      weights (F, R), sums (R, P) float64\n"
 "  gsums[g][p] += sum of frames[f, p] with members[g, f]  members (G, F) uint8, gsums a list\n"
 "  gsumsq[g][p] += the same with squares                  of G (P,) float64 rows; gsumsq a\n"
@@ -142,6 +173,11 @@ static PyObject *frame_pass(PyObject *self, PyObject *args)
     job.F = fv->shape[0];
     job.P = fv->shape[1];
     if (check_range(start, stop, job.P) < 0) goto done;
+    if (job.F > MAX_PASS_FRAMES) {
+        PyErr_Format(PyExc_ValueError, "at most %d frames per pass, got %zd", MAX_PASS_FRAMES,
+                     (Py_ssize_t)job.F);
+        goto done;
+    }
     if ((wo == Py_None) != (so == Py_None)) {
         PyErr_SetString(PyExc_ValueError, "weights and sums go together");
         goto done;
@@ -184,8 +220,15 @@ static PyObject *frame_pass(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     const int64_t rpad = (job.R + RB - 1) / RB * RB;
     job.scratch_w = scratch(0, (size_t)(job.F * rpad + 1) * sizeof(double));
-    job.scratch_x = scratch(1, (size_t)(job.F * TP + 1) * sizeof(double));
-    if (!job.scratch_w || !job.scratch_x) {
+    const size_t csize = single ? sizeof(float) : sizeof(double);
+    int64_t tp = job.F > 0 ? (int64_t)(TILE_BYTES / ((size_t)job.F * csize)) : TP_MAX;
+    tp = tp < TP_MIN ? TP_MIN : tp > TP_MAX ? TP_MAX : tp / 64 * 64;
+    job.tp = tp;
+    job.scratch_x = scratch(1, (size_t)(job.F * tp + 1) * sizeof(double));
+    job.scratch_m = scratch(2, (size_t)tp * sizeof(int64_t));
+    job.scratch_g = scratch(3, (size_t)(job.G + 1) * tp * sizeof(int64_t));
+    job.scratch_q = scratch(4, (size_t)(job.G + 1) * tp * sizeof(uint64_t));
+    if (!job.scratch_w || !job.scratch_x || !job.scratch_m || !job.scratch_g || !job.scratch_q) {
         failed = 1;
     } else if (job.F > 0 && stop > start) {
 #define PASS_CASE(CODE, TN)                                                                   \
@@ -220,4 +263,9 @@ static struct PyModuleDef module = {
     "Per-pixel sums over a batch of frames (C loops; see framesums.py).", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__framesums(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__framesums(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "MAX_PASS_FRAMES", MAX_PASS_FRAMES) < 0) Py_CLEAR(m);
+    return m;
+}
