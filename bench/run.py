@@ -144,10 +144,14 @@ class StatusWatch:
         self._thread.join()
 
 
+#: extra flags of the daemon processes (--daemon-args)
+DAEMON_ARGS: list[str] = []
+
+
 def start_daemon(url: str, out: Path, port: int, workdir: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "dfxm_online.cli", "--log-level", "WARNING", "serve", "--redis", url,
-         "--output-dir", str(out), "--metrics-port", str(port)], cwd=workdir,
+         "--output-dir", str(out), "--metrics-port", str(port), *DAEMON_ARGS], cwd=workdir,
     )
 
 
@@ -224,7 +228,7 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
             "published_fps": n_frames / t_pub, "daemon_fps": counted / t_frames,
             "end_to_end_fps": n_frames / t_all, "final_maps_s": t_all - t_frames,
             "processed": int(process["frames_processed"]), "state": process["state"],
-            "peak_rss_mb": peak / 2**20,
+            "reason": process.get("reason", ""), "peak_rss_mb": peak / 2**20,
             "read_s": sums.get("dfxm_read_seconds_sum", float("nan")),
             "update_s": sums.get("dfxm_batch_seconds_sum", float("nan")),
             "publish_s": sums.get("dfxm_publish_seconds_sum", float("nan")),
@@ -248,7 +252,7 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
     pool = rng.integers(90, 4000, size=(8, size, size), dtype=np.uint16)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "dfxm_online.cli", "--log-level", "WARNING", "serve", "--redis", url,
-         "--output-dir", str(out), "--publish-period", "0.1"], cwd=workdir,
+         "--output-dir", str(out), "--publish-period", "0.1", *DAEMON_ARGS], cwd=workdir,
     )
     try:
         time.sleep(2.0)
@@ -311,7 +315,10 @@ def main() -> None:
     parser.add_argument("--only", choices=("accumulators", "e2e", "latency"),
                         help="run one part and print it (RESULTS.md is written by full runs only)")
     parser.add_argument("--runs", help="e2e runs as mode:size:frames,... (with --only e2e)")
+    parser.add_argument("--daemon-args", default="",
+                        help="extra 'dfxm-online serve' flags for the daemon, e.g. '--batch-size 32'")
     args = parser.parse_args()
+    DAEMON_ARGS[:] = args.daemon_args.split()
     part = args.only
     size = 256 if args.quick else 2048
     batch = AnalysisConfig().batch_size
@@ -359,7 +366,7 @@ def main() -> None:
                     f"| {mode} | {sz}x{sz} | {n} | {r['per_entry']} | {r['published_fps']:.1f} | {r['daemon_fps']:.1f} "
                     f"| {r['end_to_end_fps']:.1f} | {r['final_maps_s']:.2f} "
                     f"| {r['read_s']:.2f} / {r['update_s']:.2f} / {r['publish_s']:.2f} ({r['publishes']}) "
-                    f"| {r['processed']} ({r['state']}) | {r['peak_rss_mb']:.0f} |"
+                    f"| {r['processed']} ({r['state']}{': ' + r['reason'] if r['reason'] else ''}) | {r['peak_rss_mb']:.0f} |"
                 )
             lines += ["", "## Frame-to-published-map latency (publish period 0.1 s)", "",
                       "| frame | rate (frames/s) | frames | p50 (s) | p99 (s) |", "|---|---|---|---|---|"]
