@@ -12,8 +12,12 @@ import numpy as np
 
 from .acquisition.model import FWHM_PER_SIGMA
 from .online import _pixelmaps
-from .online.accumulators.moments import MomentSnapshot
+from .online.accumulators.moments import MomentSnapshot, PowerSums
 from .online.tiles import SNAPSHOT_PIXELS, for_each_tile
+
+#: pixels per tile of `moment_maps_of_sums`: its moments (11 float64 rows at two motors,
+#: 2.8 MB) stay in L2/L3 between the two compiled passes
+MAP_TILE_PIXELS = 32768
 
 
 def signal_mask(intensity: np.ndarray, min_fraction: float) -> np.ndarray:
@@ -29,6 +33,25 @@ def signal_mask(intensity: np.ndarray, min_fraction: float) -> np.ndarray:
     level = min_fraction * np.percentile(positive, 99.5, overwrite_input=True)
     with np.errstate(invalid="ignore"):
         return (intensity > 0) & (intensity >= level)
+
+
+def _map_names(motor_names: Sequence[str]) -> list[str]:
+    """Names of the maps `_pixelmaps.moment_maps` writes, in its order."""
+    m = len(motor_names)
+    kinds = ("com", "fwhm", "skewness", "kurtosis")
+    names = [f"{kind}_{name}" for name in motor_names for kind in kinds]
+    names += [f"cov_{motor_names[a]}_{motor_names[b]}" for a in range(m) for b in range(a + 1, m)]
+    return names
+
+
+def _fill(snap: MomentSnapshot, m: int, valid: np.ndarray, out: list[np.ndarray], start: int, stop: int) -> None:
+    """The maps of pixels start:stop into `out` from moments over the same pixels."""
+
+    def arr(x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=np.float64)
+
+    _pixelmaps.moment_maps(arr(snap.mean[:m]), arr(snap.cov[:m, :m]), arr(snap.m3[:m]), arr(snap.m4[:m]),
+                           valid, FWHM_PER_SIGMA, out, start, stop)
 
 
 def moment_maps(
@@ -52,18 +75,40 @@ def moment_maps(
     m = len(motor_names)
     if m == 0:
         return maps
-
-    def arr(x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(x, dtype=np.float64)
-
-    kinds = ("com", "fwhm", "skewness", "kurtosis")
-    names = [f"{kind}_{name}" for name in motor_names for kind in kinds]
-    names += [f"cov_{motor_names[a]}_{motor_names[b]}" for a in range(m) for b in range(a + 1, m)]
+    names = _map_names(motor_names)
     out = [np.empty(valid.size) for _ in names]
-    mean, cov = arr(snap.mean[:m]), arr(snap.cov[:m, :m])
-    m3, m4 = arr(snap.m3[:m]), arr(snap.m4[:m])
-    for_each_tile(valid.size, lambda start, stop: _pixelmaps.moment_maps(
-        mean, cov, m3, m4, valid, FWHM_PER_SIGMA, out, start, stop), tile=SNAPSHOT_PIXELS)
+    for_each_tile(valid.size, lambda start, stop: _fill(snap, m, valid, out, start, stop), tile=SNAPSHOT_PIXELS)
+    maps.update((name, values.reshape(shape)) for name, values in zip(names, out))
+    return maps
+
+
+def moment_maps_of_sums(
+    moments: PowerSums,
+    offset: np.ndarray | None,
+    motor_names: Sequence[str],
+    shape: tuple[int, int],
+    min_intensity_fraction: float = 0.05,
+) -> dict[str, np.ndarray]:
+    """`moment_maps(moments.snapshot(offset), ...)`, bit for bit, made tile by tile.
+
+    The full-size snapshot holds 11 float64 rows at two motors (352 MB at 2048^2) that
+    only feed the maps; here each pixel tile's moments live in a small array that the next
+    tile reuses, so a live publish allocates (and, on a VM, page-faults) only the maps.
+    """
+    intensity = moments.intensity(offset)
+    valid = np.ascontiguousarray(signal_mask(intensity, min_intensity_fraction)).reshape(-1)
+    maps: dict[str, np.ndarray] = {"intensity": intensity.reshape(shape)}
+    m = len(motor_names)
+    if m == 0:
+        return maps
+    names = _map_names(motor_names)
+    out = [np.empty(valid.size) for _ in names]
+
+    def work(start: int, stop: int) -> None:
+        tile = moments.snapshot(offset, start, stop)
+        _fill(tile, m, valid[start:stop], [o[start:stop] for o in out], 0, stop - start)
+
+    for_each_tile(valid.size, work, tile=MAP_TILE_PIXELS)
     maps.update((name, values.reshape(shape)) for name, values in zip(names, out))
     return maps
 

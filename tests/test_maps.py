@@ -118,3 +118,58 @@ def test_moment_maps_without_motors_and_with_a_stricter_mask():
     keep = signal_mask(snap.intensity, 0.5).reshape(SHAPE)
     assert 0 < keep.sum() < keep.size
     np.testing.assert_array_equal(np.isfinite(strict["com_mu"]), keep)
+
+
+@pytest.mark.parametrize("n_motors", [1, 2, 3])
+def test_maps_of_sums_tile_by_tile_equal_maps_of_the_whole_snapshot(n_motors):
+    # moment_maps_of_sums makes the maps from each pixel tile's moments (no full-size
+    # snapshot): bit-identical to the maps of the whole snapshot, over several tiles and a
+    # last partial one, with and without an offset, pixels without signal included
+    from dfxm_online.acquisition.geometry import MotorAxis
+    from dfxm_online.maps import MAP_TILE_PIXELS, moment_maps_of_sums
+    from dfxm_online.online.accumulators.moments import PowerSums
+
+    shape = (190, 401)  # > 2 tiles, not a multiple of one
+    assert shape[0] * shape[1] > 2 * MAP_TILE_PIXELS and (shape[0] * shape[1]) % MAP_TILE_PIXELS
+    rng = np.random.default_rng(n_motors)
+    axes = [MotorAxis(n, -1.0 - a, 1.0 + a, 5) for a, n in enumerate(NAMES[:n_motors])]
+    ps = PowerSums(axes, shape[0] * shape[1])
+    for _ in range(4):
+        frames = rng.poisson(20.0, size=(6, *shape)).astype(np.uint16)
+        frames[:, :3] = 0  # rows without signal: NaN maps
+        ps.update(frames, {ax.name: rng.uniform(ax.start, ax.stop, 6) for ax in axes})
+    offset = rng.uniform(0.0, 2.0, shape[0] * shape[1])
+    names = NAMES[:n_motors]
+    for off in (None, offset):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            whole = moment_maps(ps.snapshot(off), names, shape)
+            tiled = moment_maps_of_sums(ps, off, names, shape)
+        assert list(tiled) == list(whole)
+        for name in whole:
+            np.testing.assert_array_equal(tiled[name], whole[name], err_msg=name)
+        assert np.isnan(tiled[f"com_{names[0]}"][:3]).all() and np.isfinite(tiled[f"com_{names[0]}"][10:]).all()
+
+
+def test_snapshot_of_a_pixel_range_is_that_range_of_the_whole():
+    from dfxm_online.acquisition.geometry import MotorAxis
+    from dfxm_online.online import _pixelmaps
+    from dfxm_online.online.accumulators.moments import PowerSums
+
+    rng = np.random.default_rng(7)
+    axes = [MotorAxis("mu", -1, 1, 5), MotorAxis("chi", -2, 2, 7)]
+    ps = PowerSums(axes, 1000)
+    ps.update(rng.uniform(1, 50, (12, 1000)), {"mu": rng.uniform(-1, 1, 12), "chi": rng.uniform(-2, 2, 12)})
+    offset = rng.uniform(0, 1, 1000)
+    whole, part = ps.snapshot(offset), ps.snapshot(offset, 333, 777)
+    np.testing.assert_array_equal(part.intensity, whole.intensity[333:777])
+    np.testing.assert_array_equal(ps.intensity(offset), whole.intensity)
+    for name in ("mean", "cov", "m3", "m4"):
+        np.testing.assert_array_equal(getattr(part, name), getattr(whole, name)[..., 333:777])
+    assert ps.snapshot(offset, 5, 5).intensity.shape == (0,)
+    with pytest.raises(ValueError, match="pixel range"):
+        ps.snapshot(offset, 10, 1001)
+    # the compiled pass takes outputs of all pixels or of the range, nothing else
+    m = np.empty((2, 50))
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        _pixelmaps.central_moments(ps.sums, ps.weights, offset, np.zeros(11), np.zeros(2), np.ones(2),
+                                   np.empty(50), m, np.empty((2, 2, 50)), m, m, 0, 40)

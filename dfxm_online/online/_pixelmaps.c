@@ -99,7 +99,9 @@ PyDoc_STRVAR(central_moments_doc,
 "Raw power sums (R, P) in step units, with a per-pixel offset (P,) (or None) subtracted from\n"
 "every frame through the monomial weights (R,), to the intensity (P,), mean (M, P), cov\n"
 "(M, M, P), m3 and m4 (M, P) in motor units (see PowerSums.snapshot). index (float64, as\n"
-"row numbers) = [i0, i_unit[M], i_pair[M*M], i3[M], i4[M]], -1 where the order is too low.");
+"row numbers) = [i0, i_unit[M], i_pair[M*M], i3[M], i4[M]], -1 where the order is too low.\n"
+"The outputs may instead hold only the pixel range (their last dimension stop - start):\n"
+"pixel p then goes to column p - start (a tile's moments, without full-size arrays).");
 
 static PyObject *central_moments(PyObject *self, PyObject *args)
 {
@@ -120,15 +122,17 @@ static PyObject *central_moments(PyObject *self, PyObject *args)
         goto done;
     if (oo != Py_None && !(ofv = get(&h, oo, 1, "d", 0, "offset"))) goto done;
     const Py_ssize_t R = sv->shape[0], P = sv->shape[1], M = cv->shape[0];
+    if (check_range(start, stop, P) < 0) goto done;
+    /* outputs over all P pixels, or over the range only (Q = stop - start columns) */
+    const Py_ssize_t Q = inv->shape[0], base = Q == P ? 0 : start;
     if (M < 1 || M > MAX_MOTORS || scv->shape[0] != M || wv->shape[0] != R ||
-        iv->shape[0] != 1 + M + M * M + 2 * M || inv->shape[0] != P ||
-        mv->shape[0] != M || mv->shape[1] != P || covv->shape[0] != M || covv->shape[1] != M ||
-        covv->shape[2] != P || m3v->shape[0] != M || m3v->shape[1] != P || m4v->shape[0] != M ||
-        m4v->shape[1] != P || (ofv && ofv->shape[0] != P)) {
+        iv->shape[0] != 1 + M + M * M + 2 * M || (Q != P && Q != stop - start) ||
+        mv->shape[0] != M || mv->shape[1] != Q || covv->shape[0] != M || covv->shape[1] != M ||
+        covv->shape[2] != Q || m3v->shape[0] != M || m3v->shape[1] != Q || m4v->shape[0] != M ||
+        m4v->shape[1] != Q || (ofv && ofv->shape[0] != P)) {
         PyErr_SetString(PyExc_ValueError, "inconsistent shapes of the moment arrays");
         goto done;
     }
-    if (check_range(start, stop, P) < 0) goto done;
     int64_t idx[1 + MAX_MOTORS + MAX_MOTORS * MAX_MOTORS + 2 * MAX_MOTORS];
     for (Py_ssize_t i = 0; i < iv->shape[0]; i++) {
         const double x = ((double *)iv->buf)[i];
@@ -146,17 +150,18 @@ static PyObject *central_moments(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t p = start; p < stop; p++) {
         const double o = off ? off[p] : 0.0;
+        const Py_ssize_t q = p - base;  /* the output column */
 #define RAW(row) (S[(row) * P + p] - W[row] * o)
         const double s0 = RAW(i0);
-        I[p] = s0;
+        I[q] = s0;
         const double inv_s0 = s0 > 0 ? 1.0 / s0 : NAN;
         double mu[MAX_MOTORS];
         for (Py_ssize_t a = 0; a < M; a++) mu[a] = RAW(iu[a]) * inv_s0;
         for (Py_ssize_t a = 0; a < M; a++) {
             for (Py_ssize_t b = a; b < M; b++) {
                 const double c = (RAW(ip[a * M + b]) * inv_s0 - mu[a] * mu[b]) * scale[a] * scale[b];
-                cov[(a * M + b) * P + p] = c;
-                cov[(b * M + a) * P + p] = c;
+                cov[(a * M + b) * Q + q] = c;
+                cov[(b * M + a) * Q + q] = c;
             }
             /* Horner forms of the raw -> central conversion in step units, then scaled */
             const double x = mu[a], e2 = RAW(ip[a * M + a]) * inv_s0;
@@ -164,17 +169,17 @@ static PyObject *central_moments(PyObject *self, PyObject *args)
             double e3 = NAN;
             if (i3[a] >= 0) {
                 e3 = RAW(i3[a]) * inv_s0;
-                m3[a * P + p] = (e3 - x * (3.0 * e2 - 2.0 * x * x)) * sa * sa * sa;
+                m3[a * Q + q] = (e3 - x * (3.0 * e2 - 2.0 * x * x)) * sa * sa * sa;
             } else {
-                m3[a * P + p] = NAN;
+                m3[a * Q + q] = NAN;
             }
             if (i4[a] >= 0) {
                 const double e4 = RAW(i4[a]) * inv_s0;
-                m4[a * P + p] = (e4 - x * (4.0 * e3 - x * (6.0 * e2 - 3.0 * x * x))) * sa * sa * sa * sa;
+                m4[a * Q + q] = (e4 - x * (4.0 * e3 - x * (6.0 * e2 - 3.0 * x * x))) * sa * sa * sa * sa;
             } else {
-                m4[a * P + p] = NAN;
+                m4[a * Q + q] = NAN;
             }
-            mean[a * P + p] = centre[a] + sa * x;
+            mean[a * Q + q] = centre[a] + sa * x;
         }
 #undef RAW
     }

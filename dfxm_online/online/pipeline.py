@@ -13,7 +13,7 @@ import numpy as np
 
 from ..acquisition.geometry import ScanError, ScanGeometry
 from ..config import AnalysisConfig
-from ..maps import moment_maps
+from ..maps import moment_maps_of_sums
 from ..orientation import KEY_SIZE, kam, mosaicity_rgb
 from . import optional
 from .accumulators.background import EdgeBaseline, RunningMean
@@ -234,9 +234,8 @@ class ScanPipeline:
     def snapshot(self) -> dict[str, np.ndarray]:
         """The current maps (read-only on the accumulators)."""
         offset, _ = self.background()
-        snap = self.moments.snapshot(offset)
         names = self.geometry.motor_names
-        maps = moment_maps(snap, names, self.frame_shape, self.config.min_intensity_fraction)
+        maps = moment_maps_of_sums(self.moments, offset, names, self.frame_shape, self.config.min_intensity_fraction)
         if offset is not None:
             maps["background"] = offset.reshape(self.frame_shape)
         extra_maps, self._extra_axes = optional.maps_of(self.extras, self.frame_shape)
