@@ -114,3 +114,44 @@ def test_recycled_lima_buffers_never_overwrite_frames_not_handed_out(redis_url, 
     np.testing.assert_array_equal(np.concatenate(out), frames)
     if read_ahead == 4:
         assert len({id(r) for r in roots}) < len(out) // 2, "batch buffers were not reused"
+
+
+@pytest.mark.parametrize("per_call, batch_size, read_points", [(1, 4, 3), (3, 5, 6), (7, 4, 14), (8, 64, 64)])
+def test_recycled_array_buffers_never_overwrite_frames_not_handed_out(redis_url, tmp_path, per_call,
+                                                                      batch_size, read_points):
+    """Plain array frames are read straight into recycled batch buffers, several reads into
+    one buffer: a consumer recycling every batch still gets every frame right, whether the
+    batches line up with the reads and entries or not."""
+    number = 40 + per_call
+    key, frames, mu = publish_scan(redis_url, tmp_path, "array", 61, number, per_call)
+    source = open_source(redis_url, key, batch_size=batch_size)
+    assert source._array.direct
+    source._array.max_points = read_points
+    got, positions = [], []
+    for batch in source.batches():
+        got.append(batch.frames.copy())
+        positions.append(batch.positions["mu"])
+        source.recycle(batch.frames)
+    np.testing.assert_array_equal(np.concatenate(got), frames)
+    np.testing.assert_array_equal(np.concatenate(positions), mu)
+    assert source._array._conn is None  # its connection is closed once the stream is sealed
+
+
+def test_free_shape_array_stream_is_read_through_blissdata(redis_url, tmp_path):
+    """Frames of a stream declared with a free shape (-1, -1) carry their shape in each
+    payload: read through blissdata's decoder, not straight from the socket."""
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 60000, size=(9, 6, 5), dtype=np.uint16)
+    desc = ScanDescription(
+        session="src", number=50, name="ascan", title="ascan mu -1 1 8 0.1",
+        filename=tmp_path / "scans" / "free.h5", detector="pco", frame_shape=(6, 5), npoints=9,
+        motors=[("mu", -1.0, 1.0, 9)], declared_frame_shape=(-1, -1),
+    )
+    pub = ScanPublisher(DataStore(redis_url), desc, "array")
+    pub.start()
+    for s in range(0, 9, 2):
+        pub.publish_points({"mu": np.linspace(-1, 1, 9)[s : s + 2]}, frames[s : s + 2])
+    pub.finish()
+    source = open_source(redis_url, pub.key, batch_size=4)
+    assert not source._array.direct
+    np.testing.assert_array_equal(np.concatenate([b.frames for b in source.batches()]), frames)
