@@ -135,6 +135,9 @@ class DaemonConfig:
     metrics_port: int = 0
     #: seconds one blocking read of the live streams waits before checking for shutdown
     read_timeout: float = 0.2
+    #: MiB of freed large arrays the daemon keeps for reuse by the next publish (warm memory,
+    #: see online/warm_memory.py); 0 gives every free back to the system
+    warm_pool_mb: int = 768
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def validate(self) -> None:
@@ -142,6 +145,8 @@ class DaemonConfig:
             raise ConfigError("publish_period must be > 0 seconds")
         if self.read_timeout <= 0:
             raise ConfigError("read_timeout must be > 0 seconds")
+        if self.warm_pool_mb < 0:
+            raise ConfigError("warm_pool_mb must be >= 0 (0 disables the pool)")
         if not 0 <= self.metrics_port < 65536:
             raise ConfigError("metrics_port must be a TCP port number (0 disables)")
         import re

@@ -36,6 +36,7 @@ from .config import DaemonConfig
 from .images import load_images
 from .maps import default_map
 from .offline import mean_dark
+from .online import warm_memory
 from .online.accumulators.background import RunningMean
 from .online.pipeline import ScanPipeline
 from .publish.metrics import Metrics, serve_http
@@ -168,10 +169,16 @@ class ScanWorker(threading.Thread):
         oldest, self._oldest_unpublished = self._oldest_unpublished, None
         job = (maps, info, self.pipeline.map_axes() if self.pipeline is not None and maps else {}, oldest, t0)
         if background and state == "running":
-            self._writer = threading.Thread(target=self._write, args=job, name=f"write-{self.key[-8:]}", daemon=True)
+            self._writer = threading.Thread(target=self._write_warm, args=job, name=f"write-{self.key[-8:]}",
+                                            daemon=True)
             self._writer.start()
         else:
             self._write(*job)
+
+    def _write_warm(self, *job) -> None:
+        """The writer thread: what it allocates comes from the warm pool too."""
+        warm_memory.install()
+        self._write(*job)
 
     def _write(self, maps: dict[str, np.ndarray], info: ProcessInfo, axes: dict, oldest: float | None,
                t0: float) -> None:
@@ -199,6 +206,7 @@ class ScanWorker(threading.Thread):
 
     # -- the scan --------------------------------------------------------------------------
     def run(self) -> None:
+        warm_memory.install()  # this scan's snapshots reuse the previous ones' buffers
         self.d.metrics.active.inc()
         try:
             self._run()
@@ -337,6 +345,7 @@ class Daemon:
         self.output_dir = Path(output_dir)
         self.config = config or DaemonConfig()
         self.config.validate()
+        warm_memory.set_cap(self.config.warm_pool_mb << 20)
         self.images = load_images(self.config.analysis.images)  # once, not per scan
         self.metrics = Metrics()
         self.darks = DarkRegistry(mean_dark(self.config.dark) if self.config.dark else None)

@@ -237,6 +237,7 @@ def test_metrics_and_status_endpoints(make_daemon, redis_url, tmp_path):
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     assert "dfxm_frames_processed_total 11.0" in text
     assert 'dfxm_scans_total{state="complete"} 1.0' in text
+    assert "dfxm_warm_pool_bytes " in text and "dfxm_warm_pool_hits " in text
     status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status").read())
     assert status["scans"][result.scan_key]["state"] == "complete"
     assert status["store_connected"] is True

@@ -1,0 +1,93 @@
+"""The warm pool: freed large numpy buffers reused by size, per thread, under a cap."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from dfxm_online.online import warm_memory
+
+MB = 1 << 20
+
+
+def in_thread(work):
+    """Run `work` in a new thread (whose numpy handler starts as the default) and return
+    its result: the pool is installed there, never in the test runner's own thread."""
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = work()
+        except BaseException as exc:  # re-raised below, in the test's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+@pytest.fixture
+def cap():
+    """Set the process-wide cap for a test and put the previous one back (emptying the pool)."""
+    before = warm_memory.stats().cap_bytes
+    yield warm_memory.set_cap
+    warm_memory.set_cap(0)
+    warm_memory.set_cap(before)
+
+
+def test_a_freed_buffer_is_reused_for_the_same_size_and_zeroed_for_zeros(cap):
+    cap(64 * MB)
+
+    def work():
+        warm_memory.install()
+        handler = np._core.multiarray.get_handler_name()
+        a = np.full(MB // 4, 7.0)  # 2 MiB
+        address = a.ctypes.data
+        del a
+        before = warm_memory.stats()
+        b = np.zeros(MB // 4)  # the same 2 MiB, through calloc: must not show the 7s
+        reused = b.ctypes.data == address
+        after = warm_memory.stats()
+        small = np.ones(1000)  # below 1 MiB: never pooled
+        small_address = small.ctypes.data
+        del small
+        return handler, reused, bool((b == 0).all()), before, after, small_address
+
+    handler, reused, zeroed, before, after, _ = in_thread(work)
+    assert handler == "dfxm_warm_pool"
+    assert reused and zeroed
+    assert before.pooled_bytes >= 2 * MB and after.hits == before.hits + 1
+    assert after.pooled_bytes == before.pooled_bytes - 2 * MB
+    # only the thread that installed it allocates from the pool
+    assert in_thread(np._core.multiarray.get_handler_name) == "default_allocator"
+
+
+def test_the_cap_bounds_what_is_kept_oldest_first(cap):
+    cap(5 * MB)
+
+    def work():
+        warm_memory.install()
+        arrays = [np.empty(MB // 8 * (k + 1)) for k in range(3)]  # 1, 2 and 3 MiB
+        addresses = [a.ctypes.data for a in arrays]
+        for k in range(3):
+            arrays[k] = None  # freed in order: 1, 2, then 3 MiB
+        held = warm_memory.stats()
+        again = [np.empty(MB // 8 * (k + 1)) for k in range(3)]  # kept: no frees in between
+        return addresses, held, [a.ctypes.data for a in again]
+
+    addresses, held, again = in_thread(work)
+    # 1 + 2 + 3 MiB > 5 MiB: the 1 MiB block, freed first, went back to the system
+    assert held.pooled_bytes == 5 * MB and held.blocks == 2
+    assert again[1:] == addresses[1:]
+    cap(0)
+    assert warm_memory.stats().pooled_bytes == 0
+
+
+def test_a_negative_cap_is_refused():
+    with pytest.raises(ValueError, match=">= 0"):
+        warm_memory.set_cap(-1)
