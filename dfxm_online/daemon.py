@@ -102,7 +102,6 @@ class ScanWorker(threading.Thread):
         self._last_publish_cost = 0.0
         self._oldest_unpublished: float | None = None
         self._writer: threading.Thread | None = None  # the background write in flight
-        self._write_scratch: dict = {}  # float32 buffers of the maps files, reused by each write
 
     # -- helpers ---------------------------------------------------------------------------
     def _stop_requested(self) -> bool:
@@ -187,7 +186,7 @@ class ScanWorker(threading.Thread):
         default = default_map(self.geometry.motor_names) if self.geometry else ("dark" if st.dark else None)
         try:
             write_maps_file(st.path, maps, info, default, self.geometry.title if self.geometry else "", axes,
-                            durable=info.state != "running", scratch=self._write_scratch)
+                            durable=info.state != "running")
         except OSError as exc:
             self.d.metrics.publish_errors.inc()
             logger.error("scan %s: cannot write %s: %s", self.key, st.path, exc)

@@ -63,22 +63,8 @@ class ProcessInfo:
 AxesSpec = Mapping[str, Sequence[tuple[str, np.ndarray]]]
 
 
-def _as_float32(values: np.ndarray, scratch: dict) -> np.ndarray:
-    """`values` as float32, through a buffer of its shape that is reused for every map.
-
-    A fresh float32 copy per map means fresh memory per map: on the VMs measured here,
-    memory freed a second or more earlier is reclaimed by the host and faults again, and a
-    2048^2 maps file (~20 maps) took 1.23 s to write with a copy per map against 0.39 s
-    with its copies in reused memory (medians of 5, 2 s between writes)."""
-    buf = scratch.get(values.shape)
-    if buf is None:
-        buf = scratch[values.shape] = np.empty(values.shape, np.float32)
-    np.copyto(buf, values, casting="same_kind")
-    return buf
-
-
 def _write(path: Path, maps: Mapping[str, np.ndarray], info: ProcessInfo, default: str | None,
-           title: str, axes: AxesSpec, scratch: dict) -> None:
+           title: str, axes: AxesSpec) -> None:
     with h5py.File(path, "w") as f:
         f.attrs["creator"] = "dfxm-online"
         f.attrs["NX_class"] = "NXroot"
@@ -93,11 +79,8 @@ def _write(path: Path, maps: Mapping[str, np.ndarray], info: ProcessInfo, defaul
             nxdata.attrs["NX_class"] = "NXdata"
             nxdata.attrs["signal"] = name
             arr = np.asarray(values)
-            if arr.dtype.kind == "f" and arr.dtype != np.float32:
-                # maps (2-D) through a reused buffer, written before it is reused; stacks
-                # (one image per omega, components) are copied: keeping those would hold
-                # their size between writes
-                arr = _as_float32(arr, scratch) if arr.ndim == 2 else arr.astype(np.float32)
+            if arr.dtype.kind == "f":
+                arr = arr.astype(np.float32)
             dset = nxdata.create_dataset(name, data=arr)
             if arr.ndim == 2:
                 dset.attrs["interpretation"] = "image"
@@ -134,12 +117,8 @@ def write_maps_file(
     title: str = "",
     axes: AxesSpec | None = None,
     durable: bool = True,
-    scratch: dict | None = None,
 ) -> Path:
     """Write the maps file atomically (temporary file + rename); return its path.
-
-    `scratch`: a dict the caller keeps between writes (one writer at a time), in which the
-    float32 conversion buffers stay for the next write.
 
     The rename alone is what keeps readers from ever seeing a torn file. `durable` also
     fsyncs the file before the rename, so that the version on disk survives a power cut;
@@ -151,7 +130,7 @@ def write_maps_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        _write(tmp, maps, info, default, title, axes or {}, {} if scratch is None else scratch)
+        _write(tmp, maps, info, default, title, axes or {})
         if durable:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
