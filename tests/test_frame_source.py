@@ -155,3 +155,15 @@ def test_free_shape_array_stream_is_read_through_blissdata(redis_url, tmp_path):
     source = open_source(redis_url, pub.key, batch_size=4)
     assert not source._array.direct
     np.testing.assert_array_equal(np.concatenate([b.frames for b in source.batches()]), frames)
+
+
+def test_the_array_readers_own_connection_is_closed_when_reading_stops(redis_url, tmp_path):
+    # a worker that stops early (failed scan, daemon stopped) leaves no connection behind
+    key, frames, _ = publish_scan(redis_url, tmp_path, "array", 20, 60)
+    source = open_source(redis_url, key, batch_size=4)
+    batches = source.batches()
+    first = next(batches)
+    np.testing.assert_array_equal(first.frames, frames[:4])
+    assert source._array._conn is not None  # reading on its own connection
+    batches.close()
+    assert source._array._conn is None

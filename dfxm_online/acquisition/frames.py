@@ -529,8 +529,16 @@ class LiveFrameSource:
         budget). So a slow scan's points go out at once, and a fast scan's, or those that
         piled up while the worker was busy, go out in full batches. If reading fails (store
         gone, bad frame), the points already complete are yielded first, so the maps keep
-        them, then the error propagates.
+        them, then the error propagates. The plain array reader's own connection is closed
+        when the generator ends, however it ends.
         """
+        try:
+            yield from self._batches(stop_requested)
+        finally:
+            if self._array is not None:
+                self._array.close()
+
+    def _batches(self, stop_requested) -> Iterator[Batch]:
         wait = True
         while not self._sealed:
             if stop_requested():
