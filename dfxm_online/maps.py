@@ -95,6 +95,8 @@ def moment_maps_of_sums(
     only feed the maps; here each pixel tile's moments live in a small array that the next
     tile reuses, so a live publish allocates (and, on a VM, page-faults) only the maps.
     """
+    if offset is not None:  # once here, not once per tile
+        offset = np.ascontiguousarray(offset, dtype=np.float64).reshape(-1)
     intensity = moments.intensity(offset)
     valid = np.ascontiguousarray(signal_mask(intensity, min_intensity_fraction)).reshape(-1)
     maps: dict[str, np.ndarray] = {"intensity": intensity.reshape(shape)}
