@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,25 @@ def scrape(port: int, path: str) -> bytes:
         return reply.read()
 
 
+def warm_up(url: str, workdir: Path, out: Path, size: int, image_mode: str, pool: np.ndarray,
+            number: int) -> None:
+    """A scan of `size` frames processed to its final file by the running daemon."""
+    from blissdata.redis_engine.store import DataStore
+
+    n = 2 * AnalysisConfig().batch_size + 10
+    desc = ScanDescription(
+        session="warmup", number=number, name="ascan", title=f"ascan mu -1 1 {n - 1} 0.01",
+        filename=workdir / "scans" / f"warmup_{number}.h5", detector="pco",
+        frame_shape=(size, size), npoints=n, motors=[("mu", -1.0, 1.0, n)],
+    )
+    pub = ScanPublisher(DataStore(url), desc, image_mode, frames_per_file=10)
+    pub.start()
+    for s in range(n):
+        pub.publish_points({"mu": np.array([-1 + 2 * s / (n - 1)])}, pool[s % len(pool)][None])
+    pub.finish()
+    wait_state(out / "warmup" / f"ascan_{number}.h5", 300)
+
+
 def metric_sums(text: str) -> dict[str, float]:
     """`<name>_sum` and `<name>_count` values of the daemon's histograms (prometheus text)."""
     out = {}
@@ -123,10 +143,10 @@ class StatusWatch:
     """Polls the daemon's /status every 20 ms: when did the scan show up, and when did its
     last frame get processed."""
 
-    def __init__(self, port: int, n_frames: int) -> None:
+    def __init__(self, port: int, n_frames: int, number: int) -> None:
         import threading
 
-        self.port, self.n_frames = port, n_frames
+        self.port, self.n_frames, self.number = port, n_frames, number
         self.seen_at: float | None = None  # when /status first lists a scan
         self.done_at: float | None = None
         self._stop = threading.Event()
@@ -139,6 +159,8 @@ class StatusWatch:
                 scans = json.loads(scrape(self.port, "/status"))["scans"]
             except OSError:
                 continue
+            # this benchmark's scan (not a warm-up scan of the same daemon)
+            scans = {k: v for k, v in scans.items() if v["session"] == "bench" and v["number"] == self.number}
             if scans and self.seen_at is None:
                 self.seen_at = time.monotonic()
             if any(s["frames_processed"] >= self.n_frames for s in scans.values()):
@@ -173,18 +195,30 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
     files) before the daemon starts; the daemon then takes the running scan up from its
     first point, and its rate is counted from the moment /status lists the scan: the
     daemon's own rate, without a publisher (and its file writer) sharing the 2 cores.
+
+    Modes "<array|lima>-paused" measure the same in a daemon that has already processed a
+    scan of the same frame size (a daemon in service, its memory no longer fresh): after
+    that warm-up scan the daemon is paused (SIGSTOP) while the measured scan is published,
+    then resumed; its rate is counted from the resume, its time split is the difference of
+    its metrics.
     """
     out = workdir / "maps"
     rng = np.random.default_rng(number)
     pool = rng.integers(90, 4000, size=(8, size, size), dtype=np.uint16)
     port = free_port()
     queued = mode.endswith("-queued")
-    image_mode = mode.removesuffix("-queued")
+    paused = mode.endswith("-paused")
+    image_mode = mode.removesuffix("-queued").removesuffix("-paused")
     daemon = None if queued else start_daemon(url, out, port, workdir)
     peak = 0
+    before: dict[str, float] = {}
     try:
         if daemon is not None:
             time.sleep(2.0)  # the daemon connects
+        if paused:
+            warm_up(url, workdir, out, size, image_mode, pool, number)
+            before = metric_sums(scrape(port, "/metrics").decode())
+            daemon.send_signal(signal.SIGSTOP)
         desc = ScanDescription(
             session="bench", number=number, name="ascan", title=f"ascan mu -1 1 {n_frames - 1} 0.01",
             filename=workdir / "scans" / f"bench_{number}.h5", detector="pco",
@@ -197,15 +231,21 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
         positions = np.linspace(-1, 1, n_frames)
         # a queued Lima scan's last file counts as closed only once the stream is sealed
         # (blissdata's rule), so its frames are read after `finish`: not counted here
-        counted = n_frames - 10 if queued and image_mode == "lima" else n_frames
-        watch = StatusWatch(port, counted)
+        counted = n_frames - 10 if (queued or paused) and image_mode == "lima" else n_frames
+        watch = StatusWatch(port, counted, number)
         t0 = time.monotonic()
         for s in range(0, n_frames, block):
             k = min(block, n_frames - s)
             pub.publish_points({"mu": positions[s : s + k]}, pool[np.arange(s, s + k) % len(pool)])
-            if daemon is not None and s % 8 < block:
+            if daemon is not None and not paused and s % 8 < block:
                 peak = max(peak, psutil.Process(daemon.pid).memory_info().rss)
         t_pub = time.monotonic() - t0
+        if paused:
+            daemon.send_signal(signal.SIGCONT)
+            t0 = time.monotonic()
+            while watch.done_at is None and time.monotonic() - t0 < 600:
+                peak = max(peak, psutil.Process(daemon.pid).memory_info().rss)
+                time.sleep(0.02)
         if daemon is None:
             daemon = start_daemon(url, out, port, workdir)
             while watch.seen_at is None and time.monotonic() - t0 < 120:
@@ -229,6 +269,7 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
         watch.stop()
         t_frames = (watch.done_at or (t0 + t_all)) - t0
         sums = metric_sums(scrape(port, "/metrics").decode())
+        sums = {k: v - before.get(k, 0.0) for k, v in sums.items()}
         return {
             "mode": mode, "size": size, "frames": n_frames, "per_entry": block,
             "published_fps": n_frames / t_pub, "daemon_fps": counted / t_frames,
@@ -348,7 +389,10 @@ def main() -> None:
               "Daemon frames/s: frames / time from the first frame published to the last one "
               "processed (`/status`). End to end: to the final maps file. Daemon time split "
               "from its `/metrics`: waiting for + reading frames, accumulator updates, "
-              "publishing maps (snapshot + write; count).", "",
+              "publishing maps (snapshot + write; count). `-queued`: the whole scan published "
+              "before a new daemon starts (the daemon alone, its memory fresh); `-paused`: the same "
+              "in a daemon that has processed a scan of that size before, paused while the scan is "
+              "published (a daemon in service).", "",
               "| image stream | frame | frames | points per entry | published frames/s | daemon frames/s "
               "| end-to-end frames/s | final maps after last frame (s) | read / update / publish s (publishes) "
               "| processed | peak daemon RSS (MB) |",
@@ -359,7 +403,7 @@ def main() -> None:
         try:
             runs = [(512, 1000, "array"), (512, 3000, "array-queued"), (size, 100, "array"),
                     (size, 300, "array-queued"), (size, 100, "lima"), (size, 300, "lima"),
-                    (size, 300, "lima-queued")]
+                    (size, 300, "lima-queued"), (size, 300, "lima-paused"), (512, 3000, "array-paused")]
             if args.quick:
                 runs = [(128, 100, "array"), (256, 50, "lima")]
             if args.runs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -88,7 +89,17 @@ def serve_http(port: int, metrics: Metrics, status: Callable[[], dict], host: st
         def log_message(self, fmt: str, *args) -> None:
             logger.debug("http: " + fmt, *args)
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request, client_address) -> None:
+            # a client that went away before its reply (a scrape that timed out) is one
+            # debug line, not a traceback on stderr
+            exc = sys.exc_info()[1]
+            if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+                logger.debug("http: %s went away before its reply (%s)", client_address[0], exc)
+                return
+            super().handle_error(request, client_address)
+
+    server = Server((host, port), Handler)
     thread = threading.Thread(target=server.serve_forever, name="dfxm-http", daemon=True)
     thread.start()
     logger.info("metrics and status on http://%s:%d/metrics and /status", host, server.server_address[1])
