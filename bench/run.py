@@ -200,7 +200,7 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
     scan of the same frame size (a daemon in service, its memory no longer fresh): after
     that warm-up scan the daemon is paused (SIGSTOP) while the measured scan is published,
     then resumed; its rate is counted from the resume, its time split is the difference of
-    its metrics.
+    its metrics. Modes "<array|lima>-warm": the same warm-up scan, then a live run.
     """
     out = workdir / "maps"
     rng = np.random.default_rng(number)
@@ -208,16 +208,18 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
     port = free_port()
     queued = mode.endswith("-queued")
     paused = mode.endswith("-paused")
-    image_mode = mode.removesuffix("-queued").removesuffix("-paused")
+    warm = paused or mode.endswith("-warm")
+    image_mode = mode.removesuffix("-queued").removesuffix("-paused").removesuffix("-warm")
     daemon = None if queued else start_daemon(url, out, port, workdir)
     peak = 0
     before: dict[str, float] = {}
     try:
         if daemon is not None:
             time.sleep(2.0)  # the daemon connects
-        if paused:
+        if warm:
             warm_up(url, workdir, out, size, image_mode, pool, number)
             before = metric_sums(scrape(port, "/metrics").decode())
+        if paused:
             daemon.send_signal(signal.SIGSTOP)
         desc = ScanDescription(
             session="bench", number=number, name="ascan", title=f"ascan mu -1 1 {n_frames - 1} 0.01",
@@ -392,7 +394,7 @@ def main() -> None:
               "publishing maps (snapshot + write; count). `-queued`: the whole scan published "
               "before a new daemon starts (the daemon alone, its memory fresh); `-paused`: the same "
               "in a daemon that has processed a scan of that size before, paused while the scan is "
-              "published (a daemon in service).", "",
+              "published (a daemon in service); `-warm`: that daemon, live.", "",
               "| image stream | frame | frames | points per entry | published frames/s | daemon frames/s "
               "| end-to-end frames/s | final maps after last frame (s) | read / update / publish s (publishes) "
               "| processed | peak daemon RSS (MB) |",

@@ -138,6 +138,9 @@ class DaemonConfig:
     #: MiB of freed large arrays the daemon keeps for reuse by the next publish (warm memory,
     #: see online/warm_memory.py); 0 gives every free back to the system
     warm_pool_mb: int = 768
+    #: MiB of the daemon's resident memory above which the warm pool keeps nothing (and gives
+    #: its blocks back before the daemon grows); 0: no limit
+    warm_pool_rss_limit_mb: int = 1792
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def validate(self) -> None:
@@ -147,6 +150,8 @@ class DaemonConfig:
             raise ConfigError("read_timeout must be > 0 seconds")
         if self.warm_pool_mb < 0:
             raise ConfigError("warm_pool_mb must be >= 0 (0 disables the pool)")
+        if self.warm_pool_rss_limit_mb < 0:
+            raise ConfigError("warm_pool_rss_limit_mb must be >= 0 (0: no limit)")
         if not 0 <= self.metrics_port < 65536:
             raise ConfigError("metrics_port must be a TCP port number (0 disables)")
         import re

@@ -344,7 +344,7 @@ class Daemon:
         self.output_dir = Path(output_dir)
         self.config = config or DaemonConfig()
         self.config.validate()
-        warm_memory.set_cap(self.config.warm_pool_mb << 20)
+        warm_memory.set_cap(self.config.warm_pool_mb << 20, self.config.warm_pool_rss_limit_mb << 20)
         self.images = load_images(self.config.analysis.images)  # once, not per scan
         self.metrics = Metrics()
         self.darks = DarkRegistry(mean_dark(self.config.dark) if self.config.dark else None)

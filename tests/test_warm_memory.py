@@ -34,10 +34,10 @@ def in_thread(work):
 @pytest.fixture
 def cap():
     """Set the process-wide cap for a test and put the previous one back (emptying the pool)."""
-    before = warm_memory.stats().cap_bytes
+    before = warm_memory.stats()
     yield warm_memory.set_cap
     warm_memory.set_cap(0)
-    warm_memory.set_cap(before)
+    warm_memory.set_cap(before.cap_bytes, before.rss_limit_bytes)
 
 
 def test_a_freed_buffer_is_reused_for_the_same_size_and_zeroed_for_zeros(cap):
@@ -88,6 +88,44 @@ def test_the_cap_bounds_what_is_kept_oldest_first(cap):
     assert warm_memory.stats().pooled_bytes == 0
 
 
-def test_a_negative_cap_is_refused():
+def test_above_the_rss_limit_nothing_is_kept_and_pooled_blocks_go_back_first(cap):
+    import psutil
+
+    cap(64 * MB)
+
+    def work():
+        warm_memory.install()
+        kept = [np.ones(MB // 4 * (k + 1)) for k in range(3)]  # 2, 4 and 6 MiB, touched
+        kept = None  # noqa: F841 - freed: pooled, 12 MiB
+        pooled = warm_memory.stats()
+        rss = psutil.Process().memory_info().rss
+        # a limit the process stays above even without the pool: all of it goes back at once
+        cap(64 * MB, rss - 32 * MB)
+        emptied = warm_memory.stats()
+        a = np.ones(MB // 4)
+        del a  # freed above the limit: not kept
+        after_free = warm_memory.stats()
+        # a limit with room: blocks are kept again, and a miss that would cross the limit
+        # gives pooled blocks back before the process grows
+        cap(64 * MB, psutil.Process().memory_info().rss + 5 * MB)
+        b = [np.ones(MB // 8) for _ in range(3)]  # 3 x 1 MiB
+        b = None  # noqa: F841
+        refilled = warm_memory.stats()
+        c = np.ones(MB)  # 8 MiB new: over the limit with the 3 MiB pooled
+        evicted = warm_memory.stats()
+        del c
+        return pooled, emptied, after_free, refilled, evicted
+
+    pooled, emptied, after_free, refilled, evicted = in_thread(work)
+    assert pooled.pooled_bytes == 12 * MB
+    assert emptied.pooled_bytes == 0
+    assert after_free.pooled_bytes == 0
+    assert refilled.pooled_bytes == 3 * MB
+    assert evicted.pooled_bytes < 3 * MB
+
+
+def test_a_negative_cap_or_limit_is_refused():
     with pytest.raises(ValueError, match=">= 0"):
         warm_memory.set_cap(-1)
+    with pytest.raises(ValueError, match=">= 0"):
+        warm_memory.set_cap(0, -1)

@@ -10,7 +10,10 @@
  * The pool keeps buffers of at least MIN_POOLED bytes that numpy frees, up to a cap
  * (bytes), and hands one back for an allocation of exactly the same size (the same maps
  * recur every period); the least recently pooled blocks go back to the system first when
- * the cap would be exceeded. It is a PyDataMem_Handler (numpy >= 1.22): installed per
+ * the cap would be exceeded. With an RSS limit, pooled blocks also go back (oldest first)
+ * before a new large block is allocated while the process's resident memory would exceed
+ * it, and a freed block is not kept while it does: blocks of sizes no longer asked for
+ * (a previous scan's) cannot hold the process above the limit. It is a PyDataMem_Handler (numpy >= 1.22): installed per
  * thread/context with `install()`, it affects only the arrays allocated there, and every
  * array frees through the handler that allocated it. Thread-safe (one mutex, held only
  * for the table of at most MAX_BLOCKS entries).
@@ -20,10 +23,13 @@
 #define NPY_NO_DEPRECATED_API NPY_1_22_API_VERSION
 #define NPY_TARGET_VERSION NPY_1_22_API_VERSION
 #include <numpy/arrayobject.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MIN_POOLED ((size_t)1 << 20)
 #define MAX_BLOCKS 256
@@ -36,9 +42,46 @@ typedef struct {
 
 static Block blocks[MAX_BLOCKS];
 static int n_blocks = 0;
-static size_t pooled = 0, cap = 0;
+static size_t pooled = 0, cap = 0, rss_limit = 0;
 static unsigned long long clock_ = 0, hits = 0, misses = 0;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Resident bytes of this process (/proc/self/statm), 0 if unknown. */
+static size_t resident(void)
+{
+    char buf[128];
+    const int fd = open("/proc/self/statm", O_RDONLY);
+    if (fd < 0) return 0;
+    const ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    unsigned long long size_pages = 0, resident_pages = 0;
+    if (sscanf(buf, "%llu %llu", &size_pages, &resident_pages) != 2) return 0;
+    return (size_t)resident_pages * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Free the oldest pooled block (lock held); 0 if the pool is empty. */
+static int evict_oldest(void)
+{
+    if (!n_blocks) return 0;
+    int old = 0;
+    for (int i = 1; i < n_blocks; i++)
+        if (blocks[i].when < blocks[old].when) old = i;
+    free(blocks[old].ptr);
+    pooled -= blocks[old].size;
+    blocks[old] = blocks[--n_blocks];
+    return 1;
+}
+
+/* Give pooled blocks back while the process would be above the RSS limit with `more`
+ * bytes more (lock held). */
+static void evict_over_limit(size_t more)
+{
+    if (rss_limit)
+        while (n_blocks && resident() + more > rss_limit && evict_oldest()) {
+        }
+}
 
 /* A pooled block of exactly `size` bytes, or NULL. */
 static void *take(size_t size)
@@ -54,7 +97,10 @@ static void *take(size_t size)
         }
     }
     if (p) hits++;
-    else misses++;
+    else {
+        misses++;
+        evict_over_limit(size);  /* the caller allocates `size` new bytes next */
+    }
     pthread_mutex_unlock(&lock);
     return p;
 }
@@ -62,14 +108,7 @@ static void *take(size_t size)
 /* Free the oldest pooled blocks until `room` more bytes fit under the cap (lock held). */
 static void evict_for(size_t room)
 {
-    while (n_blocks && (pooled + room > cap || n_blocks == MAX_BLOCKS)) {
-        int old = 0;
-        for (int i = 1; i < n_blocks; i++)
-            if (blocks[i].when < blocks[old].when) old = i;
-        free(blocks[old].ptr);
-        pooled -= blocks[old].size;
-        blocks[old] = blocks[--n_blocks];
-    }
+    while (n_blocks && (pooled + room > cap || n_blocks == MAX_BLOCKS)) evict_oldest();
 }
 
 static void *pool_malloc(void *ctx, size_t size)
@@ -105,7 +144,10 @@ static void pool_free(void *ctx, void *ptr, size_t size)
     (void)ctx;
     if (ptr && size >= MIN_POOLED) {
         pthread_mutex_lock(&lock);
-        if (size <= cap) {
+        /* above the limit, this block goes back to the system, and pooled ones with it */
+        const int over = rss_limit && resident() > rss_limit;
+        if (over) evict_over_limit(0);
+        if (size <= cap && !over) {
             evict_for(size);
             blocks[n_blocks++] = (Block){ptr, size, ++clock_};
             pooled += size;
@@ -144,39 +186,42 @@ static PyObject *restore(PyObject *self, PyObject *old)
 }
 
 PyDoc_STRVAR(set_cap_doc,
-"set_cap(nbytes)\n\nBytes the pool may keep (0: none); pooled blocks beyond it are freed now.");
+"set_cap(nbytes, rss_limit=0)\n\nBytes the pool may keep (0: none), and the process's resident\n"
+"bytes above which it keeps none (0: no limit); pooled blocks beyond them are freed now.");
 
-static PyObject *set_cap(PyObject *self, PyObject *arg)
+static PyObject *set_cap(PyObject *self, PyObject *args)
 {
-    const Py_ssize_t n = PyLong_AsSsize_t(arg);
-    if (n == -1 && PyErr_Occurred()) return NULL;
-    if (n < 0) {
-        PyErr_SetString(PyExc_ValueError, "the cap must be >= 0 bytes");
+    Py_ssize_t n, limit = 0;
+    if (!PyArg_ParseTuple(args, "n|n", &n, &limit)) return NULL;
+    if (n < 0 || limit < 0) {
+        PyErr_SetString(PyExc_ValueError, "the cap and the RSS limit must be >= 0 bytes");
         return NULL;
     }
     pthread_mutex_lock(&lock);
     cap = (size_t)n;
+    rss_limit = (size_t)limit;
     evict_for(0);
+    evict_over_limit(0);
     pthread_mutex_unlock(&lock);
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(stats_doc, "stats() -> (pooled bytes, pooled blocks, cap, hits, misses)");
+PyDoc_STRVAR(stats_doc, "stats() -> (pooled bytes, pooled blocks, cap, hits, misses, rss limit)");
 
 static PyObject *stats(PyObject *self, PyObject *noargs)
 {
     pthread_mutex_lock(&lock);
-    const size_t p = pooled, c = cap;
+    const size_t p = pooled, c = cap, l = rss_limit;
     const int n = n_blocks;
     const unsigned long long h = hits, m = misses;
     pthread_mutex_unlock(&lock);
-    return Py_BuildValue("(nnnKK)", (Py_ssize_t)p, (Py_ssize_t)n, (Py_ssize_t)c, h, m);
+    return Py_BuildValue("(nnnKKn)", (Py_ssize_t)p, (Py_ssize_t)n, (Py_ssize_t)c, h, m, (Py_ssize_t)l);
 }
 
 static PyMethodDef methods[] = {
     {"install", install, METH_NOARGS, install_doc},
     {"restore", restore, METH_O, restore_doc},
-    {"set_cap", set_cap, METH_O, set_cap_doc},
+    {"set_cap", set_cap, METH_VARARGS, set_cap_doc},
     {"stats", stats, METH_NOARGS, stats_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -11,7 +11,10 @@ allocations of the same size, which is what a periodic publish makes.
 
 The handler is per thread (numpy keeps it in a context variable): `install()` in each
 thread whose arrays should come from the pool. The cap is process-wide and bounds the
-memory held while idle; memory in use is not counted.
+memory held while idle; memory in use is not counted. The RSS limit bounds what pooling
+can add to the process: above it, freed blocks are not kept, and pooled ones go back to
+the system before the process grows (a daemon that had kept a previous scan's buffers
+reached 2.2-2.4 GB on a live 2048^2 Lima scan without it).
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ class PoolStats:
     cap_bytes: int
     hits: int
     misses: int
+    rss_limit_bytes: int
 
 
-def set_cap(nbytes: int) -> None:
-    """Bytes the pool may hold for reuse (0: none, every free goes back to the system)."""
-    _warmpool.set_cap(int(nbytes))
+def set_cap(nbytes: int, rss_limit: int = 0) -> None:
+    """Bytes the pool may hold for reuse (0: none, every free goes back to the system),
+    and the process's resident bytes above which it holds none (0: no limit)."""
+    _warmpool.set_cap(int(nbytes), int(rss_limit))
 
 
 def install() -> None:
