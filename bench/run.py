@@ -405,7 +405,8 @@ def main() -> None:
         try:
             runs = [(512, 1000, "array"), (512, 3000, "array-queued"), (size, 100, "array"),
                     (size, 300, "array-queued"), (size, 100, "lima"), (size, 300, "lima"),
-                    (size, 300, "lima-queued"), (size, 300, "lima-paused"), (512, 3000, "array-paused")]
+                    (size, 300, "lima-queued"), (size, 300, "lima-paused"), (size, 300, "lima-warm"),
+                    (512, 3000, "array-paused")]
             if args.quick:
                 runs = [(128, 100, "array"), (256, 50, "lima")]
             if args.runs:
