@@ -285,6 +285,8 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
         }
     finally:
         if daemon is not None:
+            if paused:
+                daemon.send_signal(signal.SIGCONT)  # a stopped process would not see SIGTERM
             daemon.terminate()
             daemon.wait(30)
 
