@@ -14,7 +14,9 @@
  * uint64), exact, and folded into the double rows once per tile: integer operations per
  * value instead of conversions, compares and blends (measured at 2048^2 uint16, batches
  * of 64: 199 -> 238 frames/s for the pipeline's pass on one thread, bit-identical sums).
- * Squares of 32-bit values, and float frames (NaN propagates), stay in double. The dense rows are then register-blocked: RB rows x NV
+ * Squares of 32-bit values, and float frames (NaN propagates), stay in double.
+ *
+ * The dense rows are then register-blocked: RB rows x NV
  * vectors of running sums stay in registers while the batch's frames stream past, so each
  * converted value feeds RB fused multiply-adds and each dense sum is read and written once
  * per batch rather than once per frame. Groups cost work only for their member frames.
