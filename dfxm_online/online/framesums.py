@@ -121,8 +121,8 @@ def accumulate(frames: np.ndarray, plans: Sequence[SumsPlan]) -> None:
             step = _framesums.MAX_PASS_FRAMES
             for lo in range(0, n_frames, step):
                 hi = min(lo + step, n_frames)
-                part = flat if (lo, hi) == (0, n_frames) else flat[lo:hi]
-                w = None if weights is None else np.ascontiguousarray(weights[lo:hi])
+                part = flat[lo:hi]  # rows of C-contiguous arrays: contiguous as they are
+                w = None if weights is None else weights[lo:hi]
                 mm = None if member_matrix is None else np.ascontiguousarray(member_matrix[:, lo:hi])
 
                 def work(start: int, stop: int, part=part, w=w, sums=sums, single=single, mm=mm,
