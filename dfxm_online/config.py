@@ -141,6 +141,10 @@ class DaemonConfig:
     #: MiB of the daemon's resident memory above which the warm pool keeps nothing (and gives
     #: its blocks back before the daemon grows); 0: no limit
     warm_pool_rss_limit_mb: int = 1792
+    #: rewrite a running scan's maps file in place, through a symbolic link swapped between
+    #: two hidden generation files (local file systems only; see publish/live_file.py):
+    #: ~0.05 s instead of ~0.9 s per 2048^2 publish. False: a new file renamed each time
+    live_in_place: bool = True
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def validate(self) -> None:

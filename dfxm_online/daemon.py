@@ -39,8 +39,9 @@ from .offline import mean_dark
 from .online import warm_memory
 from .online.accumulators.background import RunningMean
 from .online.pipeline import ScanPipeline
+from .publish.live_file import LiveMapsFile
 from .publish.metrics import Metrics, serve_http
-from .publish.nexus import ProcessInfo, maps_path, write_maps_file
+from .publish.nexus import ProcessInfo, maps_path
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class ScanWorker(threading.Thread):
         self._last_publish_cost = 0.0
         self._oldest_unpublished: float | None = None
         self._writer: threading.Thread | None = None  # the background write in flight
+        self.maps_file: LiveMapsFile | None = None  # set with the status
 
     # -- helpers ---------------------------------------------------------------------------
     def _stop_requested(self) -> bool:
@@ -185,8 +187,11 @@ class ScanWorker(threading.Thread):
         st = self.status
         default = default_map(self.geometry.motor_names) if self.geometry else ("dark" if st.dark else None)
         try:
-            write_maps_file(st.path, maps, info, default, self.geometry.title if self.geometry else "", axes,
-                            durable=info.state != "running")
+            title = self.geometry.title if self.geometry else ""
+            if info.state == "running":
+                self.maps_file.write(maps, info, default, title, axes)
+            else:
+                self.maps_file.finish(maps, info, default, title, axes, durable=True)
         except OSError as exc:
             self.d.metrics.publish_errors.inc()
             logger.error("scan %s: cannot write %s: %s", self.key, st.path, exc)
@@ -223,6 +228,7 @@ class ScanWorker(threading.Thread):
         session = getattr(scan, "session", None) or "no_session"
         path = maps_path(self.d.output_dir, session, scan.name, scan.number)
         self.status = ScanStatus(self.key, session, scan.name, int(scan.number), str(path))
+        self.maps_file = LiveMapsFile(path, in_place=None if self.d.config.live_in_place else False)
         self.d.register(self.status)
         try:
             self._process(scan)

@@ -63,6 +63,32 @@ class ProcessInfo:
 AxesSpec = Mapping[str, Sequence[tuple[str, np.ndarray]]]
 
 
+def file_array(values: np.ndarray) -> np.ndarray:
+    """A map as the file stores it: floating maps as float32 (what a viewer needs; half the
+    bytes of the float64 the accumulators compute in), C-contiguous."""
+    arr = np.asarray(values)
+    if arr.dtype.kind == "f":
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.ascontiguousarray(arr)
+
+
+def process_fields(info: ProcessInfo) -> dict[str, object]:
+    """The datasets of /entry/process, in file order."""
+    fields_ = {
+        "program": "dfxm-online",
+        "version": __version__,
+        "config": info.config,
+        "state": info.state,
+        "reason": info.reason,
+        "frames_processed": int(info.frames_processed),
+        "frames_expected": int(info.frames_expected),
+        "scan_key": info.scan_key,
+        "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    }
+    fields_.update(info.extra)
+    return fields_
+
+
 def _write(path: Path, maps: Mapping[str, np.ndarray], info: ProcessInfo, default: str | None,
            title: str, axes: AxesSpec) -> None:
     with h5py.File(path, "w") as f:
@@ -78,9 +104,7 @@ def _write(path: Path, maps: Mapping[str, np.ndarray], info: ProcessInfo, defaul
             nxdata = group.create_group(name)
             nxdata.attrs["NX_class"] = "NXdata"
             nxdata.attrs["signal"] = name
-            arr = np.asarray(values)
-            if arr.dtype.kind == "f":
-                arr = arr.astype(np.float32)
+            arr = file_array(values)
             dset = nxdata.create_dataset(name, data=arr)
             if arr.ndim == 2:
                 dset.attrs["interpretation"] = "image"
@@ -96,17 +120,28 @@ def _write(path: Path, maps: Mapping[str, np.ndarray], info: ProcessInfo, defaul
             select_default_plot(group[default])
         process = entry.create_group("process")
         process.attrs["NX_class"] = "NXprocess"
-        process["program"] = "dfxm-online"
-        process["version"] = __version__
-        process["config"] = info.config
-        process["state"] = info.state
-        process["reason"] = info.reason
-        process["frames_processed"] = int(info.frames_processed)
-        process["frames_expected"] = int(info.frames_expected)
-        process["scan_key"] = info.scan_key
-        process["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        for key, value in info.extra.items():
+        for key, value in process_fields(info).items():
             process[key] = value
+
+
+def rewrite_maps_file(path: str | Path, maps: Mapping[str, np.ndarray], info: ProcessInfo,
+                      axes: AxesSpec | None = None) -> None:
+    """Overwrite the values of a maps file written by `_write` with the same layout (same
+    maps, shapes, axes and process fields): no dataset is created, so the file's pages
+    are rewritten where they are. The caller makes sure no reader has the file open
+    (`publish/live_file.py`); this is not atomic for a reader that has."""
+    with h5py.File(path, "r+") as f:
+        group = f["entry/maps"]
+        for name, values in maps.items():
+            group[name][name].write_direct(file_array(values))
+        for name, spec in (axes or {}).items():
+            if name not in maps:  # as _write: axes of maps that are not written are ignored
+                continue
+            for axis_name, values in spec:
+                group[name][axis_name].write_direct(np.ascontiguousarray(values))
+        process = f["entry/process"]
+        for key, value in process_fields(info).items():
+            process[key][()] = value
 
 
 def write_maps_file(

@@ -1,0 +1,210 @@
+"""A running scan's maps file, rewritten in place rather than written anew each publish.
+
+Why: at 2048^2 a maps file holds ~300 MB of float32 maps. Written as a new file and renamed
+over the previous version (`write_maps_file`), a live publish cost 0.73-0.86 s of writing
+(every page of a new file is fresh page cache, which this VM faults in from the host) plus
+0.10-0.15 s for the rename (ext4 flushes a file renamed over another, `auto_da_alloc`).
+Rewriting the datasets of an existing file of the same layout cost 0.03-0.06 s (same
+process, alternating, 4 rounds each).
+
+How readers still never see a torn file: while the scan runs, the maps file's path is a
+symbolic link to one of the hidden *generation* files `.<name>.live<k>.h5` beside it. A
+publish rewrites a generation the link does not point to, then points the link at it (a new
+link renamed over the old one: atomic). A generation is rewritten only when no process has
+it open: the Linux write-lease test (`fcntl(F_SETLEASE, F_WRLCK)`) fails while any other
+file descriptor is open on the file, e.g. a viewer that opened the path before the last
+swap. Such a generation is unlinked instead (the reader keeps its version) and the publish
+writes a new one in full. Leases see only this machine's processes, and network file
+systems cache symbolic links on their clients, so in-place rewrites are used on local file
+systems only; elsewhere (NFS, GPFS, Lustre...) every publish writes a new file and renames
+it. The scan's final file is a regular file again, written anew, and the generations are
+removed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .nexus import AxesSpec, ProcessInfo, _write, process_fields, rewrite_maps_file, write_maps_file
+
+logger = logging.getLogger(__name__)
+
+#: file systems whose leases see every reader of a file (not network or cluster ones)
+LOCAL_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs"})
+
+
+def file_system_type(path: str | Path) -> str:
+    """Type of the file system holding `path` (from /proc/self/mounts; "" if unknown)."""
+    target = os.path.realpath(path)
+    best, fstype = "", ""
+    try:
+        with open("/proc/self/mounts") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                # mount points escape blanks as octal (\040)
+                mount = parts[1].encode().decode("unicode_escape")
+                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):
+                    best, fstype = mount, parts[2]
+    except OSError:
+        return ""
+    return fstype
+
+
+def rewrites_in_place(directory: str | Path) -> bool:
+    """Whether maps files in `directory` can be rewritten in place safely (see module doc)."""
+    return sys.platform.startswith("linux") and file_system_type(directory) in LOCAL_FILE_SYSTEMS
+
+
+def open_elsewhere(path: Path) -> bool:
+    """Whether any other file descriptor (any process, this one included) is open on
+    `path`: a write lease is granted only when there is none. Unsupported leases count as
+    open (the caller then writes a new file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError:
+        return True
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _layout(maps: Mapping[str, np.ndarray], info: ProcessInfo, default: str | None, title: str,
+            axes: AxesSpec) -> tuple:
+    """What must be equal for a file to be rewritten in place: every dataset's name, shape
+    and stored type, and the attributes (default plot, title). Strings may change: HDF5
+    keeps them in a heap and rewrites them in place."""
+    def spec(values: object) -> tuple:
+        arr = np.asarray(values)
+        return arr.shape, ("<f4" if arr.dtype.kind == "f" else arr.dtype.str)  # see file_array
+
+    map_specs = tuple((name, spec(values)) for name, values in maps.items())
+    axis_specs = tuple((name, tuple((a, np.shape(v), np.asarray(v).dtype.str) for a, v in axes[name]))
+                       for name in sorted(axes))
+    process = tuple((key, type(value).__name__, np.shape(value)) for key, value in process_fields(info).items())
+    return map_specs, axis_specs, process, default, title
+
+
+class LiveMapsFile:
+    """The maps file of one running scan (one writer at a time: the daemon's scan worker
+    or its writer thread)."""
+
+    def __init__(self, path: str | Path, in_place: bool | None = None) -> None:
+        self.path = Path(path)
+        #: None: decided on the first write (the folder may not exist yet)
+        self.in_place = in_place
+        self._layouts: dict[Path, tuple] = {}  # the generations this object wrote
+        self._count = 0
+        self._swept = False
+        self.rewrites = 0  # publishes done in place (for tests and logs)
+
+    # -- generations ---------------------------------------------------------------------
+    def _pattern(self) -> str:
+        return f".{self.path.name}.live*.h5"
+
+    def _active(self) -> Path | None:
+        try:
+            return self.path.parent / os.readlink(self.path)
+        except OSError:  # no file yet, or a regular file
+            return None
+
+    def _drop(self, generation: Path) -> None:
+        self._layouts.pop(generation, None)
+        generation.unlink(missing_ok=True)
+
+    def _sweep(self) -> None:
+        """Remove generations left by an earlier daemon (killed during this scan), except
+        the one the path still points to: the first swap makes it removable."""
+        active = self._active()
+        for stale in self.path.parent.glob(self._pattern()):
+            if stale not in self._layouts and stale != active:
+                stale.unlink(missing_ok=True)
+
+    def _reusable(self, layout: tuple) -> Path | None:
+        """A generation that can be rewritten in place; the others are unlinked."""
+        active = self._active()
+        found = None
+        for generation, known in list(self._layouts.items()):
+            if generation == active:
+                continue
+            if found is None and known == layout and not open_elsewhere(generation):
+                found = generation
+            else:
+                self._drop(generation)
+        return found
+
+    def _point_to(self, generation: Path) -> None:
+        link = self.path.with_name(f".{self.path.name}.link.{os.getpid()}.{threading.get_ident()}")
+        link.unlink(missing_ok=True)
+        os.symlink(generation.name, link)
+        try:
+            os.replace(link, self.path)
+        except BaseException:
+            link.unlink(missing_ok=True)
+            raise
+
+    # -- publishing ----------------------------------------------------------------------
+    def write(self, maps: Mapping[str, np.ndarray], info: ProcessInfo, default: str | None = None,
+              title: str = "", axes: AxesSpec | None = None) -> Path:
+        """Publish one live version of the maps (not fsync'ed: the next one replaces it)."""
+        axes = axes or {}
+        if self.in_place is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.in_place = rewrites_in_place(self.path.parent)
+        if not self.in_place:
+            return write_maps_file(self.path, maps, info, default, title, axes, durable=False)
+        if not self._swept:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._sweep()
+            self._swept = True
+        layout = _layout(maps, info, default, title, axes)
+        generation = self._reusable(layout)
+        try:
+            if generation is not None:
+                rewrite_maps_file(generation, maps, info, axes)
+                self.rewrites += 1
+            else:
+                self._count += 1
+                generation = self.path.with_name(f".{self.path.name}.live{self._count}.h5")
+                self._layouts[generation] = layout
+                _write(generation, maps, info, default, title, axes)
+            self._point_to(generation)
+        except BaseException:
+            if generation is not None:  # possibly torn: never point the path at it
+                self._drop(generation)
+            raise
+        return self.path
+
+    def finish(self, maps: Mapping[str, np.ndarray], info: ProcessInfo, default: str | None = None,
+               title: str = "", axes: AxesSpec | None = None, durable: bool = True) -> Path:
+        """The scan's last version: a regular file, written anew (and fsync'ed when
+        `durable`) and renamed over the link; then the generations go. If it cannot be
+        written, the path keeps pointing at the last live version."""
+        write_maps_file(self.path, maps, info, default, title, axes, durable=durable)
+        self.discard()
+        return self.path
+
+    def discard(self) -> None:
+        """Remove the generations the path does not point to."""
+        active = self._active()
+        for generation in list(self._layouts):
+            if generation != active:
+                self._drop(generation)
+        if self.in_place:
+            self._sweep()
