@@ -159,7 +159,7 @@ def test_two_scans_at_once_and_a_scan_started_before_the_daemon(make_daemon, red
 
 def test_maps_file_is_readable_while_being_rewritten(make_daemon, redis_url, tmp_path):
     daemon = make_daemon(DaemonConfig(publish_period=0.02))
-    errors, reads = [], []
+    errors, reads, links = [], [], []
     stop = threading.Event()
     spec = spec_for(tmp_path, kind="rocking", frame_rate=60, points=61, session="reader")
     path = tmp_path / "maps" / "reader" / "ascan_1.h5"
@@ -176,6 +176,7 @@ def test_maps_file_is_readable_while_being_rewritten(make_daemon, redis_url, tmp
                 with silx.io.open(str(path)) as f:
                     _ = f["entry/process/frames_processed"][()]
                 reads.append(state)
+                links.append(path.is_symlink())
             except Exception as exc:  # any error is a torn file
                 errors.append(repr(exc))
 
@@ -189,6 +190,10 @@ def test_maps_file_is_readable_while_being_rewritten(make_daemon, redis_url, tmp
     assert errors == []
     assert len(reads) > 20 and reads[0] == b"running" and reads[-1] == b"complete"
     assert not list(path.parent.glob(".*.tmp")), "temporary files left behind"
+    # live versions behind a link to a hidden generation file (rewritten in place); the last
+    # version is a regular file and the generations are gone
+    assert any(links) and not path.is_symlink()
+    assert not list(path.parent.glob(f".{path.name}.live*")), "live generations left behind"
 
 
 @pytest.mark.parametrize(
