@@ -284,6 +284,9 @@ class ScanWorker(threading.Thread):
         )
         source = LiveFrameSource(scan, geometry, config.analysis.batch_size, config.read_timeout,
                                  config.analysis.batch_delay)
+        if not st.dark and geometry.frame_shape and all(s > 0 for s in geometry.frame_shape):
+            # built now, before the first frame: its memory is faulted in meanwhile
+            self.pipeline = self._new_pipeline(geometry, tuple(geometry.frame_shape))
         self.publish("running")
         t_read = time.perf_counter()
         for batch in source.batches(self._stop_requested):
@@ -297,16 +300,9 @@ class ScanWorker(threading.Thread):
                     self.dark_mean = RunningMean(batch.frames[0].size)
                 self.dark_mean.update(batch.frames)
             else:
-                if self.pipeline is None:
-                    shape = tuple(batch.frames.shape[1:])
-                    dark = self.d.darks.latest_before(st.session, st.number)
-                    if dark is not None and dark.total.size != shape[0] * shape[1]:
-                        logger.warning("scan %s: the session's dark has another frame size; not used", self.key)
-                        dark = None
-                    self.pipeline = ScanPipeline(
-                        geometry, shape, config.analysis, dark, self.d.images,
-                        has_monitor=bool(geometry.monitor_stream),
-                    )
+                shape = tuple(batch.frames.shape[1:])
+                if self.pipeline is None or (not self.pipeline.frames_processed and self.pipeline.raw_shape != shape):
+                    self.pipeline = self._new_pipeline(geometry, shape)  # the announced shape was not the frames'
                 self.pipeline.update(batch.frames, batch.positions, batch.monitor)
             self.d.metrics.frames.inc(batch.frames.shape[0])
             self.d.metrics.batch_seconds.observe(time.perf_counter() - t0)
@@ -333,6 +329,18 @@ class ScanWorker(threading.Thread):
         else:
             self.publish("aborted", f"scan ended with {end_reason} after {processed} of {st.frames_expected} points")
         logger.info("scan %s done: %s, %d frames", self.key, self.status.state, processed)
+
+    def _new_pipeline(self, geometry: ScanGeometry, shape: tuple[int, ...]) -> ScanPipeline:
+        """The scan's pipeline for raw frames of `shape`, with the session's latest dark."""
+        st = self.status
+        dark = self.d.darks.latest_before(st.session, st.number)
+        if dark is not None and dark.total.size != shape[0] * shape[1]:
+            logger.warning("scan %s: the session's dark has another frame size; not used", self.key)
+            dark = None
+        pipeline = ScanPipeline(geometry, shape, self.d.config.analysis, dark, self.d.images,
+                                has_monitor=bool(geometry.monitor_stream))
+        pipeline.populate_in_background()
+        return pipeline
 
     def _end_reason(self, scan, timeout: float = 5.0) -> str:
         """The scan's end_reason (set at CLOSED, shortly after its streams are sealed)."""

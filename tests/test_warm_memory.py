@@ -129,3 +129,46 @@ def test_a_negative_cap_or_limit_is_refused():
         warm_memory.set_cap(-1)
     with pytest.raises(ValueError, match=">= 0"):
         warm_memory.set_cap(0, -1)
+
+
+def _resident_pages(array: np.ndarray) -> int:
+    """Pages of `array` in memory (mincore(2))."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    start = array.ctypes.data - array.ctypes.data % mmap.PAGESIZE
+    length = array.ctypes.data + array.nbytes - start
+    pages = (length + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * pages)()
+    assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), vec) == 0, ctypes.get_errno()
+    return sum(v & 1 for v in vec)
+
+
+def test_populate_faults_pages_in_and_leaves_values_alone():
+    fresh = np.zeros(64 << 17)  # 64 MB of untouched zero pages
+    before = _resident_pages(fresh)
+    assert warm_memory.populate(fresh)
+    assert _resident_pages(fresh) >= fresh.nbytes // 4096 > before
+    assert not fresh.any()
+    values = np.arange(3 << 17, dtype=np.float64)
+    view = values[1001:-7]  # not page-aligned at either end
+    assert warm_memory.populate(view)
+    np.testing.assert_array_equal(values, np.arange(3 << 17, dtype=np.float64))
+    assert warm_memory.populate(np.empty(0))
+
+
+def test_a_pipeline_populates_its_accumulators_in_the_background():
+    from dfxm_online.acquisition.geometry import MotorAxis, ScanGeometry
+    from dfxm_online.online.pipeline import ScanPipeline
+
+    axes = (MotorAxis("mu", -1.0, 1.0, 4), MotorAxis("chi", -1.0, 1.0, 3))
+    pipeline = ScanPipeline(ScanGeometry(axes, 12, "det"), (512, 512))
+    arrays = pipeline.state_arrays()
+    assert any(a is pipeline.moments.sums for a in arrays) and any(a is pipeline.edges.sums for a in arrays)
+    assert sum(a.nbytes for a in arrays) >= (15 + 8) * 512 * 512 * 8  # 15 power sums, 2x4 edge rows
+    before = [a.copy() for a in arrays]  # zeros, and -inf for the running maximum
+    pipeline.populate_in_background().join()
+    for array, values in zip(arrays, before):
+        assert _resident_pages(array) >= array.nbytes // 4096
+        np.testing.assert_array_equal(array, values)

@@ -19,9 +19,20 @@ reached 2.2-2.4 GB on a live 2048^2 Lima scan without it).
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import mmap
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import _warmpool
+
+logger = logging.getLogger(__name__)
+
+#: madvise(2) advice that faults pages in writable without changing them (Linux >= 5.14)
+MADV_POPULATE_WRITE = 23
+_libc: ctypes.CDLL | None = None
 
 
 @dataclass(frozen=True)
@@ -50,3 +61,28 @@ def install() -> None:
 
 def stats() -> PoolStats:
     return PoolStats(*_warmpool.stats())
+
+
+def populate(array: np.ndarray) -> bool:
+    """Fault `array`'s pages in now (writable), without touching its values.
+
+    Why: a new scan's accumulators (~0.8 GB at 2048^2, two motors) are zero pages until
+    written, and on the VMs measured here the first write to each costs a host-side fault:
+    the first update of a new pipeline took 1.26 s against 0.13 s for the next ones. Run on
+    another thread (ctypes releases the GIL) while the first frames are read, this moves
+    that cost off the worker; as the values are left alone, it is safe while the worker
+    already writes the same pages. Returns False where the kernel cannot (the pages then
+    fault on first use, as before).
+    """
+    global _libc
+    if array.nbytes == 0:
+        return True
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    start = array.ctypes.data
+    first = start - start % mmap.PAGESIZE  # madvise wants a page-aligned start
+    length = start + array.nbytes - first
+    ok = _libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(length), MADV_POPULATE_WRITE) == 0
+    if not ok:
+        logger.debug("madvise(MADV_POPULATE_WRITE) failed: errno %d", ctypes.get_errno())
+    return ok
