@@ -289,7 +289,10 @@ class ScanWorker(threading.Thread):
                                  config.analysis.batch_delay)
         if not st.dark and geometry.frame_shape and all(s > 0 for s in geometry.frame_shape):
             # built now, before the first frame: its memory is faulted in meanwhile
-            self.pipeline = self._new_pipeline(geometry, tuple(geometry.frame_shape))
+            try:
+                self.pipeline = self._new_pipeline(geometry, tuple(geometry.frame_shape))
+            except ScanError as exc:  # e.g. a "dark" step whose dark scan is still finishing
+                logger.debug("scan %s: pipeline built at the first frames instead: %s", self.key, exc)
         self.publish("running")
         t_read = time.perf_counter()
         for batch in source.batches(self._stop_requested):

@@ -124,6 +124,29 @@ def test_above_the_rss_limit_nothing_is_kept_and_pooled_blocks_go_back_first(cap
     assert evicted.pooled_bytes < 3 * MB
 
 
+def test_make_room_gives_pooled_blocks_back_for_memory_about_to_be_faulted_in(cap):
+    import psutil
+
+    cap(64 * MB)
+
+    def work():
+        warm_memory.install()
+        kept = [np.ones(MB // 8) for _ in range(4)]  # 4 x 1 MiB, touched
+        kept = None  # noqa: F841 - pooled
+        cap(64 * MB, psutil.Process().memory_info().rss + 24 * MB)
+        warm_memory.make_room(4 * MB)  # within the limit: nothing to give back
+        within = warm_memory.stats()
+        warm_memory.make_room(64 * MB)  # 64 MiB more would cross it: the pool goes first
+        crossing = warm_memory.stats()
+        return within, crossing
+
+    within, crossing = in_thread(work)
+    assert within.pooled_bytes == 4 * MB
+    assert crossing.pooled_bytes == 0
+    with pytest.raises(ValueError, match=">= 0"):
+        warm_memory.make_room(-1)
+
+
 def test_a_negative_cap_or_limit_is_refused():
     with pytest.raises(ValueError, match=">= 0"):
         warm_memory.set_cap(-1)

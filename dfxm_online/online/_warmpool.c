@@ -206,6 +206,25 @@ static PyObject *set_cap(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(make_room_doc,
+"make_room(nbytes)\n\nFree pooled blocks (oldest first) until the resident bytes plus `nbytes`\n"
+"are within the RSS limit: the caller is about to make that much memory resident without\n"
+"allocating it through the pool (faulting in arrays it already has).");
+
+static PyObject *make_room(PyObject *self, PyObject *args)
+{
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "n", &n)) return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "nbytes must be >= 0");
+        return NULL;
+    }
+    pthread_mutex_lock(&lock);
+    evict_over_limit((size_t)n);
+    pthread_mutex_unlock(&lock);
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(stats_doc, "stats() -> (pooled bytes, pooled blocks, cap, hits, misses, rss limit)");
 
 static PyObject *stats(PyObject *self, PyObject *noargs)
@@ -223,6 +242,7 @@ static PyMethodDef methods[] = {
     {"restore", restore, METH_O, restore_doc},
     {"set_cap", set_cap, METH_VARARGS, set_cap_doc},
     {"stats", stats, METH_NOARGS, stats_doc},
+    {"make_room", make_room, METH_VARARGS, make_room_doc},
     {NULL, NULL, 0, NULL},
 };
 

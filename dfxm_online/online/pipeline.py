@@ -118,6 +118,8 @@ class ScanPipeline:
 
         def run() -> None:
             for array in arrays:
+                # the pool's RSS limit sees allocations, not faults: keep within it here
+                warm_memory.make_room(array.nbytes)
                 if not warm_memory.populate(array):
                     return
 

@@ -61,6 +61,12 @@ def install() -> None:
     _warmpool.install()
 
 
+def make_room(nbytes: int) -> None:
+    """Give pooled blocks back until `nbytes` more resident memory stays within the RSS
+    limit: for memory made resident without an allocation the pool sees (`populate`)."""
+    _warmpool.make_room(int(nbytes))
+
+
 def stats() -> PoolStats:
     return PoolStats(*_warmpool.stats())
 
