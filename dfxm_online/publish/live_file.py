@@ -33,7 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .nexus import AxesSpec, ProcessInfo, _write, process_fields, rewrite_maps_file, write_maps_file
+from .nexus import (
+    AxesSpec,
+    ProcessInfo,
+    _write,
+    file_dtype,
+    process_fields,
+    rewrite_maps_file,
+    write_maps_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +98,8 @@ def _layout(maps: Mapping[str, np.ndarray], info: ProcessInfo, default: str | No
     """What must be equal for a file to be rewritten in place: every dataset's name, shape
     and stored type, and the attributes (default plot, title). Strings may change: HDF5
     keeps them in a heap and rewrites them in place."""
-    def spec(values: object) -> tuple:
-        arr = np.asarray(values)
-        return arr.shape, ("<f4" if arr.dtype.kind == "f" else arr.dtype.str)  # see file_array
-
-    map_specs = tuple((name, spec(values)) for name, values in maps.items())
+    map_specs = tuple((name, np.shape(values), file_dtype(np.asarray(values).dtype).str)
+                      for name, values in maps.items())
     axis_specs = tuple((name, tuple((a, np.shape(v), np.asarray(v).dtype.str) for a, v in axes[name]))
                        for name in sorted(axes))
     process = tuple((key, type(value).__name__, np.shape(value)) for key, value in process_fields(info).items())
@@ -111,7 +116,7 @@ class LiveMapsFile:
         self.in_place = in_place
         self._layouts: dict[Path, tuple] = {}  # the generations this object wrote
         self._count = 0
-        self._swept = False
+        self._started = False  # the first write sets the folder up
         self.rewrites = 0  # publishes done in place (for tests and logs)
 
     # -- generations ---------------------------------------------------------------------
@@ -164,15 +169,15 @@ class LiveMapsFile:
               title: str = "", axes: AxesSpec | None = None) -> Path:
         """Publish one live version of the maps (not fsync'ed: the next one replaces it)."""
         axes = axes or {}
-        if self.in_place is None:
+        if not self._started:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.in_place = rewrites_in_place(self.path.parent)
+            if self.in_place is None:
+                self.in_place = rewrites_in_place(self.path.parent)
+            if self.in_place:
+                self._sweep()
+            self._started = True
         if not self.in_place:
             return write_maps_file(self.path, maps, info, default, title, axes, durable=False)
-        if not self._swept:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._sweep()
-            self._swept = True
         layout = _layout(maps, info, default, title, axes)
         generation = self._reusable(layout)
         try:

@@ -63,13 +63,17 @@ class ProcessInfo:
 AxesSpec = Mapping[str, Sequence[tuple[str, np.ndarray]]]
 
 
+def file_dtype(dtype: np.dtype) -> np.dtype:
+    """The type a map of `dtype` is stored as: floating maps as float32 (what a viewer
+    needs; half the bytes of the float64 the accumulators compute in), others as they are."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype.kind == "f" else dtype
+
+
 def file_array(values: np.ndarray) -> np.ndarray:
-    """A map as the file stores it: floating maps as float32 (what a viewer needs; half the
-    bytes of the float64 the accumulators compute in), C-contiguous."""
+    """A map as the file stores it (`file_dtype`), C-contiguous."""
     arr = np.asarray(values)
-    if arr.dtype.kind == "f":
-        return np.ascontiguousarray(arr, dtype=np.float32)
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr, dtype=file_dtype(arr.dtype))
 
 
 def process_fields(info: ProcessInfo) -> dict[str, object]:
