@@ -27,7 +27,7 @@ setup(
             "dfxm_online.online._pixelmaps",
             sources=["dfxm_online/online/_pixelmaps.c"],
             depends=["dfxm_online/online/_buffers.h"],
-            extra_compile_args=["-O3", "-std=gnu11"],
+            extra_compile_args=["-O3", "-std=gnu11", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"],
         ),
         Extension(
             "dfxm_online.online._warmpool",

@@ -11,13 +11,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .acquisition.model import FWHM_PER_SIGMA
-from .online import _pixelmaps
+from .online import _pixelmaps, selection
 from .online.accumulators.moments import MomentSnapshot, PowerSums
 from .online.tiles import SNAPSHOT_PIXELS, for_each_tile
-
-#: pixels per tile of `moment_maps_of_sums`: its moments (11 float64 rows at two motors,
-#: 2.8 MB) stay in L2/L3 between the two compiled passes
-MAP_TILE_PIXELS = 32768
 
 
 def signal_mask(intensity: np.ndarray, min_fraction: float) -> np.ndarray:
@@ -26,11 +22,12 @@ def signal_mask(intensity: np.ndarray, min_fraction: float) -> np.ndarray:
     The reference level is the 99.5th percentile of the positive intensities (robust to a
     few hot pixels); pixels below `min_fraction` of it, or not positive, are masked.
     """
-    positive = intensity[np.isfinite(intensity) & (intensity > 0)]
-    if positive.size == 0:
+    # np.percentile of the finite positive values, read in place (selection.percentile: at
+    # 2048^2 ~0.02 s against ~0.035 s for the filtered copy and its partition)
+    reference = selection.percentile(intensity, 99.5, positive=True)
+    if np.isnan(reference):  # no positive value
         return np.zeros(intensity.shape, dtype=bool)
-    # `positive` is a copy already: partition it in place rather than copy it again
-    level = min_fraction * np.percentile(positive, 99.5, overwrite_input=True)
+    level = min_fraction * reference
     with np.errstate(invalid="ignore"):
         return (intensity > 0) & (intensity >= level)
 
@@ -105,23 +102,25 @@ def moment_maps_of_sums(
     shape: tuple[int, int],
     min_intensity_fraction: float = 0.05,
 ) -> dict[str, np.ndarray]:
-    """`moment_maps(moments.snapshot(offset), ...)`, bit for bit, made tile by tile.
+    """`moment_maps(moments.snapshot(offset), ...)`, bit for bit, straight from the sums.
 
     The full-size snapshot holds 11 float64 rows at two motors (352 MB at 2048^2) that
-    only feed the maps; here each pixel tile's moments live in a small array that the next
-    tile reuses, so a live publish allocates (and, on a VM, page-faults) only the maps.
+    only feed the maps; here one compiled pass per pixel range goes from each pixel's sums
+    to its maps with the moments in registers, so a live publish allocates (and, on a VM,
+    page-faults) only the maps. At 2048^2, two motors, 2 cores, warm, the maps after the
+    signal mask took 0.08 s made from 32k-pixel tiles of moments (a Python call and five
+    small arrays per tile) and 0.03 s in this pass.
     """
-    if offset is not None:  # once here, not once per tile
+    if offset is not None:  # once here, not once per range
         offset = np.ascontiguousarray(offset, dtype=np.float64).reshape(-1)
-    m = len(motor_names)
+    table, centre, scale = moments.conversion()
 
     def fill(valid: np.ndarray, out: list[np.ndarray], start: int, stop: int) -> None:
-        tile = _moment_arrays(moments.snapshot(offset, start, stop), m)
-        _pixelmaps.moment_maps(*tile, valid[start:stop], FWHM_PER_SIGMA, [o[start:stop] for o in out],
-                               0, stop - start)
+        _pixelmaps.moment_maps_of_sums(moments.sums, moments.weights, offset, table, centre, scale,
+                                       valid, FWHM_PER_SIGMA, out, start, stop)
 
     return _named_maps(moments.intensity(offset), motor_names, shape, min_intensity_fraction, fill,
-                       MAP_TILE_PIXELS)
+                       SNAPSHOT_PIXELS)
 
 
 def default_map(motor_names: Sequence[str]) -> str:

@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from .online import _pixelmaps
+from .online import _pixelmaps, selection
 from .online.tiles import SNAPSHOT_PIXELS, for_each_tile
 
 KEY_SIZE = 128
@@ -66,21 +66,21 @@ def _colour(
     return out.reshape(*shape, 3)
 
 
-def _robust_centre_scale(values: np.ndarray, centre: float | None) -> tuple[float, float]:
-    """Centre (default: median) and 99th percentile of |values - centre| (NaN-free input).
+def _robust_centre_scale(values: np.ndarray, other: np.ndarray, centre: float | None) -> tuple[float, float]:
+    """Centre (default: median) and 99th percentile of |values - centre|, over the pixels
+    where both `values` and `other` are finite.
 
-    `values` is a scratch copy: it is partitioned and overwritten in place (numpy's
-    `overwrite_input`: the same selection, bit for bit, without two more copies of the
-    values; both axes of a 2048^2 map in 0.087 s instead of 0.112 s).
+    Both statistics are read off the map in place (`selection`: the values numpy's median
+    and percentile give, without a filtered copy and its partitions; both axes of a 2048^2
+    map in ~0.03 s on two threads, against 0.05 s with numpy's partitions in place).
     A constant (or empty) axis carries no orientation information: its scale falls back to
     1 so the division is defined and that axis contributes no saturation.
     """
-    if values.size == 0:
-        return (0.0 if centre is None else centre), 1.0
     if centre is None:
-        centre = float(np.median(values, overwrite_input=True))
-    deviation = np.abs(np.subtract(values, centre, out=values), out=values)
-    scale = float(np.percentile(deviation, SCALE_PERCENTILE, overwrite_input=True))
+        centre = selection.median(values, finite_with=other)
+        if np.isnan(centre):  # no pixel with an orientation
+            return 0.0, 1.0
+    scale = selection.percentile(values, SCALE_PERCENTILE, finite_with=other, distance_to=centre)
     return centre, (scale if np.isfinite(scale) and scale > 0 else 1.0)
 
 
@@ -128,25 +128,20 @@ def mosaicity_rgb(
         raise ValueError(f"key_size must be positive, got {key_size}")
 
     ca, cb = (None, None) if centre is None else (float(centre[0]), float(centre[1]))
-    if scale is None or ca is None or cb is None:
-        valid = np.isfinite(a) & np.isfinite(b)
     if scale is None:  # robust half-range of the pixels that get a colour
-        # one axis per thread (numpy's partition releases the GIL): ~0.05 s at 2048^2
-        # instead of ~0.09 s one after the other
+        # one axis per thread (the compiled selection releases the GIL)
         stats = [(0.0, 0.0)] * 2
 
         def axis(i: int, _stop: int) -> None:
-            stats[i] = _robust_centre_scale((a, b)[i][valid], (ca, cb)[i])
+            stats[i] = _robust_centre_scale((a, b)[i], (b, a)[i], (ca, cb)[i])
 
         for_each_tile(2, axis, tile=1)
         (ca, sa), (cb, sb) = stats
     else:
         sa, sb = (float(s) for s in np.broadcast_to(np.asarray(scale, dtype=np.float64), (2,)))
         if ca is None or cb is None:
-            ca, cb = (
-                float(np.median(x[valid], overwrite_input=True)) if valid.any() else 0.0
-                for x in (a, b)
-            )
+            medians = (selection.median(x, finite_with=y) for x, y in ((a, b), (b, a)))
+            ca, cb = (0.0 if np.isnan(m) else m for m in medians)
     if not (np.isfinite([ca, cb, sa, sb]).all() and sa > 0 and sb > 0):
         raise ValueError(f"centre must be finite and scale positive, got {(ca, cb)}, {(sa, sb)}")
 

@@ -121,16 +121,19 @@ def test_moment_maps_without_motors_and_with_a_stricter_mask():
 
 
 @pytest.mark.parametrize("n_motors", [1, 2, 3])
-def test_maps_of_sums_tile_by_tile_equal_maps_of_the_whole_snapshot(n_motors):
-    # moment_maps_of_sums makes the maps from each pixel tile's moments (no full-size
-    # snapshot): bit-identical to the maps of the whole snapshot, over several tiles and a
-    # last partial one, with and without an offset, pixels without signal included
+def test_maps_of_sums_range_by_range_equal_maps_of_the_whole_snapshot(n_motors, monkeypatch):
+    # moment_maps_of_sums goes from each pixel's sums to its maps (no full-size snapshot):
+    # bit-identical to the maps of the whole snapshot, over several pixel ranges on the
+    # tile threads and a last partial one, with and without an offset, pixels without
+    # signal included
+    from dfxm_online import maps
     from dfxm_online.acquisition.geometry import MotorAxis
-    from dfxm_online.maps import MAP_TILE_PIXELS, moment_maps_of_sums
+    from dfxm_online.maps import moment_maps_of_sums
     from dfxm_online.online.accumulators.moments import PowerSums
 
-    shape = (190, 401)  # > 2 tiles, not a multiple of one
-    assert shape[0] * shape[1] > 2 * MAP_TILE_PIXELS and (shape[0] * shape[1]) % MAP_TILE_PIXELS
+    monkeypatch.setattr(maps, "SNAPSHOT_PIXELS", 32768)
+    shape = (190, 401)  # > 2 ranges, not a multiple of one
+    assert shape[0] * shape[1] > 2 * 32768 and (shape[0] * shape[1]) % 32768
     rng = np.random.default_rng(n_motors)
     axes = [MotorAxis(n, -1.0 - a, 1.0 + a, 5) for a, n in enumerate(NAMES[:n_motors])]
     ps = PowerSums(axes, shape[0] * shape[1])

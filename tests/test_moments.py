@@ -157,3 +157,29 @@ def test_float32_precision_within_its_stated_tolerance():
     np.testing.assert_allclose(b.mean[:, good], a.mean[:, good], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(b.cov[0, 0, good], a.cov[0, 0, good], rtol=1e-4)
     assert not np.array_equal(fast.sums, exact.sums)  # really a different computation
+
+
+def test_pooled_edge_mean_equals_its_numpy_expression_bit_for_bit():
+    # the compiled pass works a block of pixels and a group at a time (vectorized): the
+    # same expressions as the plain per-group numpy below, so the same values exactly,
+    # ties between group means (first lowest wins) and a last partial block included
+    from dfxm_online.online.accumulators.background import pooled_edge_mean
+
+    rng = np.random.default_rng(5)
+    for trial in range(30):
+        groups, pixels = int(rng.integers(1, 9)), int(rng.integers(1, 1500))
+        n = rng.integers(1, 20, groups).astype(np.float64)
+        frames = [rng.poisson(rng.uniform(5, 50), (int(c), pixels)).astype(np.float64) for c in n]
+        if trial % 3 == 0:
+            frames = [np.round(f / 10) for f in frames]  # equal group means
+        s = np.array([f.sum(axis=0) for f in frames])
+        q = np.array([(f * f).sum(axis=0) for f in frames])
+        means = s / n[:, None]
+        low = np.argmin(means, axis=0)
+        cols = np.arange(pixels)
+        m_low = means[low, cols]
+        var_low = np.maximum(q[low, cols] / n[low] - m_low * m_low, 0.0)
+        inside = means <= m_low + 3.0 * np.sqrt(var_low * (1.0 / n[low] + 1.0 / n[:, None]))
+        expected = np.where(inside, s, 0.0).sum(axis=0) / np.where(inside, n[:, None], 0.0).sum(axis=0)
+        got = pooled_edge_mean(list(s), list(q), n, 3.0)
+        np.testing.assert_array_equal(got, expected)

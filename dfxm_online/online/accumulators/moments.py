@@ -164,6 +164,26 @@ class PowerSums:
             return self.sums[i0].copy()
         return self.sums[i0] - self.weights[i0] * off
 
+    def conversion(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What the compiled passes need to turn the sums into moments (`index`, `centre`,
+        `scale` of `_pixelmaps.central_moments`): the rows of the constant, unit, pair,
+        cube and fourth-power monomials (-1 above the order), and the axes' centres and
+        steps."""
+        m = len(self.axes)
+        unit = np.eye(m, dtype=np.int64)
+
+        def index(exp: np.ndarray) -> int:
+            return self._index(exp) if exp.sum() <= self.order else -1
+
+        table = [index(np.zeros(m, np.int64))]
+        table += [index(unit[a]) for a in range(m)]
+        table += [index(unit[a] + unit[b]) for a in range(m) for b in range(m)]
+        table += [index(3 * unit[a]) for a in range(m)]
+        table += [index(4 * unit[a]) for a in range(m)]
+        centre = np.array([ax.centre for ax in self.axes], dtype=np.float64)
+        scale = np.array([ax.scale for ax in self.axes], dtype=np.float64)
+        return np.array(table, dtype=np.float64), centre, scale
+
     def snapshot(
         self, offset: np.ndarray | None = None, start: int = 0, stop: int | None = None
     ) -> MomentSnapshot:
@@ -178,19 +198,7 @@ class PowerSums:
         if not 0 <= start <= stop <= p:
             raise ValueError(f"pixel range {start}:{stop} outside 0:{p}")
         off = self._offset(offset)
-        unit = np.eye(m, dtype=np.int64)
-
-        def index(exp: np.ndarray) -> int:
-            return self._index(exp) if exp.sum() <= self.order else -1
-
-        table = [index(np.zeros(m, np.int64))]
-        table += [index(unit[a]) for a in range(m)]
-        table += [index(unit[a] + unit[b]) for a in range(m) for b in range(m)]
-        table += [index(3 * unit[a]) for a in range(m)]
-        table += [index(4 * unit[a]) for a in range(m)]
-        table = np.array(table, dtype=np.float64)
-        centre = np.array([ax.centre for ax in self.axes], dtype=np.float64)
-        scale = np.array([ax.scale for ax in self.axes], dtype=np.float64)
+        table, centre, scale = self.conversion()
         n = stop - start
         s0 = np.empty(n)
         mu = np.empty((m, n))

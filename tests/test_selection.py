@@ -1,0 +1,94 @@
+"""Exact order statistics read off a map in place, against numpy on the filtered copy."""
+
+import numpy as np
+import pytest
+
+from dfxm_online.online import _pixelmaps, selection
+
+
+def kept_values(v, finite_with, positive, distance_to):
+    keep = np.isfinite(v)
+    if finite_with is not None:
+        keep &= np.isfinite(finite_with)
+    if positive:
+        keep &= v > 0
+    kept = v[keep]
+    return kept if distance_to is None else np.abs(kept - distance_to)
+
+
+def maps(rng):
+    """Small maps of every awkward kind: ties, NaN/inf holes, constant, tiny, wide range."""
+    for trial in range(400):
+        n = int(rng.integers(1, 6)) if trial % 4 == 0 else int(rng.integers(0, 400))
+        v = rng.normal(size=n) * 10 ** rng.uniform(-3, 3)
+        kind = trial % 6
+        if kind == 1:
+            v = np.round(v)  # many ties
+        elif kind == 2:
+            v[rng.random(n) < 0.3] = np.nan
+        elif kind == 3:
+            v[rng.random(n) < 0.2] = np.inf
+            v[rng.random(n) < 0.1] = -np.inf
+        elif kind == 4:
+            v = np.full(n, 1.5)
+        elif kind == 5 and n:
+            v[0], v[-1] = -1e300, 1e300  # a range too wide for one double: one bin
+        other = rng.normal(size=n)
+        other[rng.random(n) < 0.1] = np.nan
+        yield v, other
+
+
+def same(a, b):
+    return a == b or (np.isnan(a) and np.isnan(b))
+
+
+def test_percentile_and_median_equal_numpy_bit_for_bit():
+    rng = np.random.default_rng(0)
+    checked = 0
+    for v, other in maps(rng):
+        for finite_with in (None, other):
+            for positive in (False, True):
+                for distance_to in (None, 0.3):
+                    kept = kept_values(v, finite_with, positive, distance_to)
+                    opts = dict(finite_with=finite_with, positive=positive, distance_to=distance_to)
+                    for q in (0, 0.5, 25, 50, 99, 99.5, 100, float(rng.uniform(0, 100))):
+                        ref = np.percentile(kept, q) if kept.size else np.nan
+                        assert same(selection.percentile(v, q, **opts), ref), (v, q, opts)
+                    ref = np.median(kept) if kept.size else np.nan
+                    assert same(selection.median(v, **opts), ref), (v, opts)
+                    checked += kept.size > 0
+    assert checked > 2000
+
+
+def test_full_size_map_with_a_hole_and_a_peaked_distribution():
+    # a 1024^2 COM-like map: most values in a narrow peak (thousands in a histogram bin),
+    # a block of NaN (no signal) and a few far outliers
+    rng = np.random.default_rng(1)
+    a = rng.normal(0.01, 1e-4, 1 << 20)
+    a[: 1 << 18] = np.nan
+    a[rng.integers(0, a.size, 50)] = 5.0
+    b = a + 1.0
+    kept = a[np.isfinite(a)]
+    centre = selection.median(a, finite_with=b)
+    assert centre == np.median(kept)
+    assert selection.percentile(a, 99, finite_with=b, distance_to=centre) == np.percentile(
+        np.abs(kept - centre), 99)
+    assert selection.percentile(a, 99.5, positive=True) == np.percentile(kept[kept > 0], 99.5)
+
+
+def test_the_inputs_are_left_untouched_and_bad_arguments_refused():
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=1000)
+    before = a.copy()
+    selection.median(a, distance_to=0.1)
+    selection.percentile(a, 10, positive=True)
+    np.testing.assert_array_equal(a, before)
+    with pytest.raises(ValueError, match="percentile"):
+        selection.percentile(a, 101)
+    with pytest.raises(ValueError, match="finite_with"):
+        selection.median(a, finite_with=a[:10])
+    lo, hi = np.empty(1), np.empty(1)
+    with pytest.raises(ValueError, match="fractions"):
+        _pixelmaps.order_statistics(a, None, False, np.nan, np.array([1.5]), lo, hi)
+    with pytest.raises(ValueError, match="ranks_of"):
+        _pixelmaps.order_statistics(a, None, False, np.nan, np.array([0.5]), np.empty(2), hi)
