@@ -41,7 +41,7 @@
  * a time, so that every loop is a plain loop over the block that GCC vectorizes. The
  * expressions are those of the pixel-by-pixel form (lowest group mean first on ties, its
  * variance, the k standard-error test, the pooled sums), hence the same values bit for
- * bit; 2048^2, 8 groups, 2 cores: 0.088 s that way, 0.0XX s this way. */
+ * bit; 2048^2, 8 groups, 2 cores: 0.088 s that way, 0.017 s this way. */
 TARGETS
 static void pooled_edge_loop(const double *const *s, const double *const *q, const double *n, Py_ssize_t G,
                              double k, double *out, Py_ssize_t start, Py_ssize_t stop)
@@ -345,7 +345,7 @@ done:
 /* pixel_moments then pixel_maps, the same expressions in the same order (so bit for bit the
  * same maps), but a block of pixels at a time, one quantity at a time: every loop below is
  * a plain loop over the block that GCC vectorizes, where the pixel-by-pixel form was scalar
- * (2048^2, two motors, one thread: 0.16 s that way, 0.0X s this way). */
+ * (2048^2, two motors, one thread: 0.16 s that way, 0.061 s this way; 2 threads 0.031 s). */
 static inline __attribute__((always_inline)) void maps_of_sums_range(
     const SumsSource *src, const Py_ssize_t M, const unsigned char *valid, const double fwhm_per_sigma,
     double **out, const Py_ssize_t start, const Py_ssize_t stop)
