@@ -140,10 +140,16 @@ typedef struct {
     double s0, mean[MAX_MOTORS], cov[MAX_MOTORS * MAX_MOTORS], m3[MAX_MOTORS], m4[MAX_MOTORS];
 } PixelMoments;
 
-/* Parse central_moments' `index` (float64 row numbers) into `idx` and set up `src`. */
-static int sums_source(SumsSource *src, Py_buffer *sv, Py_buffer *wv, Py_buffer *ofv, Py_buffer *iv,
-                       Py_buffer *cv, Py_buffer *scv, int64_t *idx)
+/* The sums, weights, offset (or None), index (float64 row numbers, parsed into `idx`),
+ * centre and scale arguments of central_moments and moment_maps_of_sums, into `src`. */
+static int sums_source(SumsSource *src, Held *h, PyObject *so, PyObject *wo, PyObject *oo, PyObject *io,
+                       PyObject *co, PyObject *sco, int64_t *idx)
 {
+    Py_buffer *sv = get(h, so, 2, "d", 0, "sums"), *wv, *iv, *cv, *scv, *ofv = NULL;
+    if (!sv || !(wv = get(h, wo, 1, "d", 0, "weights")) || !(iv = get(h, io, 1, "d", 0, "index")) ||
+        !(cv = get(h, co, 1, "d", 0, "centre")) || !(scv = get(h, sco, 1, "d", 0, "scale")))
+        return -1;
+    if (oo != Py_None && !(ofv = get(h, oo, 1, "d", 0, "offset"))) return -1;
     const Py_ssize_t R = sv->shape[0], M = cv->shape[0];
     if (M < 1 || M > MAX_MOTORS || scv->shape[0] != M || wv->shape[0] != R ||
         iv->shape[0] != 1 + M + M * M + 2 * M || (ofv && ofv->shape[0] != sv->shape[1])) {
@@ -224,18 +230,14 @@ static PyObject *central_moments(PyObject *self, PyObject *args)
         return NULL;
     Held h = {.n = 0};
     PyObject *result = NULL;
-    Py_buffer *sv = get(&h, so, 2, "d", 0, "sums"), *wv, *iv, *cv, *scv, *inv, *mv, *covv, *m3v, *m4v;
-    Py_buffer *ofv = NULL;
-    if (!sv || !(wv = get(&h, wo, 1, "d", 0, "weights")) || !(iv = get(&h, io, 1, "d", 0, "index")) ||
-        !(cv = get(&h, co, 1, "d", 0, "centre")) || !(scv = get(&h, sco, 1, "d", 0, "scale")) ||
-        !(inv = get(&h, into, 1, "d", 1, "intensity")) || !(mv = get(&h, mo, 2, "d", 1, "mean")) ||
+    SumsSource src;
+    int64_t idx[1 + MAX_MOTORS + MAX_MOTORS * MAX_MOTORS + 2 * MAX_MOTORS];
+    if (sums_source(&src, &h, so, wo, oo, io, co, sco, idx) < 0) goto done;
+    Py_buffer *inv, *mv, *covv, *m3v, *m4v;
+    if (!(inv = get(&h, into, 1, "d", 1, "intensity")) || !(mv = get(&h, mo, 2, "d", 1, "mean")) ||
         !(covv = get(&h, cvo, 3, "d", 1, "cov")) || !(m3v = get(&h, m3o, 2, "d", 1, "m3")) ||
         !(m4v = get(&h, m4o, 2, "d", 1, "m4")))
         goto done;
-    if (oo != Py_None && !(ofv = get(&h, oo, 1, "d", 0, "offset"))) goto done;
-    SumsSource src;
-    int64_t idx[1 + MAX_MOTORS + MAX_MOTORS * MAX_MOTORS + 2 * MAX_MOTORS];
-    if (sums_source(&src, sv, wv, ofv, iv, cv, scv, idx) < 0) goto done;
     const Py_ssize_t P = src.P, M = src.M;
     if (check_range(start, stop, P) < 0) goto done;
     /* outputs over all P pixels, or over the range only (Q = stop - start columns) */
@@ -461,15 +463,11 @@ static PyObject *moment_maps_of_sums(PyObject *self, PyObject *args)
     Held h = {.n = 0};
     PyObject *result = NULL;
     double *out[MAX_ROWS];
-    Py_buffer *sv = get(&h, so, 2, "d", 0, "sums"), *wv, *iv, *cv, *scv, *vv, *ofv = NULL;
-    if (!sv || !(wv = get(&h, wo, 1, "d", 0, "weights")) || !(iv = get(&h, io, 1, "d", 0, "index")) ||
-        !(cv = get(&h, co, 1, "d", 0, "centre")) || !(scv = get(&h, sco, 1, "d", 0, "scale")) ||
-        !(vv = get(&h, vo, 1, "?", 0, "valid")))
-        goto done;
-    if (oo != Py_None && !(ofv = get(&h, oo, 1, "d", 0, "offset"))) goto done;
     SumsSource src;
     int64_t idx[1 + MAX_MOTORS + MAX_MOTORS * MAX_MOTORS + 2 * MAX_MOTORS];
-    if (sums_source(&src, sv, wv, ofv, iv, cv, scv, idx) < 0) goto done;
+    if (sums_source(&src, &h, so, wo, oo, io, co, sco, idx) < 0) goto done;
+    Py_buffer *vv = get(&h, vo, 1, "?", 0, "valid");
+    if (!vv) goto done;
     const Py_ssize_t P = src.P, M = src.M;
     if (vv->shape[0] != P) {
         PyErr_SetString(PyExc_ValueError, "valid must have one entry per pixel");
