@@ -3,7 +3,7 @@ pyproject.toml).
 
 Plain C11 (with GCC vector extensions), no numpy headers: arrays come in through the buffer
 protocol. The one exception is _warmpool, a numpy memory handler, which needs numpy's C API
-(numpy is a build requirement for it). GCC builds _framesums for AVX-512, AVX2 and a generic x86-64 target and picks one
+(numpy is a build requirement for it). GCC builds _framesums and _pixelmaps's vectorized loops for AVX-512, AVX2 and a generic x86-64 target and picks one
 at load time (target_clones), so one build runs on any x86-64 machine at the speed of the one
 it runs on.
 """
