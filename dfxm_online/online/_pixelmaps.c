@@ -135,11 +135,6 @@ typedef struct {
     const int64_t *iu, *ip, *i3, *i4;
 } SumsSource;
 
-/* One pixel's intensity and central moments in motor units. */
-typedef struct {
-    double s0, mean[MAX_MOTORS], cov[MAX_MOTORS * MAX_MOTORS], m3[MAX_MOTORS], m4[MAX_MOTORS];
-} PixelMoments;
-
 /* The sums, weights, offset (or None), index (float64 row numbers, parsed into `idx`),
  * centre and scale arguments of central_moments and moment_maps_of_sums, into `src`. */
 static int sums_source(SumsSource *src, Held *h, PyObject *so, PyObject *wo, PyObject *oo, PyObject *io,
@@ -170,45 +165,6 @@ static int sums_source(SumsSource *src, Held *h, PyObject *so, PyObject *wo, PyO
         .i3 = idx + 1 + M + M * M, .i4 = idx + 1 + M + M * M + M,
     };
     return 0;
-}
-
-/* Pixel p's moments: raw sums minus offset * weights, to central moments (Horner forms of
- * the raw -> central conversion in step units, then scaled to motor units). */
-static inline __attribute__((always_inline)) void pixel_moments(const SumsSource *src, Py_ssize_t M,
-                                                                Py_ssize_t p, PixelMoments *pm)
-{
-    const Py_ssize_t P = src->P;
-    const double o = src->off ? src->off[p] : 0.0;
-#define RAW(row) (src->S[(row) * P + p] - src->W[row] * o)
-    const double s0 = RAW(src->i0);
-    pm->s0 = s0;
-    const double inv_s0 = s0 > 0 ? 1.0 / s0 : NAN;
-    double mu[MAX_MOTORS];
-    for (Py_ssize_t a = 0; a < M; a++) mu[a] = RAW(src->iu[a]) * inv_s0;
-    for (Py_ssize_t a = 0; a < M; a++) {
-        const double sa = src->scale[a];
-        for (Py_ssize_t b = a; b < M; b++) {
-            const double c = (RAW(src->ip[a * M + b]) * inv_s0 - mu[a] * mu[b]) * sa * src->scale[b];
-            pm->cov[a * M + b] = c;
-            pm->cov[b * M + a] = c;
-        }
-        const double x = mu[a], e2 = RAW(src->ip[a * M + a]) * inv_s0;
-        double e3 = NAN;
-        if (src->i3[a] >= 0) {
-            e3 = RAW(src->i3[a]) * inv_s0;
-            pm->m3[a] = (e3 - x * (3.0 * e2 - 2.0 * x * x)) * sa * sa * sa;
-        } else {
-            pm->m3[a] = NAN;
-        }
-        if (src->i4[a] >= 0) {
-            const double e4 = RAW(src->i4[a]) * inv_s0;
-            pm->m4[a] = (e4 - x * (4.0 * e3 - x * (6.0 * e2 - 3.0 * x * x))) * sa * sa * sa * sa;
-        } else {
-            pm->m4[a] = NAN;
-        }
-        pm->mean[a] = src->centre[a] + sa * x;
-    }
-#undef RAW
 }
 
 PyDoc_STRVAR(central_moments_doc,
@@ -248,19 +204,44 @@ static PyObject *central_moments(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "inconsistent shapes of the moment arrays");
         goto done;
     }
+    const double *S = src.S, *W = src.W, *off = src.off, *centre = src.centre, *scale = src.scale;
+    const int64_t i0 = src.i0, *iu = src.iu, *ip = src.ip, *i3 = src.i3, *i4 = src.i4;
     double *I = inv->buf, *mean = mv->buf, *cov = covv->buf, *m3 = m3v->buf, *m4 = m4v->buf;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t p = start; p < stop; p++) {
-        PixelMoments pm;
-        pixel_moments(&src, M, p, &pm);
+        const double o = off ? off[p] : 0.0;
         const Py_ssize_t q = p - base;  /* the output column */
-        I[q] = pm.s0;
+#define RAW(row) (S[(row) * P + p] - W[row] * o)
+        const double s0 = RAW(i0);
+        I[q] = s0;
+        const double inv_s0 = s0 > 0 ? 1.0 / s0 : NAN;
+        double mu[MAX_MOTORS];
+        for (Py_ssize_t a = 0; a < M; a++) mu[a] = RAW(iu[a]) * inv_s0;
         for (Py_ssize_t a = 0; a < M; a++) {
-            mean[a * Q + q] = pm.mean[a];
-            m3[a * Q + q] = pm.m3[a];
-            m4[a * Q + q] = pm.m4[a];
-            for (Py_ssize_t b = 0; b < M; b++) cov[(a * M + b) * Q + q] = pm.cov[a * M + b];
+            for (Py_ssize_t b = a; b < M; b++) {
+                const double c = (RAW(ip[a * M + b]) * inv_s0 - mu[a] * mu[b]) * scale[a] * scale[b];
+                cov[(a * M + b) * Q + q] = c;
+                cov[(b * M + a) * Q + q] = c;
+            }
+            /* Horner forms of the raw -> central conversion in step units, then scaled */
+            const double x = mu[a], e2 = RAW(ip[a * M + a]) * inv_s0;
+            const double sa = scale[a];
+            double e3 = NAN;
+            if (i3[a] >= 0) {
+                e3 = RAW(i3[a]) * inv_s0;
+                m3[a * Q + q] = (e3 - x * (3.0 * e2 - 2.0 * x * x)) * sa * sa * sa;
+            } else {
+                m3[a * Q + q] = NAN;
+            }
+            if (i4[a] >= 0) {
+                const double e4 = RAW(i4[a]) * inv_s0;
+                m4[a * Q + q] = (e4 - x * (4.0 * e3 - x * (6.0 * e2 - 3.0 * x * x))) * sa * sa * sa * sa;
+            } else {
+                m4[a * Q + q] = NAN;
+            }
+            mean[a * Q + q] = centre[a] + sa * x;
         }
+#undef RAW
     }
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
@@ -270,24 +251,6 @@ done:
 }
 
 /* ---- named maps of the moments ----------------------------------------------------------- */
-
-/* Pixel p's named maps from its moments (the order of maps._map_names). */
-static inline __attribute__((always_inline)) void pixel_maps(const PixelMoments *pm, Py_ssize_t M, int ok,
-                                                             double fwhm_per_sigma, double **out, Py_ssize_t p)
-{
-    for (Py_ssize_t a = 0; a < M; a++) {
-        const double var = pm->cov[a * M + a];
-        const int positive = ok && var > 0;
-        const double sd = sqrt(positive ? var : 0.0);  /* never < 0: sqrt stays inline */
-        out[4 * a][p] = ok ? pm->mean[a] : NAN;
-        out[4 * a + 1][p] = positive ? fwhm_per_sigma * sd : NAN;
-        out[4 * a + 2][p] = positive ? pm->m3[a] / (var * sd) : NAN;
-        out[4 * a + 3][p] = positive ? pm->m4[a] / (var * var) - 3.0 : NAN;
-    }
-    Py_ssize_t r = 4 * M;
-    for (Py_ssize_t a = 0; a < M; a++)
-        for (Py_ssize_t b = a + 1; b < M; b++) out[r++][p] = ok ? pm->cov[a * M + b] : NAN;
-}
 
 PyDoc_STRVAR(moment_maps_doc,
 "moment_maps(mean, cov, m3, m4, valid, fwhm_per_sigma, out, start, stop)\n\n"
@@ -325,14 +288,19 @@ static PyObject *moment_maps(PyObject *self, PyObject *args)
     const unsigned char *valid = vv->buf;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t p = start; p < stop; p++) {
-        PixelMoments pm;
+        const int ok = valid[p] != 0;
         for (Py_ssize_t a = 0; a < M; a++) {
-            pm.mean[a] = mean[a * P + p];
-            pm.m3[a] = m3[a * P + p];
-            pm.m4[a] = m4[a * P + p];
-            for (Py_ssize_t b = 0; b < M; b++) pm.cov[a * M + b] = cov[(a * M + b) * P + p];
+            const double var = cov[(a * M + a) * P + p];
+            const int positive = ok && var > 0;
+            const double sd = sqrt(positive ? var : 0.0);  /* never < 0: sqrt stays inline */
+            out[4 * a][p] = ok ? mean[a * P + p] : NAN;
+            out[4 * a + 1][p] = positive ? fwhm_per_sigma * sd : NAN;
+            out[4 * a + 2][p] = positive ? m3[a * P + p] / (var * sd) : NAN;
+            out[4 * a + 3][p] = positive ? m4[a * P + p] / (var * var) - 3.0 : NAN;
         }
-        pixel_maps(&pm, M, valid[p] != 0, fwhm_per_sigma, out, p);
+        Py_ssize_t r = 4 * M;
+        for (Py_ssize_t a = 0; a < M; a++)
+            for (Py_ssize_t b = a + 1; b < M; b++) out[r++][p] = ok ? cov[(a * M + b) * P + p] : NAN;
     }
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
@@ -344,8 +312,8 @@ done:
 /* Pixels per block of maps_of_sums_range: its rows of intermediates stay in L1. */
 #define MAPS_BLOCK 256
 
-/* pixel_moments then pixel_maps, the same expressions in the same order (so bit for bit the
- * same maps), but a block of pixels at a time, one quantity at a time: every loop below is
+/* central_moments then moment_maps, the same expressions in the same order (so bit for bit
+ * the same maps), but a block of pixels at a time, one quantity at a time: every loop below is
  * a plain loop over the block that GCC vectorizes, where the pixel-by-pixel form was scalar
  * (2048^2, two motors, one thread: 0.16 s that way, 0.061 s this way; 2 threads 0.031 s). */
 static inline __attribute__((always_inline)) void maps_of_sums_range(
