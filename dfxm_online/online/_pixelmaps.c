@@ -559,6 +559,33 @@ static inline __attribute__((always_inline)) void kam_kernel(
 #undef AT
 }
 
+/* kam_kernel with the dtype and map count constants, one clone per target (the row loops
+ * vectorize: at 2048^2, one COM map, 2 cores, 0.045 s for the generic build). */
+TARGETS
+static void kam_loop(const void *const *maps, int f32, Py_ssize_t M, Py_ssize_t H, Py_ssize_t W,
+                     const int64_t *off, Py_ssize_t K, double max_distance, double *out, Py_ssize_t start,
+                     Py_ssize_t stop, unsigned char *valid, Py_ssize_t y0, Py_ssize_t y1, double *total,
+                     int32_t *count)
+{
+#define KAM(F32, NM) kam_kernel(maps, F32, NM, H, W, off, K, max_distance, out, start, stop, valid, y0, y1, total, count)
+    if (f32) {
+        switch (M) {
+            case 1: KAM(1, 1); break;
+            case 2: KAM(1, 2); break;
+            case 3: KAM(1, 3); break;
+            default: KAM(1, M);
+        }
+    } else {
+        switch (M) {
+            case 1: KAM(0, 1); break;
+            case 2: KAM(0, 2); break;
+            case 3: KAM(0, 3); break;
+            default: KAM(0, M);
+        }
+    }
+#undef KAM
+}
+
 PyDoc_STRVAR(kam_rows_doc,
 "kam_rows(maps, offsets, max_distance, out, start, stop)\n\n"
 "For rows start <= y < stop: out[y, x] = mean distance sqrt(sum_m (map_m[y, x] -\n"
@@ -626,23 +653,7 @@ static PyObject *kam_rows(PyObject *self, PyObject *args)
     unsigned char *valid = (unsigned char *)(count + W);
     double *out = outv->buf;
     Py_BEGIN_ALLOW_THREADS
-#define KAM(F32, NM) kam_kernel(maps, F32, NM, H, W, off, K, max_distance, out, start, stop, valid, y0, y1, total, count)
-    if (f32) {
-        switch (M) {
-            case 1: KAM(1, 1); break;
-            case 2: KAM(1, 2); break;
-            case 3: KAM(1, 3); break;
-            default: KAM(1, M);
-        }
-    } else {
-        switch (M) {
-            case 1: KAM(0, 1); break;
-            case 2: KAM(0, 2); break;
-            case 3: KAM(0, 3); break;
-            default: KAM(0, M);
-        }
-    }
-#undef KAM
+    kam_loop(maps, f32, M, H, W, off, K, max_distance, out, start, stop, valid, y0, y1, total, count);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
