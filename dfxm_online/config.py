@@ -145,6 +145,11 @@ class DaemonConfig:
     #: two hidden generation files (local file systems only; see publish/live_file.py):
     #: ~0.05 s instead of ~0.9 s per 2048^2 publish. False: a new file renamed each time
     live_in_place: bool = True
+    #: generation files of finished scans kept (in <output-dir>/.dfxm-online-spares) for the
+    #: next scan of the same layout, so that a daemon in service rewrites warm files instead
+    #: of writing new ones (publish/spare_generations.py); each is the size of one maps
+    #: file. 0: none kept
+    live_spare_files: int = 2
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def validate(self) -> None:
@@ -154,6 +159,8 @@ class DaemonConfig:
             raise ConfigError("read_timeout must be > 0 seconds")
         if self.warm_pool_mb < 0:
             raise ConfigError("warm_pool_mb must be >= 0 (0 disables the pool)")
+        if self.live_spare_files < 0:
+            raise ConfigError("live_spare_files must be >= 0 (0 keeps none)")
         if self.warm_pool_rss_limit_mb < 0:
             raise ConfigError("warm_pool_rss_limit_mb must be >= 0 (0: no limit)")
         if not 0 <= self.metrics_port < 65536:

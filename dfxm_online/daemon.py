@@ -42,6 +42,7 @@ from .online.pipeline import ScanPipeline
 from .publish.live_file import LiveMapsFile
 from .publish.metrics import Metrics, serve_http
 from .publish.nexus import ProcessInfo, maps_path
+from .publish.spare_generations import SpareGenerations
 
 logger = logging.getLogger(__name__)
 
@@ -190,12 +191,18 @@ class ScanWorker(threading.Thread):
         """Write one version of the maps file (worker or writer thread)."""
         st = self.status
         default = default_map(self.geometry.motor_names) if self.geometry else ("dark" if st.dark else None)
+        t_write = time.perf_counter()
         try:
             title = self.geometry.title if self.geometry else ""
+            rewrites = self.maps_file.rewrites
             if info.state == "running":
                 self.maps_file.write(maps, info, default, title, axes)
             else:
                 self.maps_file.finish(maps, info, default, title, axes, durable=True)
+            logger.debug("scan %s: %s version, %d frames: snapshot %.3f s, %s %.3f s", self.key, info.state,
+                         info.frames_processed, t_write - t0,
+                         "rewrite" if self.maps_file.rewrites > rewrites else "new file",
+                         time.perf_counter() - t_write)
         except OSError as exc:
             self.d.metrics.publish_errors.inc()
             logger.error("scan %s: cannot write %s: %s", self.key, st.path, exc)
@@ -218,9 +225,17 @@ class ScanWorker(threading.Thread):
         try:
             self._run()
         finally:
+            # the daemon keeps its workers (their status, their key against a second
+            # worker for the scan), not their accumulators: ~0.4-0.8 GB per 2048^2 scan
+            self.pipeline = None
+            self.dark_mean = None
             self.d.metrics.active.dec()
             if self.status is not None:
                 self.d.metrics.scans.labels(self.status.state).inc()
+        if self.maps_file is not None and not self._stop_requested():
+            # the final file took one generation for good: copy a spare for the next scan
+            # now, while none of this scan's publishes waits
+            self.maps_file.replenish()
 
     def _run(self) -> None:
         try:
@@ -231,7 +246,8 @@ class ScanWorker(threading.Thread):
         session = getattr(scan, "session", None) or "no_session"
         path = maps_path(self.d.output_dir, session, scan.name, scan.number)
         self.status = ScanStatus(self.key, session, scan.name, int(scan.number), str(path))
-        self.maps_file = LiveMapsFile(path, in_place=None if self.d.config.live_in_place else False)
+        self.maps_file = LiveMapsFile(path, in_place=None if self.d.config.live_in_place else False,
+                                      spares=self.d.spares)
         self.d.register(self.status)
         try:
             self._process(scan)
@@ -368,6 +384,7 @@ class Daemon:
         self.images = load_images(self.config.analysis.images)  # once, not per scan
         self.metrics = Metrics()
         self.darks = DarkRegistry(mean_dark(self.config.dark) if self.config.dark else None)
+        self.spares = SpareGenerations(self.output_dir, self.config.live_spare_files)
         self.stop_event = threading.Event()
         self.workers: dict[str, ScanWorker] = {}
         self._status: OrderedDict[str, ScanStatus] = OrderedDict()
@@ -423,6 +440,8 @@ class Daemon:
             self._thread.join(timeout)
         for worker in list(self.workers.values()):
             worker.join(timeout)
+        if not any(w.is_alive() for w in self.workers.values()):
+            self.spares.clear()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

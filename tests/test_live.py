@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -267,3 +268,30 @@ def test_configured_dark_file_is_used_without_a_dark_scan(make_daemon, redis_url
     ref = reference_maps(result, dark_frames=dark_stack)
     valid = signal_mask(ref["intensity"], 0.05) & (ref["fwhm_mu"] > 0)
     assert_maps_match(maps, ref, valid)
+
+
+def test_consecutive_scans_reuse_the_spare_generations(make_daemon, redis_url, tmp_path):
+    daemon = make_daemon(DaemonConfig(publish_period=0.05))
+    finals = []
+    for n, seed in enumerate((3, 4)):
+        spec = spec_for(tmp_path / f"s{n}", kind="rocking", frame_rate=40, points=41, seed=seed, session="spares",
+                        number=n + 1)
+        result = simulate(redis_url, spec, keep_frames=True)
+        status = wait_done(daemon, result.scan_key)
+        assert status.state == "complete", status.reason
+        finals.append((status.path, result))
+    assert all(w.pipeline is None for w in daemon.workers.values())  # accumulators released
+    # the second scan rewrote the first one's generations (kept, then topped up, as spares)
+    assert daemon.spares.taken >= 2
+    spare_folder = tmp_path / "maps" / ".dfxm-online-spares"
+    assert len([p for p in spare_folder.iterdir() if p.suffix == ".h5"]) == 2
+    for path, result in finals:  # each final file still holds its own scan's maps
+        maps, process = read_maps_file(path)
+        assert process["frames_processed"] == len(result.positions) and process["scan_key"] == result.scan_key
+        ref = reference_maps(result)
+        valid = signal_mask(ref["intensity"], 0.05) & (ref["fwhm_mu"] > 0)
+        assert_maps_match(maps, ref, valid)
+        assert not Path(path).is_symlink()
+        assert not list(Path(path).parent.glob(".*.live*")), "live generations left behind"
+    daemon.stop()
+    assert list(spare_folder.iterdir()) == []  # a stopped daemon leaves no spare behind

@@ -126,7 +126,7 @@ def test_a_failed_rewrite_leaves_the_previous_version(tmp_path, monkeypatch):
     for k in range(3):
         live.write(version(k), info(k))
 
-    def disk_full(target, maps, info_, axes=None):  # writes part of the maps, then fails
+    def disk_full(target, maps, info_, axes=None, title=None):  # writes part of the maps, then fails
         with h5py.File(target, "r+") as f:
             f["entry/maps/intensity/intensity"][...] = -1
         raise OSError(28, "No space left on device")

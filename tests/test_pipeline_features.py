@@ -194,7 +194,9 @@ def test_live_lima_scan_with_accumulators_that_keep_frames(make_daemon, redis_ur
     stack = np.stack(rec.frames).astype(np.float64)
     np.testing.assert_allclose(maps["background_median"], np.median(stack[::3], axis=0), rtol=1e-6)
     np.testing.assert_allclose(maps["rolling_median"], np.median(stack[-3:], axis=0), rtol=1e-6)
-    assert daemon.workers[rec.scan_key].pipeline.retains_frames
+    worker = daemon.workers[rec.scan_key]
+    assert worker.pipeline is None  # a finished scan's accumulators are not kept
+    assert ScanPipeline(worker.geometry, (32, 28), analysis).retains_frames
     for names, retains in (([], False), (["projections"], False), (["pca"], True), (["minimum"], True)):
         pipe = ScanPipeline(daemon.workers[rec.scan_key].geometry, (32, 28), AnalysisConfig(accumulators=names))
         assert pipe.retains_frames is retains, names
