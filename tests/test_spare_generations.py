@@ -93,13 +93,26 @@ def test_another_layout_writes_its_own_files(tmp_path):
         other.write(version(k, bigger), info(k), "com_mu", "b", AXES)
         assert_version(other.path, k, bigger)
     assert other.rewrites == 1 and spares.taken == 0
-    # its own spare is laid in; the capacity bounds the total, the oldest went
+    # its own spare is laid in; the first layout's stay (capacity is per layout)
     assert spares.count(_layout(version(0, bigger), info(0), "com_mu", "b", AXES)) == 1
-    assert spares.count(layout_of()) == 1
+    assert spares.count(layout_of()) == 2
     # an untitled scan is another layout too (a title dataset cannot appear in place)
     untitled = LiveMapsFile(tmp_path / "ascan_3.h5", in_place=True, spares=spares)
     untitled.write(version(5), info(5), "com_mu", "", AXES)
     assert untitled.rewrites == 0 and spares.taken == 0
+
+
+def test_only_the_layouts_used_last_are_kept(tmp_path):
+    spares = SpareGenerations(tmp_path, capacity=2)
+    shapes = [(64, 48), (80, 48), (96, 48), (112, 48)]
+    for n, shape in enumerate(shapes):
+        scan = LiveMapsFile(tmp_path / f"ascan_{n}.h5", in_place=True, spares=spares)
+        for k in range(3):
+            scan.write(version(k, shape), info(k), "com_mu", "a", AXES)
+        scan.finish(version(3, shape), info(3, "complete"), "com_mu", "a", AXES)
+    counts = [spares.count(_layout(version(0, shape), info(0), "com_mu", "a", AXES)) for shape in shapes]
+    assert counts == [0, 2, 2, 2]
+    assert len(list((tmp_path / SPARE_FOLDER).iterdir())) == 6
 
 
 def test_a_spare_held_open_is_dropped_not_rewritten(tmp_path):
@@ -239,3 +252,15 @@ def test_a_final_version_with_other_maps_is_written_anew(tmp_path, state):
     assert maps == {} and process["state"] == state and not scan.path.is_symlink()
     assert generations(scan.path) == []
     assert spares.count(layout_of()) == 2  # the copy laid in, the last live version's generation
+
+
+def test_versions_without_maps_are_not_kept(tmp_path):
+    spares = SpareGenerations(tmp_path, capacity=2)
+    scan = LiveMapsFile(tmp_path / "ascan_1.h5", in_place=True, spares=spares)
+    for k in range(3):  # e.g. a scan whose frames never came
+        scan.write({}, info(k), None, "a")
+    scan.finish({}, ProcessInfo(state="failed", reason="no frame"), None, "a")
+    scan.replenish()
+    assert read_maps_file(scan.path)[1]["state"] == "failed"
+    assert generations(scan.path) == []
+    assert not (tmp_path / SPARE_FOLDER).exists()

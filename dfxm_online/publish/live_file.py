@@ -120,6 +120,12 @@ def _layout(maps: Mapping[str, np.ndarray], info: ProcessInfo, default: str | No
     return map_specs, axis_specs, process, default, bool(title)
 
 
+def _has_maps(layout: tuple) -> bool:
+    """Whether files of `layout` are worth keeping as spares (a version without maps, e.g.
+    before the first frame or of a failed scan, is a few kB: cheaper to write anew)."""
+    return bool(layout[0])
+
+
 class LiveMapsFile:
     """The maps file of one running scan (one writer at a time: the daemon's scan worker
     or its writer thread). `spares`: the daemon's pool of finished scans' generations,
@@ -229,7 +235,7 @@ class LiveMapsFile:
             if generation is not None:  # possibly torn: never point the path at it
                 self._drop(generation)
             raise
-        if fresh and self.spares is not None and self.spares.count(layout) == 0:
+        if fresh and self.spares is not None and _has_maps(layout) and self.spares.count(layout) == 0:
             self._lay_in(generation, layout)
         return self.path
 
@@ -283,7 +289,7 @@ class LiveMapsFile:
         for generation, layout in list(self._layouts.items()):
             if generation == active:
                 continue
-            if self.spares is not None and generation.exists():
+            if self.spares is not None and _has_maps(layout) and generation.exists():
                 self._layouts.pop(generation)
                 self.spares.give(generation, layout)
             else:
@@ -291,9 +297,9 @@ class LiveMapsFile:
         if self.in_place:
             self._sweep()
 
-    def replenish(self, count: int = 2) -> None:
-        """Top the spares up to `count` files of the final file's layout, copies of it
+    def replenish(self) -> None:
+        """Top the spares of the final file's layout up to their capacity with copies of it
         (after the scan: see `SpareGenerations.top_up`)."""
-        if self.spares is not None and self._final is not None and self.in_place:
+        if self.spares is not None and self._final is not None and self.in_place and _has_maps(self._final[0]):
             layout, signature = self._final
-            self.spares.top_up(layout, count, self.path, signature)
+            self.spares.top_up(layout, self.spares.capacity, self.path, signature)

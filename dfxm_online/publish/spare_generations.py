@@ -41,10 +41,14 @@ logger = logging.getLogger(__name__)
 SPARE_FOLDER = ".dfxm-online-spares"
 #: longest a scan waits for a spare of its layout that is being copied
 COPY_WAIT = 10.0
+#: layouts kept (the most recently used): e.g. a session's dark scans and its scans
+MAX_LAYOUTS = 3
 
 
 class SpareGenerations:
-    """At most `capacity` spare generation files, each with the layout it was written with.
+    """Spare generation files, each with the layout it was written with: at most
+    `capacity` per layout, for the MAX_LAYOUTS layouts used last (so that a dark scan's
+    small maps do not push out the spares of the scans around it).
 
     Thread-safe: every scan worker of the daemon shares one pool.
     """
@@ -53,6 +57,7 @@ class SpareGenerations:
         self.directory = Path(output_dir) / SPARE_FOLDER
         self.capacity = max(0, capacity)
         self._spares: list[tuple[Path, tuple]] = []  # oldest first
+        self._recent: list[tuple] = []  # layouts, the last used last
         self._copying: dict[tuple, int] = {}  # layout -> copies in flight
         self._names = itertools.count()
         self._cond = threading.Condition()
@@ -103,6 +108,7 @@ class SpareGenerations:
                         spare.unlink(missing_ok=True)
                         break
                     self.taken += 1
+                    self._used(layout)
                     return True
                 else:
                     remaining = deadline - time.monotonic()
@@ -126,13 +132,26 @@ class SpareGenerations:
                 generation.unlink(missing_ok=True)
                 return
             self._spares.append((spare, layout))
+            self._used(layout)
             self._trim()
             self._cond.notify_all()
 
+    def _used(self, layout: tuple) -> None:
+        if layout in self._recent:
+            self._recent.remove(layout)
+        self._recent.append(layout)
+        del self._recent[:-MAX_LAYOUTS]
+
     def _trim(self) -> None:
-        while len(self._spares) > self.capacity:
-            oldest, _ = self._spares.pop(0)
-            oldest.unlink(missing_ok=True)
+        """Remove the oldest spares beyond `capacity` per layout, and those of layouts no
+        longer among the recent ones."""
+        kept: list[tuple[Path, tuple]] = []
+        for spare, layout in reversed(self._spares):  # newest first
+            if layout in self._recent and sum(1 for _, k in kept if k == layout) < self.capacity:
+                kept.append((spare, layout))
+            else:
+                spare.unlink(missing_ok=True)
+        self._spares = kept[::-1]
 
     def top_up(self, layout: tuple, count: int, source: Path, signature: tuple) -> None:
         """Copy `source` (a finished scan's final file, of `layout`) as spares until `count`
@@ -179,6 +198,7 @@ class SpareGenerations:
                 self._copying.pop(layout, None)
                 if copied:
                     self._spares.append((target, layout))
+                    self._used(layout)
                     self._trim()
                 self._cond.notify_all()
         return copied
