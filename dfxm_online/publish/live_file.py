@@ -289,7 +289,7 @@ class LiveMapsFile:
         for generation, layout in list(self._layouts.items()):
             if generation == active:
                 continue
-            if self.spares is not None and _has_maps(layout) and generation.exists():
+            if self.spares is not None and _has_maps(layout):  # give() drops a missing file
                 self._layouts.pop(generation)
                 self.spares.give(generation, layout)
             else:
@@ -302,4 +302,4 @@ class LiveMapsFile:
         (after the scan: see `SpareGenerations.top_up`)."""
         if self.spares is not None and self._final is not None and self.in_place and _has_maps(self._final[0]):
             layout, signature = self._final
-            self.spares.top_up(layout, self.spares.capacity, self.path, signature)
+            self.spares.top_up(layout, self.path, signature)

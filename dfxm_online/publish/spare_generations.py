@@ -58,7 +58,7 @@ class SpareGenerations:
         self.capacity = max(0, capacity)
         self._spares: list[tuple[Path, tuple]] = []  # oldest first
         self._recent: list[tuple] = []  # layouts, the last used last
-        self._copying: dict[tuple, int] = {}  # layout -> copies in flight
+        self._copying: set[tuple] = set()  # layouts with a copy in flight
         self._names = itertools.count()
         self._cond = threading.Condition()
         self._swept = False
@@ -112,7 +112,7 @@ class SpareGenerations:
                     return True
                 else:
                     remaining = deadline - time.monotonic()
-                    if not self._copying.get(layout) or remaining <= 0:
+                    if layout not in self._copying or remaining <= 0:
                         return False
                     self._cond.wait(remaining)
 
@@ -153,9 +153,9 @@ class SpareGenerations:
                 spare.unlink(missing_ok=True)
         self._spares = kept[::-1]
 
-    def top_up(self, layout: tuple, count: int, source: Path, signature: tuple) -> None:
-        """Copy `source` (a finished scan's final file, of `layout`) as spares until `count`
-        spares of `layout` are held (at most `capacity`).
+    def top_up(self, layout: tuple, source: Path, signature: tuple) -> None:
+        """Copy `source` (a finished scan's final file, of `layout`) as spares until
+        `capacity` spares of `layout` are held.
 
         Called after a scan ends, on its worker: the copy allocates the pages that the
         scan's final file took for good, while no publish of that scan waits, and the
@@ -164,7 +164,7 @@ class SpareGenerations:
         program added to it) is not copied.
         """
         with self._cond:  # copies made now: a scan that takes spares meanwhile has its own
-            missing = min(count, self.capacity) - sum(1 for _, known in self._spares if known == layout)
+            missing = self.capacity - sum(1 for _, known in self._spares if known == layout)
         for _ in range(missing):
             if not self.copy_in(source, layout, signature):
                 return
@@ -175,9 +175,9 @@ class SpareGenerations:
         file changed during the copy (its `signature` differs), or the copy failed (full
         disk: logged in one line, the pool stays as it was)."""
         with self._cond:
-            if self.capacity == 0 or self._copying.get(layout):
+            if self.capacity == 0 or layout in self._copying:
                 return False
-            self._copying[layout] = 1
+            self._copying.add(layout)
             target = self._new_name()
         partial = target.with_suffix(".copying")
         copied = False
@@ -195,7 +195,7 @@ class SpareGenerations:
         finally:
             partial.unlink(missing_ok=True)
             with self._cond:
-                self._copying.pop(layout, None)
+                self._copying.discard(layout)
                 if copied:
                     self._spares.append((target, layout))
                     self._used(layout)
