@@ -57,15 +57,16 @@ def _named_maps(
     min_intensity_fraction: float,
     fill: Callable[[np.ndarray, list[np.ndarray], int, int], None],
     tile: int,
+    dtype: np.dtype | type = np.float64,
 ) -> dict[str, np.ndarray]:
     """The maps dict: intensity, then the moment maps that `fill(valid, out, start, stop)`
-    writes into the rows `out` for each pixel range (on the tile threads)."""
+    writes into the rows `out` (of `dtype`) for each pixel range (on the tile threads)."""
     valid = np.ascontiguousarray(signal_mask(intensity, min_intensity_fraction)).reshape(-1)
-    maps: dict[str, np.ndarray] = {"intensity": intensity.reshape(shape)}
+    maps: dict[str, np.ndarray] = {"intensity": intensity.reshape(shape).astype(dtype, copy=False)}
     if not motor_names:
         return maps
     names = _map_names(motor_names)
-    out = [np.empty(valid.size) for _ in names]
+    out = [np.empty(valid.size, dtype=dtype) for _ in names]
     for_each_tile(valid.size, lambda start, stop: fill(valid, out, start, stop), tile=tile)
     maps.update((name, values.reshape(shape)) for name, values in zip(names, out))
     return maps
@@ -101,8 +102,13 @@ def moment_maps_of_sums(
     motor_names: Sequence[str],
     shape: tuple[int, int],
     min_intensity_fraction: float = 0.05,
+    dtype: np.dtype | type = np.float64,
 ) -> dict[str, np.ndarray]:
     """`moment_maps(moments.snapshot(offset), ...)`, bit for bit, straight from the sums.
+
+    With `dtype` float32, the same maps rounded to float32 (computed in float64 and rounded
+    once when stored): what a maps file stores, at half the memory (a 2048^2 two-motor
+    snapshot holds 10 such maps: 160 MB instead of 320 MB).
 
     The full-size snapshot holds 11 float64 rows at two motors (352 MB at 2048^2) that
     only feed the maps; here one compiled pass per pixel range goes from each pixel's sums
@@ -120,7 +126,7 @@ def moment_maps_of_sums(
                                        valid, FWHM_PER_SIGMA, out, start, stop)
 
     return _named_maps(moments.intensity(offset), motor_names, shape, min_intensity_fraction, fill,
-                       SNAPSHOT_PIXELS)
+                       SNAPSHOT_PIXELS, dtype)
 
 
 def default_map(motor_names: Sequence[str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
+import pytest
 
 from dfxm_online.acquisition.simulate import REFERENCE_CURRENT, SimulationSpec, simulate
 from dfxm_online.config import AnalysisConfig, DaemonConfig
@@ -200,3 +201,30 @@ def test_live_lima_scan_with_accumulators_that_keep_frames(make_daemon, redis_ur
     for names, retains in (([], False), (["projections"], False), (["pca"], True), (["minimum"], True)):
         pipe = ScanPipeline(daemon.workers[rec.scan_key].geometry, (32, 28), AnalysisConfig(accumulators=names))
         assert pipe.retains_frames is retains, names
+
+
+@pytest.mark.parametrize("motors", [["mu"], ["mu", "chi"], ["mu", "chi", "omega"]])
+def test_float32_snapshot_is_the_float64_one_rounded(motors):
+    """The daemon's snapshots (float32, what the file stores) hold the float64 maps' values
+    rounded; KAM and mosaicity are made from the rounded COM maps."""
+    from dfxm_online.warmup import rehearsal_batches, rehearsal_geometry
+
+    shape = (70, 64)
+    geometry = rehearsal_geometry(shape, motors, 100)
+    pipeline = ScanPipeline(geometry, shape, AnalysisConfig(accumulators=["projections", "minimum"]))
+    for batch in rehearsal_batches(geometry, 32):
+        pipeline.update(batch.frames, batch.positions)
+    wide, single = pipeline.snapshot(), pipeline.snapshot(np.float32)
+    assert wide.keys() == single.keys() and {"kam", "sum", "background", "minimum"} <= set(single)
+    coms = [single[f"com_{m}"] for m in motors]
+    for name, values in single.items():
+        assert values.dtype == (np.float32 if wide[name].dtype.kind == "f" else wide[name].dtype), name
+        if name == "kam":
+            expected = kam(coms).astype(np.float32)
+        elif name in ("mosaicity", "mosaicity_key"):
+            rgb, key, _ = mosaicity_rgb(coms[0], coms[1])
+            expected = rgb if name == "mosaicity" else key
+        else:
+            expected = wide[name].astype(values.dtype)
+        np.testing.assert_array_equal(values, expected, err_msg=name)
+    assert np.isfinite(single["com_mu"]).any() and np.isnan(single["com_mu"]).any()

@@ -46,10 +46,11 @@ static Py_buffer *get(Held *h, PyObject *obj, int ndim, const char *fmt, int wri
     return v;
 }
 
-/* A sequence of float64 (P,) rows into `rows`; None entries give NULL when `allow_none`.
- * `*count` < 0: any number up to `max_rows`, set on return; otherwise exactly `*count`. */
-static int get_rows(Held *h, PyObject *list, double **rows, Py_ssize_t *count, Py_ssize_t max_rows,
-                    Py_ssize_t P, int writable, int allow_none, const char *name)
+/* A sequence of (P,) rows of format `fmt` ("d": float64, "f": float32) into `rows`; None
+ * entries give NULL when `allow_none`. `*count` < 0: any number up to `max_rows`, set on
+ * return; otherwise exactly `*count`. */
+static int get_rows_of(Held *h, PyObject *list, void **rows, Py_ssize_t *count, Py_ssize_t max_rows,
+                       Py_ssize_t P, int writable, int allow_none, const char *fmt, const char *name)
 {
     PyObject *seq = PySequence_Fast(list, "expected a sequence of arrays");
     if (!seq) return -1;
@@ -69,7 +70,7 @@ static int get_rows(Held *h, PyObject *list, double **rows, Py_ssize_t *count, P
             rows[i] = NULL;
             continue;
         }
-        Py_buffer *v = get(h, item, 1, "d", writable, name);
+        Py_buffer *v = get(h, item, 1, fmt, writable, name);
         if (!v) goto done;
         if (v->shape[0] != P) {
             PyErr_Format(PyExc_ValueError, "%s rows must have %zd pixels", name, P);
@@ -82,6 +83,13 @@ static int get_rows(Held *h, PyObject *list, double **rows, Py_ssize_t *count, P
 done:
     Py_DECREF(seq);
     return status;
+}
+
+/* get_rows_of for float64 rows. */
+static int get_rows(Held *h, PyObject *list, double **rows, Py_ssize_t *count, Py_ssize_t max_rows,
+                    Py_ssize_t P, int writable, int allow_none, const char *name)
+{
+    return get_rows_of(h, list, (void **)rows, count, max_rows, P, writable, allow_none, "d", name);
 }
 
 static int check_range(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t P)

@@ -318,10 +318,15 @@ done:
  * (2048^2, two motors, one thread: 0.16 s that way, 0.061 s this way; 2 threads 0.031 s). */
 static inline __attribute__((always_inline)) void maps_of_sums_range(
     const SumsSource *src, const Py_ssize_t M, const unsigned char *valid, const double fwhm_per_sigma,
-    double **out, const Py_ssize_t start, const Py_ssize_t stop)
+    double **out, float **fout, const Py_ssize_t start, const Py_ssize_t stop)
 {
     const Py_ssize_t P = src->P;
     const double *W = src->W;
+    const Py_ssize_t n_out = 4 * M + M * (M - 1) / 2;
+    /* float32 maps (`fout`, else `out` is float64): each block's maps are computed in
+     * float64 here and rounded once when stored, so they are the float64 maps' values cast */
+    double blk[4 * MAX_MOTORS + MAX_MOTORS * (MAX_MOTORS - 1) / 2][fout ? MAPS_BLOCK : 1];
+#define OUT(r) (fout ? blk[r] : out[r] + p0)
     for (Py_ssize_t p0 = start; p0 < stop; p0 += MAPS_BLOCK) {
         const Py_ssize_t n = stop - p0 < MAPS_BLOCK ? stop - p0 : MAPS_BLOCK;
         double o[MAPS_BLOCK], inv[MAPS_BLOCK], x[MAX_MOTORS][MAPS_BLOCK], var[MAPS_BLOCK], e2[MAPS_BLOCK],
@@ -349,7 +354,8 @@ static inline __attribute__((always_inline)) void maps_of_sums_range(
             for (Py_ssize_t b = a + 1; b < M; b++) {
                 const double *restrict s = ROW(src->ip[a * M + b]), w = W[src->ip[a * M + b]];
                 const double sb = src->scale[b];
-                double *restrict dst = out[r++] + p0;
+                double *restrict dst = OUT(r);
+                r++;
                 for (Py_ssize_t i = 0; i < n; i++) {
                     const double c = ((s[i] - w * o[i]) * inv[i] - x[a][i] * x[b][i]) * sa * sb;
                     dst[i] = ok[i] ? c : NAN;
@@ -362,8 +368,8 @@ static inline __attribute__((always_inline)) void maps_of_sums_range(
                     var[i] = (e2[i] - x[a][i] * x[a][i]) * sa * sa;
                 }
             }
-            double *restrict com = out[4 * a] + p0, *restrict fwhm = out[4 * a + 1] + p0;
-            double *restrict skew = out[4 * a + 2] + p0, *restrict kurt = out[4 * a + 3] + p0;
+            double *restrict com = OUT(4 * a), *restrict fwhm = OUT(4 * a + 1);
+            double *restrict skew = OUT(4 * a + 2), *restrict kurt = OUT(4 * a + 3);
             for (Py_ssize_t i = 0; i < n; i++) {
                 const double v = var[i];
                 const int positive = ok[i] & (v > 0);  /* no branch: the loop vectorizes */
@@ -399,18 +405,22 @@ static inline __attribute__((always_inline)) void maps_of_sums_range(
             }
         }
 #undef ROW
+        if (fout)
+            for (Py_ssize_t q = 0; q < n_out; q++)
+                for (Py_ssize_t i = 0; i < n; i++) fout[q][p0 + i] = (float)blk[q][i];
     }
+#undef OUT
 }
 
 /* maps_of_sums_range with the motor count a constant, so that the motor loops unroll. */
 TARGETS
 static void maps_of_sums_loop(const SumsSource *src, const unsigned char *valid, double fwhm_per_sigma,
-                              double **out, Py_ssize_t start, Py_ssize_t stop)
+                              double **out, float **fout, Py_ssize_t start, Py_ssize_t stop)
 {
     switch (src->M) {
-        case 1: maps_of_sums_range(src, 1, valid, fwhm_per_sigma, out, start, stop); break;
-        case 2: maps_of_sums_range(src, 2, valid, fwhm_per_sigma, out, start, stop); break;
-        default: maps_of_sums_range(src, 3, valid, fwhm_per_sigma, out, start, stop);
+        case 1: maps_of_sums_range(src, 1, valid, fwhm_per_sigma, out, fout, start, stop); break;
+        case 2: maps_of_sums_range(src, 2, valid, fwhm_per_sigma, out, fout, start, stop); break;
+        default: maps_of_sums_range(src, 3, valid, fwhm_per_sigma, out, fout, start, stop);
     }
 }
 
@@ -418,7 +428,8 @@ PyDoc_STRVAR(moment_maps_of_sums_doc,
 "moment_maps_of_sums(sums, weights, offset, index, centre, scale, valid, fwhm_per_sigma, out,\n"
 "                    start, stop)\n\n"
 "moment_maps of central_moments' moments, pixel by pixel, with no moment arrays in between:\n"
-"the same arithmetic, so the same maps bit for bit (arguments as those two functions').");
+"the same arithmetic, so the same maps bit for bit (arguments as those two functions').\n"
+"`out`: float64 rows, or float32 rows that get those maps' values rounded to float32.");
 
 static PyObject *moment_maps_of_sums(PyObject *self, PyObject *args)
 {
@@ -442,11 +453,27 @@ static PyObject *moment_maps_of_sums(PyObject *self, PyObject *args)
         goto done;
     }
     Py_ssize_t n_out = 4 * M + M * (M - 1) / 2;
-    if (get_rows(&h, outo, out, &n_out, MAX_ROWS, P, 1, 0, "out") < 0) goto done;
+    float *fout[MAX_ROWS];
+    int single = 0;  /* float32 rows */
+    {
+        PyObject *first = PySequence_Check(outo) && PySequence_Size(outo) > 0 ? PySequence_GetItem(outo, 0) : NULL;
+        Py_buffer view;
+        if (first && PyObject_GetBuffer(first, &view, PyBUF_FORMAT | PyBUF_ND) == 0) {
+            const char *f = view.format ? view.format : "B";
+            if (*f == '<' || *f == '=' || *f == '@') f++;
+            single = strcmp(f, "f") == 0;
+            PyBuffer_Release(&view);
+        }
+        Py_XDECREF(first);
+        PyErr_Clear();
+    }
+    if (get_rows_of(&h, outo, single ? (void **)fout : (void **)out, &n_out, MAX_ROWS, P, 1, 0,
+                    single ? "f" : "d", "out") < 0)
+        goto done;
     if (check_range(start, stop, P) < 0) goto done;
     const unsigned char *valid = vv->buf;
     Py_BEGIN_ALLOW_THREADS
-    maps_of_sums_loop(&src, valid, fwhm_per_sigma, out, start, stop);
+    maps_of_sums_loop(&src, valid, fwhm_per_sigma, single ? NULL : out, single ? fout : NULL, start, stop);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:

@@ -24,6 +24,7 @@
 #define NPY_TARGET_VERSION NPY_1_22_API_VERSION
 #include <numpy/arrayobject.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -196,6 +197,14 @@ static PyObject *set_cap(PyObject *self, PyObject *args)
     if (n < 0 || limit < 0) {
         PyErr_SetString(PyExc_ValueError, "the cap and the RSS limit must be >= 0 bytes");
         return NULL;
+    }
+    if (limit > 0) {
+        /* With an RSS limit, blocks of >= MIN_POOLED bytes are the pool's to keep or to give
+         * back: glibc must not keep them too. Its mmap threshold otherwise rises to the
+         * largest block freed (up to 32 MB), after which freed 1-32 MB blocks (float32 maps
+         * at 2048^2 are 16 MB) stay in its heap: after a 2048^2 two-motor rehearsal the daemon
+         * held 808 MiB resident with 352 MiB pooled, 513 MiB with this fixed threshold. */
+        mallopt(M_MMAP_THRESHOLD, (int)MIN_POOLED);
     }
     pthread_mutex_lock(&lock);
     cap = (size_t)n;
