@@ -111,22 +111,62 @@ def scrape(port: int, path: str) -> bytes:
 
 
 def warm_up(url: str, workdir: Path, out: Path, size: int, image_mode: str, pool: np.ndarray,
-            number: int) -> None:
-    """A scan of `size` frames processed to its final file by the running daemon."""
+            number: int, motors: int = 1) -> None:
+    """A scan of `size` frames (over two batches) processed to its final file by the
+    running daemon."""
     from blissdata.redis_engine.store import DataStore
 
-    n = 2 * AnalysisConfig().batch_size + 10
+    n = 140
+    specs, positions, title = scan_motors(n, motors)
     desc = ScanDescription(
-        session="warmup", number=number, name="ascan", title=f"ascan mu -1 1 {n - 1} 0.01",
+        session="warmup", number=number, name=title.split()[0], title=title,
         filename=workdir / "scans" / f"warmup_{number}.h5", detector="pco",
-        frame_shape=(size, size), npoints=n, motors=[("mu", -1.0, 1.0, n)],
+        frame_shape=(size, size), npoints=n, motors=specs,
     )
     pub = ScanPublisher(DataStore(url), desc, image_mode, frames_per_file=10)
     pub.start()
     for s in range(n):
-        pub.publish_points({"mu": np.array([-1 + 2 * s / (n - 1)])}, pool[s % len(pool)][None])
+        pub.publish_points({m[0]: positions[s : s + 1, i] for i, m in enumerate(specs)}, pool[s % len(pool)][None])
     pub.finish()
-    wait_state(out / "warmup" / f"ascan_{number}.h5", 300)
+    wait_state(out / "warmup" / f"{desc.name}_{number}.h5", 300)
+
+
+def scan_motors(n_frames: int, motors: int) -> tuple[list[tuple[str, float, float, int]], np.ndarray, str]:
+    """The motors of a benchmark scan (one: an ascan of mu; two: a mesh of mu, 20 points,
+    by chi), the (n_frames, motors) positions (mu fastest) and a BLISS-like title."""
+    if motors == 1:
+        specs = [("mu", -1.0, 1.0, n_frames)]
+        return specs, np.linspace(-1, 1, n_frames)[:, None], f"ascan mu -1 1 {n_frames - 1} 0.01"
+    n_mu = 20
+    n_chi = max(1, n_frames // n_mu)
+    if n_mu * n_chi != n_frames:
+        raise ValueError(f"a two-motor benchmark scan has a multiple of {n_mu} frames")
+    specs = [("mu", -1.0, 1.0, n_mu), ("chi", -2.0, 2.0, n_chi)]
+    mu, chi = np.meshgrid(np.linspace(-1, 1, n_mu), np.linspace(-2, 2, n_chi))
+    positions = np.stack([mu.reshape(-1), chi.reshape(-1)], axis=1)
+    return specs, positions, f"amesh mu -1 1 {n_mu - 1} chi -2 2 {n_chi - 1} 0.01"
+
+
+def write_warmup_config(workdir: Path, size: int, motors: list[str]) -> Path:
+    """A daemon configuration that rehearses a scan of this frame size and motors at start."""
+    path = workdir / f"warmup_{size}_{'_'.join(motors)}.toml"
+    names = ", ".join(f'"{m}"' for m in motors)
+    path.write_text(f"[warmup]\nframe_shape = [{size}, {size}]\nmotors = [{names}]\n")
+    return path
+
+
+def wait_warmup(port: int, timeout: float = 300.0) -> dict:
+    """The daemon's /status warm-up entry once it has ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            warmup = json.loads(scrape(port, "/status"))["warmup"]
+            if warmup["state"] not in ("pending", "running"):
+                return warmup
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("the daemon's warm-up did not end")
 
 
 def metric_sums(text: str) -> dict[str, float]:
@@ -176,14 +216,15 @@ class StatusWatch:
 DAEMON_ARGS: list[str] = []
 
 
-def start_daemon(url: str, out: Path, port: int, workdir: Path) -> subprocess.Popen:
+def start_daemon(url: str, out: Path, port: int, workdir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "dfxm_online.cli", "--log-level", "WARNING", "serve", "--redis", url,
-         "--output-dir", str(out), "--metrics-port", str(port), *DAEMON_ARGS], cwd=workdir,
+         "--output-dir", str(out), "--metrics-port", str(port), *extra, *DAEMON_ARGS], cwd=workdir,
     )
 
 
-def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: str, number: int) -> dict:
+def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: str, number: int,
+                     motors: int = 1) -> dict:
     """Publish pre-computed frames as fast as blissdata allows; the daemon runs as a process.
 
     Points go out in blocks of up to 4 MB of frames per blissdata entry (8 frames at 512^2,
@@ -201,36 +242,47 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
     that warm-up scan the daemon is paused (SIGSTOP) while the measured scan is published,
     then resumed; its rate is counted from the resume, its time split is the difference of
     its metrics. Modes "<array|lima>-warm": the same warm-up scan, then a live run.
+
+    Modes "<array|lima>-primed": a new daemon configured to rehearse a scan of this frame
+    size and motors at start-up (`[warmup]`), paused as in "-paused" once the rehearsal has
+    ended (its duration is reported): a new daemon's first scan, prepared for.
     """
     out = workdir / "maps"
     rng = np.random.default_rng(number)
     pool = rng.integers(90, 4000, size=(8, size, size), dtype=np.uint16)
     port = free_port()
     queued = mode.endswith("-queued")
-    paused = mode.endswith("-paused")
-    warm = paused or mode.endswith("-warm")
-    image_mode = mode.removesuffix("-queued").removesuffix("-paused").removesuffix("-warm")
-    daemon = None if queued else start_daemon(url, out, port, workdir)
+    primed = mode.endswith("-primed")
+    paused = mode.endswith("-paused") or primed
+    warm = mode.endswith("-paused") or mode.endswith("-warm")
+    image_mode = mode.split("-")[0]
+    specs, positions, title = scan_motors(n_frames, motors)
+    names = [m[0] for m in specs]
+    extra = ("--config", str(write_warmup_config(workdir, size, names))) if primed else ()
+    daemon = None if queued else start_daemon(url, out, port, workdir, *extra)
     peak = 0
     before: dict[str, float] = {}
+    rehearsal: dict = {}
     try:
         if daemon is not None:
             time.sleep(2.0)  # the daemon connects
+        if primed:
+            rehearsal = wait_warmup(port)
+            peak = psutil.Process(daemon.pid).memory_info().rss
         if warm:
-            warm_up(url, workdir, out, size, image_mode, pool, number)
+            warm_up(url, workdir, out, size, image_mode, pool, number, motors)
             before = metric_sums(scrape(port, "/metrics").decode())
         if paused:
             daemon.send_signal(signal.SIGSTOP)
         desc = ScanDescription(
-            session="bench", number=number, name="ascan", title=f"ascan mu -1 1 {n_frames - 1} 0.01",
+            session="bench", number=number, name=title.split()[0], title=title,
             filename=workdir / "scans" / f"bench_{number}.h5", detector="pco",
-            frame_shape=(size, size), npoints=n_frames, motors=[("mu", -1.0, 1.0, n_frames)],
+            frame_shape=(size, size), npoints=n_frames, motors=specs,
         )
         pub = ScanPublisher(__import__("blissdata.redis_engine.store", fromlist=["DataStore"]).DataStore(url),
                             desc, image_mode, frames_per_file=10)
         block = max(1, min(8, (4 << 20) // pool[0].nbytes))
         pub.start()
-        positions = np.linspace(-1, 1, n_frames)
         # a queued Lima scan's last file counts as closed only once the stream is sealed
         # (blissdata's rule), so its frames are read after `finish`: not counted here
         counted = n_frames - 10 if (queued or paused) and image_mode == "lima" else n_frames
@@ -238,7 +290,8 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
         t0 = time.monotonic()
         for s in range(0, n_frames, block):
             k = min(block, n_frames - s)
-            pub.publish_points({"mu": positions[s : s + k]}, pool[np.arange(s, s + k) % len(pool)])
+            pub.publish_points({m: positions[s : s + k, i] for i, m in enumerate(names)},
+                               pool[np.arange(s, s + k) % len(pool)])
             if daemon is not None and not paused and s % 8 < block:
                 peak = max(peak, psutil.Process(daemon.pid).memory_info().rss)
         t_pub = time.monotonic() - t0
@@ -258,7 +311,7 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
                 peak = max(peak, psutil.Process(daemon.pid).memory_info().rss)
                 time.sleep(0.02)
         pub.finish()
-        path = out / "bench" / f"ascan_{number}.h5"
+        path = out / "bench" / f"{desc.name}_{number}.h5"
         while True:
             peak = max(peak, psutil.Process(daemon.pid).memory_info().rss)
             try:
@@ -273,7 +326,8 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
         sums = metric_sums(scrape(port, "/metrics").decode())
         sums = {k: v - before.get(k, 0.0) for k, v in sums.items()}
         return {
-            "mode": mode, "size": size, "frames": n_frames, "per_entry": block,
+            "mode": mode, "size": size, "frames": n_frames, "motors": motors, "per_entry": block,
+            "rehearsal_s": rehearsal.get("seconds", float("nan")), "rehearsal": rehearsal.get("state", ""),
             "published_fps": n_frames / t_pub, "daemon_fps": counted / t_frames,
             "end_to_end_fps": n_frames / t_all, "final_maps_s": t_all - t_frames,
             "processed": int(process["frames_processed"]), "state": process["state"],
@@ -308,13 +362,14 @@ def _wait_final(path: Path, timeout: float) -> None:
 
 
 def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float, number: int,
-                  in_service: bool = False) -> dict:
+                  in_service: bool = False, primed: bool = False) -> dict:
     """Frame-to-published-map latency at `rate` frames/s: for each frame, the time from its
     publication to the first maps file that includes it (file polled every 5 ms).
 
     A new daemon's first scan, or with `in_service` a daemon that has processed a scan of
     the same size (published at full speed) just before: the start-up of a new daemon (its
-    fresh memory, first files) is most of a short scan's latency at 2048^2."""
+    fresh memory, first files) is most of a short scan's latency at 2048^2. With `primed`, a
+    new daemon that has rehearsed a scan of this size at start-up (`[warmup]`)."""
     import threading
 
     import h5py
@@ -322,12 +377,14 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
     out = workdir / "maps"
     rng = np.random.default_rng(number)
     pool = rng.integers(90, 4000, size=(8, size, size), dtype=np.uint16)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "dfxm_online.cli", "--log-level", "WARNING", "serve", "--redis", url,
-         "--output-dir", str(out), "--publish-period", "0.1", *DAEMON_ARGS], cwd=workdir,
-    )
+    port = free_port()
+    extra = ("--config", str(write_warmup_config(workdir, size, ["mu"]))) if primed else ()
+    daemon = start_daemon(url, out, port, workdir, "--publish-period", "0.1", *extra)
+    rehearsal: dict = {}
     try:
         time.sleep(2.0)
+        if primed:
+            rehearsal = wait_warmup(port)
         from blissdata.redis_engine.store import DataStore
 
         desc = ScanDescription(
@@ -385,7 +442,8 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
             if t_map is not None:
                 latencies.append(max(0.0, t_map - t_pub))
         lat = np.array(latencies)
-        return {"size": size, "rate": rate, "frames": n_frames, "in_service": in_service,
+        return {"size": size, "rate": rate, "frames": n_frames, "in_service": in_service, "primed": primed,
+                "rehearsal_s": rehearsal.get("seconds", float("nan")), "rehearsal": rehearsal.get("state", ""),
                 "p50": float(np.percentile(lat, 50)),
                 "p99": float(np.percentile(lat, 99)), "measured": len(lat)}
     finally:
@@ -430,47 +488,57 @@ def main() -> None:
               "publishing maps (snapshot + write; count). `-queued`: the whole scan published "
               "before a new daemon starts (the daemon alone, its memory fresh); `-paused`: the same "
               "in a daemon that has processed a scan of that size before, paused while the scan is "
-              "published (a daemon in service); `-warm`: that daemon, live.", "",
-              "| image stream | frame | frames | points per entry | published frames/s | daemon frames/s "
+              "published (a daemon in service); `-warm`: that daemon, live; `-primed`: a new daemon "
+              "that rehearsed a scan of that size and motors at start-up (`[warmup]`), paused like "
+              "`-paused` once the rehearsal ended. Peak RSS includes the rehearsal.", "",
+              "| image stream | frame | motors | frames | points per entry | published frames/s | daemon frames/s "
               "| end-to-end frames/s | final maps after last frame (s) | read / update / publish s (publishes) "
               "| processed | peak daemon RSS (MB) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         store = EmbeddedStore(Path(tmp) / "store")
         url = store.start()
         try:
-            runs = [(512, 1000, "array"), (512, 3000, "array-queued"), (size, 100, "array"),
-                    (size, 300, "array-queued"), (size, 100, "lima"), (size, 300, "lima"),
-                    (size, 300, "lima-queued"), (size, 300, "lima-paused"), (size, 300, "lima-warm"),
-                    (512, 3000, "array-paused")]
+            runs = [(512, 1000, "array", 1), (512, 3000, "array-queued", 1), (size, 100, "array", 1),
+                    (size, 300, "array-queued", 1), (size, 100, "lima", 1), (size, 300, "lima", 1),
+                    (size, 300, "lima-queued", 1), (size, 300, "lima-paused", 1), (size, 300, "lima-warm", 1),
+                    (size, 300, "lima-primed", 1), (size, 300, "lima", 2), (size, 300, "lima-queued", 2),
+                    (size, 300, "lima-paused", 2), (size, 300, "lima-primed", 2), (512, 3000, "array-paused", 1)]
             if args.quick:
-                runs = [(128, 100, "array"), (256, 50, "lima")]
-            if args.runs:
-                runs = [(int(sz), int(n), m) for m, sz, n in (r.split(":") for r in args.runs.split(","))]
+                runs = [(128, 100, "array", 1), (256, 60, "lima", 2), (256, 60, "lima-primed", 1)]
+            if args.runs:  # mode:size:frames[:motors]
+                runs = [(int(f[1]), int(f[2]), f[0], int(f[3]) if len(f) > 3 else 1)
+                        for f in (r.split(":") for r in args.runs.split(","))]
             if part not in (None, "e2e"):
                 runs = []
-            for number, (sz, n, mode) in enumerate(runs, start=1):
-                r = bench_end_to_end(url, Path(tmp), sz, n, mode, number)
+            for number, (sz, n, mode, motors) in enumerate(runs, start=1):
+                r = bench_end_to_end(url, Path(tmp), sz, n, mode, number, motors)
                 print(json.dumps(r), flush=True)
+                primed = f"; rehearsal {r['rehearsal_s']:.1f} s" if mode.endswith("-primed") else ""
                 lines.append(
-                    f"| {mode} | {sz}x{sz} | {n} | {r['per_entry']} | {r['published_fps']:.1f} | {r['daemon_fps']:.1f} "
+                    f"| {mode} | {sz}x{sz} | {motors} | {n} | {r['per_entry']} | {r['published_fps']:.1f} | {r['daemon_fps']:.1f} "
                     f"| {r['end_to_end_fps']:.1f} | {r['final_maps_s']:.2f} "
                     f"| {r['read_s']:.2f} / {r['update_s']:.2f} / {r['publish_s']:.2f} ({r['publishes']}) "
-                    f"| {r['processed']} ({r['state']}{': ' + r['reason'] if r['reason'] else ''}) | {r['peak_rss_mb']:.0f} |"
+                    f"| {r['processed']} ({r['state']}{': ' + r['reason'] if r['reason'] else ''}{primed}) "
+                    f"| {r['peak_rss_mb']:.0f} |"
                 )
             lines += ["", "## Frame-to-published-map latency (publish period 0.1 s)", "",
                       "New daemon: the scan is the daemon's first. In service: the daemon has processed "
-                      "a scan of the same size just before.", "",
+                      "a scan of the same size just before. Warmed up: a new daemon that rehearsed a "
+                      "scan of that size at start-up (`[warmup]`).", "",
                       "| frame | rate (frames/s) | frames | daemon | p50 (s) | p99 (s) |", "|---|---|---|---|---|---|"]
-            lat_runs = [(512, 100, False), (2048, 60, False), (2048, 60, True), (2048, 200, True)]
+            lat_runs = [(512, 100, "new"), (2048, 60, "new"), (2048, 60, "warmed up"), (2048, 60, "in service"),
+                        (2048, 200, "in service")]
             if args.quick:
-                lat_runs = [(128, 30, False)]
+                lat_runs = [(128, 30, "new"), (128, 30, "warmed up")]
             if part not in (None, "latency"):
                 lat_runs = []
-            for k, (sz, n, in_service) in enumerate(lat_runs, start=len(runs) + 1):
-                r = bench_latency(url, Path(tmp), sz, n, 10.0, k, in_service)
+            for k, (sz, n, daemon_kind) in enumerate(lat_runs, start=len(runs) + 1):
+                r = bench_latency(url, Path(tmp), sz, n, 10.0, k, daemon_kind == "in service",
+                                  daemon_kind == "warmed up")
                 print(json.dumps(r), flush=True)
-                daemon_kind = "in service" if in_service else "new"
+                if r["primed"]:
+                    daemon_kind += f" (rehearsal {r['rehearsal_s']:.1f} s)"
                 lines.append(f"| {sz}x{sz} | 10 | {r['frames']} | {daemon_kind} | {r['p50']:.3f} | {r['p99']:.3f} |")
         finally:
             store.stop()

@@ -1,7 +1,7 @@
 """One typed configuration for the daemon and offline processing, validated with clear messages.
 
-A TOML file (see services/dfxm-online.toml) with top-level daemon keys and an `[analysis]`
-table; command-line flags override the file. Unknown keys are errors, not silent typos.
+A TOML file (see services/dfxm-online.toml) with top-level daemon keys, an `[analysis]`
+table and a `[warmup]` table; command-line flags override the file. Unknown keys are errors, not silent typos.
 """
 
 from __future__ import annotations
@@ -122,6 +122,51 @@ class AnalysisConfig:
 
 
 @dataclass
+class WarmupConfig:
+    """A scan the daemon rehearses when it starts (`[warmup]`), so that its first real scan
+    runs at the pace of a daemon in service.
+
+    Why: a new daemon's first 2048^2 scan paid ~2-4 s for memory and files it touches for
+    the first time (the pipeline's arrays, the first snapshot's, two new maps files); the
+    next scans of the same size reuse them (see warmup.py and docs/operations.md). The
+    rehearsal runs synthetic frames of this shape through the real pipeline and maps file
+    path, then keeps what they allocated: the pooled arrays and the spare generation files
+    of that layout. It is skipped or cut short as soon as a real scan starts.
+    """
+
+    #: [height, width] of the detector frames as they arrive (before binning or ROI);
+    #: empty: no rehearsal
+    frame_shape: list[int] = field(default_factory=list)
+    #: the motors of the scans to prepare for (their names are part of the maps' names);
+    #: empty: analysis.motors
+    motors: list[str] = field(default_factory=list)
+    #: points of the rehearsed scan (0: three batches); the per-frame maps of the pca and
+    #: nmf accumulators have one value per point, so with those, the scans' usual length
+    points: int = 0
+
+    def enabled(self) -> bool:
+        return bool(self.frame_shape)
+
+    def validate(self, analysis: AnalysisConfig) -> None:
+        if not self.frame_shape:
+            return
+        if len(self.frame_shape) != 2 or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in self.frame_shape
+        ):
+            raise ConfigError(f"warmup.frame_shape={self.frame_shape!r}: expected [height, width] in pixels")
+        if not all(isinstance(m, str) and m for m in self.motors):
+            raise ConfigError(f"warmup.motors={self.motors!r}: expected a list of motor names")
+        motors = self.motors or analysis.motors or []
+        if not 1 <= len(motors) <= 3:
+            raise ConfigError("warmup.motors (or analysis.motors) must name the 1 to 3 motors of the scans")
+        if self.points < 0:
+            raise ConfigError("warmup.points must be >= 0 (0: three batches)")
+
+    def motor_names(self, analysis: AnalysisConfig) -> list[str]:
+        return list(self.motors or analysis.motors or [])
+
+
+@dataclass
 class DaemonConfig:
     """The daemon's own settings plus the analysis settings."""
 
@@ -151,6 +196,7 @@ class DaemonConfig:
     #: file. 0: none kept
     live_spare_files: int = 2
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
 
     def validate(self) -> None:
         if self.publish_period <= 0:
@@ -172,6 +218,7 @@ class DaemonConfig:
         except re.error as exc:
             raise ConfigError(f"dark_pattern={self.dark_pattern!r} is not a regex: {exc}") from None
         self.analysis.validate()
+        self.warmup.validate(self.analysis)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -183,7 +230,7 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
         if key not in known:
             raise ConfigError(f"unknown key {where}{key!r} (known: {', '.join(sorted(known))})")
         current = getattr(obj, key)
-        if isinstance(current, AnalysisConfig):
+        if isinstance(current, (AnalysisConfig, WarmupConfig)):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}{key} must be a table")
             _apply(current, value, f"{key}.")

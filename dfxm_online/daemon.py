@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -41,13 +42,19 @@ from .online.accumulators.background import RunningMean
 from .online.pipeline import ScanPipeline
 from .publish.live_file import LiveMapsFile
 from .publish.metrics import Metrics, serve_http
-from .publish.nexus import ProcessInfo, maps_path
+from .publish.nexus import ProcessInfo, file_dtype, maps_path
 from .publish.spare_generations import SpareGenerations
+from .warmup import rehearsal_batches, rehearsal_geometry
 
 logger = logging.getLogger(__name__)
 
 #: finished scans kept in /status
 STATUS_HISTORY = 200
+#: folder (in the output directory) of the start-up rehearsal's maps file, removed after it
+REHEARSAL_FOLDER = ".dfxm-online-rehearsal"
+#: seconds a scan waits at most for the rehearsal to let go of its memory (it stops
+#: between two frames or after the publish in progress: well under a second at 2048^2)
+REHEARSAL_WAIT = 10.0
 
 
 @dataclass
@@ -105,6 +112,7 @@ class ScanWorker(threading.Thread):
         self._oldest_unpublished: float | None = None
         self._writer: threading.Thread | None = None  # the background write in flight
         self.maps_file: LiveMapsFile | None = None  # set with the status
+        self.metrics = daemon.metrics
 
     # -- helpers ---------------------------------------------------------------------------
     def _stop_requested(self) -> bool:
@@ -119,7 +127,7 @@ class ScanWorker(threading.Thread):
                 raw = self.pipeline.raw_shape
                 if dark is not None and dark.total.size == raw[0] * raw[1]:
                     self.pipeline.set_dark(dark)
-            return self.pipeline.snapshot()
+            return self.pipeline.snapshot(file_dtype(np.float64))  # what the file stores: float32
         if self.dark_mean is not None and self.dark_mean.count:
             return {"dark": self.dark_mean.snapshot().reshape(self.dark_shape)}
         return {}
@@ -204,16 +212,16 @@ class ScanWorker(threading.Thread):
                          "rewrite" if self.maps_file.rewrites > rewrites else "new file",
                          time.perf_counter() - t_write)
         except OSError as exc:
-            self.d.metrics.publish_errors.inc()
+            self.metrics.publish_errors.inc()
             logger.error("scan %s: cannot write %s: %s", self.key, st.path, exc)
             if info.state != "running":
                 st.reason = f"maps file could not be written: {exc}"
                 st.state = "failed"
             return
         finally:
-            self.d.metrics.publish_seconds.observe(time.perf_counter() - t0)
+            self.metrics.publish_seconds.observe(time.perf_counter() - t0)
         if oldest is not None:
-            self.d.metrics.latency_seconds.observe(time.monotonic() - oldest)
+            self.metrics.latency_seconds.observe(time.monotonic() - oldest)
         st.state, st.reason = info.state, info.reason
         if info.state != "running":  # while running, the worker's own count is ahead of this one
             st.frames_processed = info.frames_processed
@@ -221,7 +229,7 @@ class ScanWorker(threading.Thread):
     # -- the scan --------------------------------------------------------------------------
     def run(self) -> None:
         warm_memory.install()  # this scan's snapshots reuse the previous ones' buffers
-        self.d.metrics.active.inc()
+        self.metrics.active.inc()
         try:
             self._run()
         finally:
@@ -229,9 +237,9 @@ class ScanWorker(threading.Thread):
             # worker for the scan), not their accumulators: ~0.4-0.8 GB per 2048^2 scan
             self.pipeline = None
             self.dark_mean = None
-            self.d.metrics.active.dec()
+            self.metrics.active.dec()
             if self.status is not None:
-                self.d.metrics.scans.labels(self.status.state).inc()
+                self.metrics.scans.labels(self.status.state).inc()
         if self.maps_file is not None and not self._stop_requested():
             # the final file took one generation for good: copy a spare for the next scan
             # now, while none of this scan's publishes waits
@@ -254,7 +262,7 @@ class ScanWorker(threading.Thread):
         except ScanError as exc:
             self._fail(str(exc))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self.d.metrics.store_errors.inc()
+            self.metrics.store_errors.inc()
             self._fail(f"data store unreachable: {exc}")
         except Exception as exc:
             logger.debug("scan %s traceback", self.key, exc_info=True)
@@ -274,6 +282,7 @@ class ScanWorker(threading.Thread):
 
     def _process(self, scan) -> None:
         self._wait_prepared(scan)
+        self.d.wait_warmup()  # its arrays and files are this scan's once it has let go
         info = scan.info
         st = self.status
         st.frames_expected = int(info.get("npoints") or 0)
@@ -313,7 +322,7 @@ class ScanWorker(threading.Thread):
         t_read = time.perf_counter()
         for batch in source.batches(self._stop_requested):
             t0 = time.perf_counter()
-            self.d.metrics.read_seconds.observe(t0 - t_read)
+            self.metrics.read_seconds.observe(t0 - t_read)
             if self._oldest_unpublished is None:
                 self._oldest_unpublished = time.monotonic()
             if st.dark:
@@ -326,8 +335,8 @@ class ScanWorker(threading.Thread):
                 if self.pipeline is None or (not self.pipeline.frames_processed and self.pipeline.raw_shape != shape):
                     self.pipeline = self._new_pipeline(geometry, shape)  # the announced shape was not the frames'
                 self.pipeline.update(batch.frames, batch.positions, batch.monitor)
-            self.d.metrics.frames.inc(batch.frames.shape[0])
-            self.d.metrics.batch_seconds.observe(time.perf_counter() - t0)
+            self.metrics.frames.inc(batch.frames.shape[0])
+            self.metrics.batch_seconds.observe(time.perf_counter() - t0)
             st.frames_processed += batch.frames.shape[0]
             if self.pipeline is None or not self.pipeline.retains_frames:
                 source.recycle(batch.frames)  # the next read reuses the memory
@@ -372,6 +381,89 @@ class ScanWorker(threading.Thread):
         return str(scan.info.get("end_reason", "UNKNOWN" if scan.state < ScanState.CLOSED else "SUCCESS"))
 
 
+class Rehearsal(ScanWorker):
+    """The scan a new daemon rehearses at start-up (`[warmup]`; the why: warmup.py).
+
+    The scan worker's own code on synthetic frames: pipeline built and faulted in, batches
+    accumulated, a version of the maps published after each batch, the final version; then
+    the final file and the generation files go to the spare folder and the arrays to the
+    warm pool, where the first real scan of that layout finds them. It stops as soon as a
+    real scan starts (which waits for it to let go), and a failure only costs the warm
+    start (one log line). Its frames and publishes are not the daemon's: they count in a
+    private `Metrics`, and its maps file, in a hidden folder, is removed.
+    """
+
+    def __init__(self, daemon: Daemon) -> None:
+        super().__init__(daemon, "warmup")
+        self.name = "warmup"
+        self.metrics = Metrics()
+        #: pending, running, done, cut short (a scan started), skipped, failed
+        self.state = "pending"
+        self.reason = ""
+        self.seconds = 0.0
+        self.done = threading.Event()
+
+    def _stop_requested(self) -> bool:
+        return self.d.stop_event.is_set() or bool(self.d.workers)
+
+    def describe(self) -> dict:
+        return {"state": self.state, "reason": self.reason, "seconds": round(self.seconds, 3)}
+
+    def run(self) -> None:
+        warm_memory.install()  # what the rehearsal frees stays in the pool
+        t0 = time.monotonic()
+        folder = self.d.output_dir / REHEARSAL_FOLDER
+        outcome = "skipped"
+        try:
+            if not self._stop_requested():
+                self.state = "running"
+                self._rehearse(folder / "rehearsal.h5")
+                outcome = "cut short" if self._stop_requested() else "done"
+        except Exception as exc:
+            outcome, self.reason = "failed", " ".join(f"{type(exc).__name__}: {exc}".split())
+            logger.debug("warm-up traceback", exc_info=True)
+        finally:
+            self.pipeline = None
+            if self.maps_file is not None:
+                self.maps_file.discard()
+            shutil.rmtree(folder, ignore_errors=True)
+            # the outcome only once everything is in place: /status readers wait for it
+            self.seconds = time.monotonic() - t0
+            self.state = outcome
+            self.done.set()
+        if self.state == "failed":
+            logger.warning("warm-up failed after %.1f s: %s; the first scan starts cold", self.seconds,
+                           self.reason)
+        else:
+            logger.info("warm-up %s after %.1f s (warm pool: %d MiB)", self.state, self.seconds,
+                        warm_memory.stats().pooled_bytes >> 20)
+
+    def _rehearse(self, path: Path) -> None:
+        warmup, analysis = self.d.config.warmup, self.d.config.analysis
+        geometry = rehearsal_geometry(warmup.frame_shape, warmup.motor_names(analysis),
+                                      warmup.points or 3 * analysis.batch_size, analysis.monitor)
+        self.geometry = geometry
+        self.status = ScanStatus(self.key, "", "rehearsal", 0, str(path), frames_expected=geometry.npoints)
+        self.maps_file = LiveMapsFile(path, in_place=None if self.d.config.live_in_place else False,
+                                      spares=self.d.spares)
+        self.pipeline = self._new_pipeline(geometry, geometry.frame_shape)
+        self.publish("running")  # no maps yet, as a real scan's first version
+        for batch in rehearsal_batches(geometry, analysis.batch_size, self._stop_requested):
+            self.pipeline.update(batch.frames, batch.positions, batch.monitor)
+            self.status.frames_processed += len(batch.frames)
+            if self._stop_requested():
+                return
+            self.publish("running")
+        if self._stop_requested():
+            return
+        self.pipeline.finish()
+        self.publish("complete")
+        if self.status.state != "complete":
+            raise OSError(self.status.reason or "the final maps file was not written")
+        self.maps_file.replenish()  # the spares of this layout up to their capacity
+        path.unlink(missing_ok=True)
+
+
 class Daemon:
     """Follows the store at `redis_url` and writes maps under `output_dir`."""
 
@@ -393,6 +485,7 @@ class Daemon:
         self._http = None
         self.store: DataStore | None = None
         self.ready = threading.Event()  # set once the listener follows the store
+        self.rehearsal: Rehearsal | None = None  # the start-up warm-up, when configured
 
     # -- status ----------------------------------------------------------------------------
     def register(self, status: ScanStatus) -> None:
@@ -407,8 +500,9 @@ class Daemon:
     def status(self) -> dict:
         with self._lock:
             scans = {k: vars(v).copy() for k, v in self._status.items()}
+        warmup = self.rehearsal.describe() if self.rehearsal is not None else {"state": "off"}
         return {"redis_url": self.redis_url, "output_dir": str(self.output_dir),
-                "store_connected": self.ready.is_set(), "scans": scans}
+                "store_connected": self.ready.is_set(), "warmup": warmup, "scans": scans}
 
     def scan_status(self, key: str) -> ScanStatus | None:
         with self._lock:
@@ -419,6 +513,9 @@ class Daemon:
         """Run the listener in a background thread (tests, demo); see also `run`."""
         if self.config.metrics_port:
             self._http = serve_http(self.config.metrics_port, self.metrics, self.status)
+        if self.config.warmup.enabled():
+            self.rehearsal = Rehearsal(self)
+            self.rehearsal.start()
         self._thread = threading.Thread(target=self._listen, name="dfxm-listener", daemon=True)
         self._thread.start()
         return self
@@ -438,14 +535,21 @@ class Daemon:
         self.stop_event.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        for worker in list(self.workers.values()):
+        for worker in [*self.workers.values(), *([self.rehearsal] if self.rehearsal else [])]:
             worker.join(timeout)
-        if not any(w.is_alive() for w in self.workers.values()):
+        if not any(w.is_alive() for w in self.workers.values()) and not self._rehearsing():
             self.spares.clear()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+    def _rehearsing(self) -> bool:
+        return self.rehearsal is not None and self.rehearsal.is_alive()
+
+    def wait_warmup(self, timeout: float = REHEARSAL_WAIT) -> bool:
+        """Wait until the start-up rehearsal (if any) has ended; False if it still runs."""
+        return self.rehearsal is None or self.rehearsal.done.wait(timeout)
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Wait until every started scan worker has finished (tests, demo)."""
