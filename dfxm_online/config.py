@@ -156,8 +156,7 @@ class WarmupConfig:
             raise ConfigError(f"warmup.frame_shape={self.frame_shape!r}: expected [height, width] in pixels")
         if not all(isinstance(m, str) and m for m in self.motors):
             raise ConfigError(f"warmup.motors={self.motors!r}: expected a list of motor names")
-        motors = self.motors or analysis.motors or []
-        if not 1 <= len(motors) <= 3:
+        if not 1 <= len(self.motor_names(analysis)) <= 3:
             raise ConfigError("warmup.motors (or analysis.motors) must name the 1 to 3 motors of the scans")
         if self.points < 0:
             raise ConfigError("warmup.points must be >= 0 (0: three batches)")

@@ -535,17 +535,15 @@ class Daemon:
         self.stop_event.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        for worker in [*self.workers.values(), *([self.rehearsal] if self.rehearsal else [])]:
+        workers = [*self.workers.values(), *([self.rehearsal] if self.rehearsal else [])]
+        for worker in workers:
             worker.join(timeout)
-        if not any(w.is_alive() for w in self.workers.values()) and not self._rehearsing():
+        if not any(w.is_alive() for w in workers):
             self.spares.clear()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
-
-    def _rehearsing(self) -> bool:
-        return self.rehearsal is not None and self.rehearsal.is_alive()
 
     def wait_warmup(self, timeout: float = REHEARSAL_WAIT) -> bool:
         """Wait until the start-up rehearsal (if any) has ended; False if it still runs."""

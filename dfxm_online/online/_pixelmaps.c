@@ -459,9 +459,7 @@ static PyObject *moment_maps_of_sums(PyObject *self, PyObject *args)
         PyObject *first = PySequence_Check(outo) && PySequence_Size(outo) > 0 ? PySequence_GetItem(outo, 0) : NULL;
         Py_buffer view;
         if (first && PyObject_GetBuffer(first, &view, PyBUF_FORMAT | PyBUF_ND) == 0) {
-            const char *f = view.format ? view.format : "B";
-            if (*f == '<' || *f == '=' || *f == '@') f++;
-            single = strcmp(f, "f") == 0;
+            single = strcmp(format_of(&view), "f") == 0;
             PyBuffer_Release(&view);
         }
         Py_XDECREF(first);
