@@ -70,6 +70,12 @@ def bench_accumulators(size: int, n_frames: int, batch: int) -> list[tuple[str, 
     pipe = ScanPipeline(ScanGeometry(axes, n_frames, "det"), (size, size))
     rows.append(("ScanPipeline.update, defaults (moments + edge baseline + projections)",
                  frames_per_second(pipe.update, frames, pos, batch, PASSES)))
+    daemon_batch = AnalysisConfig().frames_per_batch((size, size), frames.dtype)
+    if daemon_batch != batch:  # the daemon's batches at this frame size (batch_mb)
+        pipe_b = ScanPipeline(ScanGeometry(axes, n_frames, "det"), (size, size))
+        rows.append((f"ScanPipeline.update, defaults, batches of {daemon_batch} (the daemon's at this size: batch_mb)",
+                     frames_per_second(pipe_b.update, frames, pos, daemon_batch, PASSES)))
+        del pipe_b
     pipe32 = ScanPipeline(ScanGeometry(axes, n_frames, "det"), (size, size), AnalysisConfig(precision="float32"))
     rows.append(("ScanPipeline.update, defaults with precision float32",
                  frames_per_second(pipe32.update, frames, pos, batch, PASSES)))
@@ -214,11 +220,12 @@ class StatusWatch:
 
 #: extra flags of the daemon processes (--daemon-args)
 DAEMON_ARGS: list[str] = []
+DAEMON_LOG_LEVEL = ["WARNING"]
 
 
 def start_daemon(url: str, out: Path, port: int, workdir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "dfxm_online.cli", "--log-level", "WARNING", "serve", "--redis", url,
+        [sys.executable, "-m", "dfxm_online.cli", "--log-level", DAEMON_LOG_LEVEL[0], "serve", "--redis", url,
          "--output-dir", str(out), "--metrics-port", str(port), *extra, *DAEMON_ARGS], cwd=workdir,
     )
 
@@ -460,8 +467,11 @@ def main() -> None:
     parser.add_argument("--runs", help="e2e runs as mode:size:frames,... (with --only e2e)")
     parser.add_argument("--daemon-args", default="",
                         help="extra 'dfxm-online serve' flags for the daemon, e.g. '--batch-size 32'")
+    parser.add_argument("--daemon-log-level", default="WARNING",
+                        help="the daemons' log level (their log goes to stderr), e.g. DEBUG for per-publish times")
     args = parser.parse_args()
     DAEMON_ARGS[:] = args.daemon_args.split()
+    DAEMON_LOG_LEVEL[0] = args.daemon_log_level
     part = args.only
     size = 256 if args.quick else 2048
     batch = AnalysisConfig().batch_size

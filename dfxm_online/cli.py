@@ -28,6 +28,7 @@ def _add_analysis_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edge-fraction", type=float, help="fraction of each motor's range per edge band")
     p.add_argument("--min-intensity-fraction", type=float, help="NaN below this fraction of bright pixels")
     p.add_argument("--batch-size", type=int, help="frames per accumulator update")
+    p.add_argument("--batch-mb", type=int, help="MiB of raw frames per batch at most (0: no bound; default 256)")
     p.add_argument("--preprocess", type=_json_list, metavar="JSON",
                    help='preprocessing steps in order, e.g. \'[{"step": "hot_pixels"}, '
                         '{"step": "binning", "factor": 2}]\'')
@@ -44,7 +45,7 @@ def _analysis_overrides(args: argparse.Namespace) -> dict:
     return {
         "detector": args.detector, "motors": args.motors, "background": args.background,
         "edge_fraction": args.edge_fraction, "min_intensity_fraction": args.min_intensity_fraction,
-        "batch_size": args.batch_size, "preprocess": args.preprocess,
+        "batch_size": args.batch_size, "batch_mb": args.batch_mb, "preprocess": args.preprocess,
         "images": dict(args.image) if args.image else None, "monitor": args.monitor,
         "accumulators": args.accumulators, "precision": args.precision,
     }
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dark-pattern", help="regex on title/name marking dark scans (default 'dark')")
     p.add_argument("--dark", help="dark scan FILE::SCAN used when a session has taken none")
     p.add_argument("--warm-pool-mb", type=int,
-                   help="MiB of freed large arrays kept for reuse by the next publish (0: off; default 768)")
+                   help="MiB of freed large arrays kept for reuse by the next publish (0: off; default 1280)")
     _add_analysis_flags(p)
 
     p = sub.add_parser("simulate", help="publish a simulated DFXM scan through blissdata")

@@ -44,6 +44,12 @@ class AnalysisConfig:
     min_intensity_fraction: float = 0.05
     #: frames per accumulator update (one matrix product per batch)
     batch_size: int = 64
+    #: MiB of raw frames a batch may hold (0: no bound): fewer than `batch_size` frames per
+    #: batch when the frames are large. A batch's frames are all in memory at once; at
+    #: 2048^2 uint16 the default makes batches of 32 frames (256 MiB) instead of 64 (512 MiB),
+    #: which keeps a daemon on a two-motor scan under 2 GB with room for its warm memory
+    #: (bench/RESULTS.md: 1.92 -> 1.67 GiB peak, 50-120 -> 130-160 frames/s from Lima files)
+    batch_mb: int = 256
     #: seconds a complete point may wait for its batch to fill (latency budget)
     batch_delay: float = 0.1
     #: per-frame preprocessing, in order: [{"step": "hot_pixels", "k": 8}, ...]
@@ -76,6 +82,15 @@ class AnalysisConfig:
     #: (faster, ~1e-7 relative error), the sums still accumulated in float64
     precision: str = "float64"
 
+    def frames_per_batch(self, frame_shape: tuple[int, ...] | None, dtype: np.dtype | str | None) -> int:
+        """Frames per batch for frames of this shape and dtype: `batch_size`, or fewer so that
+        the batch's raw frames fit in `batch_mb` MiB (at least one frame). An unknown shape
+        (None, or a free dimension <= 0) or dtype gives `batch_size`."""
+        if not self.batch_mb or not frame_shape or dtype is None or any(int(n) <= 0 for n in frame_shape):
+            return self.batch_size
+        frame_bytes = int(np.prod([int(n) for n in frame_shape])) * np.dtype(dtype).itemsize
+        return max(1, min(self.batch_size, (self.batch_mb << 20) // frame_bytes))
+
     def validate(self) -> None:
         if self.background not in BACKGROUND_MODES:
             raise ConfigError(
@@ -87,6 +102,8 @@ class AnalysisConfig:
             raise ConfigError("analysis.min_intensity_fraction must be in [0, 1)")
         if self.batch_size < 1:
             raise ConfigError("analysis.batch_size must be >= 1")
+        if self.batch_mb < 0:
+            raise ConfigError("analysis.batch_mb must be >= 0 (0: no bound)")
         if self.batch_delay < 0:
             raise ConfigError("analysis.batch_delay must be >= 0 seconds")
         if self.motors is not None and not 1 <= len(self.motors) <= 3:
@@ -180,8 +197,10 @@ class DaemonConfig:
     #: seconds one blocking read of the live streams waits before checking for shutdown
     read_timeout: float = 0.2
     #: MiB of freed large arrays the daemon keeps for reuse by the next publish (warm memory,
-    #: see online/warm_memory.py); 0 gives every free back to the system
-    warm_pool_mb: int = 768
+    #: see online/warm_memory.py); 0 gives every free back to the system. 1280: with 768, a
+    #: 2048^2 two-motor scan's first snapshot and first batch of frames were fresh memory
+    #: (the pool held the previous scan's accumulators only): 1.1-1.6 s instead of ~0.4 s
+    warm_pool_mb: int = 1280
     #: MiB of the daemon's resident memory above which the warm pool keeps nothing (and gives
     #: its blocks back before the daemon grows); 0: no limit
     warm_pool_rss_limit_mb: int = 1792

@@ -310,8 +310,9 @@ class ScanWorker(threading.Thread):
             self.key, scan.name, scan.number, geometry.title, geometry.detector,
             geometry.motor_names, st.frames_expected, " [dark]" if st.dark else "",
         )
-        source = LiveFrameSource(scan, geometry, config.analysis.batch_size, config.read_timeout,
-                                 config.analysis.batch_delay)
+        image_dtype = getattr(scan.streams[geometry.image_stream], "dtype", None)
+        batch_size = config.analysis.frames_per_batch(geometry.frame_shape, image_dtype)
+        source = LiveFrameSource(scan, geometry, batch_size, config.read_timeout, config.analysis.batch_delay)
         if not st.dark and geometry.frame_shape and all(s > 0 for s in geometry.frame_shape):
             # built now, before the first frame: its memory is faulted in meanwhile
             try:
@@ -440,15 +441,16 @@ class Rehearsal(ScanWorker):
 
     def _rehearse(self, path: Path) -> None:
         warmup, analysis = self.d.config.warmup, self.d.config.analysis
+        batch_size = analysis.frames_per_batch(warmup.frame_shape, np.uint16)  # a real scan's batches
         geometry = rehearsal_geometry(warmup.frame_shape, warmup.motor_names(analysis),
-                                      warmup.points or 3 * analysis.batch_size, analysis.monitor)
+                                      warmup.points or 3 * batch_size, analysis.monitor)
         self.geometry = geometry
         self.status = ScanStatus(self.key, "", "rehearsal", 0, str(path), frames_expected=geometry.npoints)
         self.maps_file = LiveMapsFile(path, in_place=None if self.d.config.live_in_place else False,
                                       spares=self.d.spares)
         self.pipeline = self._new_pipeline(geometry, geometry.frame_shape)
         self.publish("running")  # no maps yet, as a real scan's first version
-        for batch in rehearsal_batches(geometry, analysis.batch_size, self._stop_requested):
+        for batch in rehearsal_batches(geometry, batch_size, self._stop_requested):
             self.pipeline.update(batch.frames, batch.positions, batch.monitor)
             self.status.frames_processed += len(batch.frames)
             if self._stop_requested():

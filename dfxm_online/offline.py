@@ -55,7 +55,7 @@ def process_scan(
                                 load_images(config.images), has_monitor=rec.monitor is not None)
         bar = tqdm(total=rec.npoints, desc=f"{Path(path).name}::{scan}", unit="frame",
                    disable=not progress)
-        for batch in rec.batches(config.batch_size):
+        for batch in rec.batches(config.frames_per_batch(rec.frame_shape, rec.frames.dtype)):
             pipeline.update(batch.frames, batch.positions, batch.monitor)
             bar.update(batch.frames.shape[0])
         bar.close()

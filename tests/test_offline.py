@@ -106,6 +106,53 @@ def test_config_file_flags_and_errors(tmp_path):
         load_config(None, publish_period="fast")
 
 
+@pytest.mark.parametrize(("shape", "dtype", "batch_mb", "expected"), [
+    ((2048, 2048), np.uint16, 256, 32),  # 8 MiB frames: 32 fit in 256 MiB
+    ((2048, 2048), np.float32, 256, 16),
+    ((512, 512), np.uint16, 256, 64),  # batch_size is the bound
+    ((2048, 2048), np.uint16, 0, 64),  # 0: no bound
+    ((2048, 2048), np.uint16, 4, 1),  # at least one frame
+    (None, np.uint16, 256, 64),  # unknown shape or dtype: batch_size
+    ((-1, -1), np.uint16, 256, 64),
+    ((2048, 2048), None, 256, 64),
+])
+def test_frames_per_batch_bounds_a_batch_in_bytes(shape, dtype, batch_mb, expected):
+    config = load_config(None, batch_mb=batch_mb)
+    assert config.analysis.frames_per_batch(shape, dtype) == expected
+
+
+def test_process_batches_large_frames_within_batch_mb(redis_url, tmp_path, monkeypatch):
+    """`process` reads 1 MiB frames 2 at a time with batch_mb = 2, and gets the maps of
+    unbounded batches."""
+    from dfxm_online.acquisition.blissfile import RecordedScan
+    from dfxm_online.config import AnalysisConfig
+    from dfxm_online.offline import process_scan
+
+    spec = SimulationSpec(kind="rocking", points=9, frame_shape=(1024, 512), scan_dir=tmp_path / "scans",
+                          session="big", peak_counts=5000.0)
+    rec = simulate(redis_url, spec)
+    asked: list[int] = []
+    batches = RecordedScan.batches
+
+    def recording(self, batch_size):
+        asked.append(batch_size)
+        return batches(self, batch_size)
+
+    monkeypatch.setattr(RecordedScan, "batches", recording)
+    scan = f"{rec.scan_number}.1"
+    bounded, _, _, n = process_scan(rec.filename, scan, AnalysisConfig(batch_mb=2), progress=False)
+    whole, _, _, _ = process_scan(rec.filename, scan, AnalysisConfig(batch_mb=0), progress=False)
+    assert asked == [2, 64] and n == 9
+    for name, values in whole.items():
+        np.testing.assert_allclose(bounded[name], values, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=name)
+
+
+def test_batch_mb_is_a_flag_and_must_not_be_negative():
+    assert load_config(None, batch_mb=16).analysis.batch_mb == 16
+    with pytest.raises(ConfigError, match="batch_mb"):
+        load_config(None, batch_mb=-1)
+
+
 def test_shipped_service_config_is_valid():
     config = load_config(ROOT / "services" / "dfxm-online.toml")
     assert config.metrics_port == 9108 and config.analysis.background == "auto"

@@ -33,8 +33,10 @@ def in_thread(work):
 
 @pytest.fixture
 def cap():
-    """Set the process-wide cap for a test and put the previous one back (emptying the pool)."""
+    """Set the process-wide cap for a test, on an empty pool, and put the previous one back
+    (emptying the pool)."""
     before = warm_memory.stats()
+    warm_memory.set_cap(0)  # empty: blocks that other tests' daemons pooled are not this test's
     yield warm_memory.set_cap
     warm_memory.set_cap(0)
     warm_memory.set_cap(before.cap_bytes, before.rss_limit_bytes)
