@@ -116,6 +116,21 @@ def scrape(port: int, path: str) -> bytes:
         return reply.read()
 
 
+def wait_connected(port: int, timeout: float = 120.0) -> None:
+    """Until the daemon's /status says it follows the store. A fixed 2 s sleep was not
+    always enough: late in a full run (GBs of Lima files being written back) a daemon took
+    longer to start, missed a 1 s warm-up scan and the run waited for its file in vain."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if json.loads(scrape(port, "/status")).get("store_connected"):
+                return
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.1)
+    raise TimeoutError(f"the daemon on port {port} did not connect to the store within {timeout} s")
+
+
 def warm_up(url: str, workdir: Path, out: Path, size: int, image_mode: str, pool: np.ndarray,
             number: int, motors: int = 1) -> None:
     """A scan of `size` frames (over two batches) processed to its final file by the
@@ -272,7 +287,7 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
     rehearsal: dict = {}
     try:
         if daemon is not None:
-            time.sleep(2.0)  # the daemon connects
+            wait_connected(port)
         if primed:
             rehearsal = wait_warmup(port)
             peak = psutil.Process(daemon.pid).memory_info().rss
@@ -389,7 +404,7 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
     daemon = start_daemon(url, out, port, workdir, "--publish-period", "0.1", *extra)
     rehearsal: dict = {}
     try:
-        time.sleep(2.0)
+        wait_connected(port)
         if primed:
             rehearsal = wait_warmup(port)
         from blissdata.redis_engine.store import DataStore

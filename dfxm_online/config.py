@@ -48,7 +48,8 @@ class AnalysisConfig:
     #: batch when the frames are large. A batch's frames are all in memory at once; at
     #: 2048^2 uint16 the default makes batches of 32 frames (256 MiB) instead of 64 (512 MiB),
     #: which keeps a daemon on a two-motor scan under 2 GB with room for its warm memory
-    #: (bench/RESULTS.md: 1.92 -> 1.67 GiB peak, 50-120 -> 130-160 frames/s from Lima files)
+    #: (bench/RESULTS.md: peak 1.87-1.93 -> 1.67 GiB, and 62-113 -> 114-161 frames/s from Lima
+    #: files in service, the first batch and snapshots of a scan now coming warm from the pool)
     batch_mb: int = 256
     #: seconds a complete point may wait for its batch to fill (latency budget)
     batch_delay: float = 0.1
