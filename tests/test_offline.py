@@ -163,14 +163,14 @@ def test_process_cli_preprocessing_and_accumulator_flags(recorded, tmp_path):
     run = subprocess.run(
         [*CLI, "process", str(recorded.filename), "--scan", f"{recorded.scan_number}.1", "-o", str(out),
          "--no-progress", "--preprocess", '[{"step": "hot_pixels"}, {"step": "binning", "factor": 2}]',
-         "--accumulators", "projections", "minimum"],
+         "--accumulators", "projections", "minimum", "--batch-mb", "7"],
         capture_output=True, text=True,
     )
     assert run.returncode == 0, run.stderr
     maps, process = read_maps_file(out)
     assert maps["com_mu"].shape == (12, 10) and maps["minimum"].shape == (12, 10)
     config = json.loads(process["config"])
-    assert config["preprocess"][1] == {"step": "binning", "factor": 2}
+    assert config["preprocess"][1] == {"step": "binning", "factor": 2} and config["batch_mb"] == 7
     bad = subprocess.run([*CLI, "process", str(recorded.filename), "-o", str(out), "--preprocess",
                           '[{"step": "blur"}]'], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown preprocess step 'blur'" in bad.stderr
