@@ -116,19 +116,27 @@ def scrape(port: int, path: str) -> bytes:
         return reply.read()
 
 
+def wait_status(port: int, done, timeout: float, what: str) -> dict:
+    """The daemon's /status once `done(status)` holds (polled; a daemon not listening yet
+    counts as not done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = json.loads(scrape(port, "/status"))
+            if done(status):
+                return status
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} within {timeout} s")
+
+
 def wait_connected(port: int, timeout: float = 120.0) -> None:
     """Until the daemon's /status says it follows the store. A fixed 2 s sleep was not
     always enough: late in a full run (GBs of Lima files being written back) a daemon took
     longer to start, missed a 1 s warm-up scan and the run waited for its file in vain."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if json.loads(scrape(port, "/status")).get("store_connected"):
-                return
-        except OSError:
-            pass  # not listening yet
-        time.sleep(0.1)
-    raise TimeoutError(f"the daemon on port {port} did not connect to the store within {timeout} s")
+    wait_status(port, lambda status: status.get("store_connected"), timeout,
+                f"the daemon on port {port} did not connect to the store")
 
 
 def warm_up(url: str, workdir: Path, out: Path, size: int, image_mode: str, pool: np.ndarray,
@@ -178,16 +186,8 @@ def write_warmup_config(workdir: Path, size: int, motors: list[str]) -> Path:
 
 def wait_warmup(port: int, timeout: float = 300.0) -> dict:
     """The daemon's /status warm-up entry once it has ended."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            warmup = json.loads(scrape(port, "/status"))["warmup"]
-            if warmup["state"] not in ("pending", "running"):
-                return warmup
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError("the daemon's warm-up did not end")
+    return wait_status(port, lambda status: status["warmup"]["state"] not in ("pending", "running"), timeout,
+                       "the daemon's warm-up did not end")["warmup"]
 
 
 def metric_sums(text: str) -> dict[str, float]:
