@@ -480,6 +480,9 @@ def main() -> None:
     parser.add_argument("--only", choices=("accumulators", "e2e", "latency"),
                         help="run one part and print it (RESULTS.md is written by full runs only)")
     parser.add_argument("--runs", help="e2e runs as mode:size:frames,... (with --only e2e)")
+    parser.add_argument("--latency-runs",
+                        help="latency runs as size:frames:daemon,... with daemon new, warmed-up or in-service "
+                             "(with --only latency)")
     parser.add_argument("--daemon-args", default="",
                         help="extra 'dfxm-online serve' flags for the daemon, e.g. '--batch-size 32'")
     parser.add_argument("--daemon-log-level", default="WARNING",
@@ -556,6 +559,9 @@ def main() -> None:
                         (2048, 200, "in service")]
             if args.quick:
                 lat_runs = [(128, 30, "new"), (128, 30, "warmed up")]
+            if args.latency_runs:  # size:frames:daemon
+                lat_runs = [(int(f[0]), int(f[1]), f[2].replace("-", " "))
+                            for f in (r.split(":") for r in args.latency_runs.split(","))]
             if part not in (None, "latency"):
                 lat_runs = []
             for k, (sz, n, daemon_kind) in enumerate(lat_runs, start=len(runs) + 1):

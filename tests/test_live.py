@@ -197,6 +197,57 @@ def test_maps_file_is_readable_while_being_rewritten(make_daemon, redis_url, tmp
     assert not list(path.parent.glob(f".{path.name}.live*")), "live generations left behind"
 
 
+def test_frames_are_published_while_the_scan_pauses_after_a_write_in_flight(make_daemon, redis_url, tmp_path,
+                                                                             monkeypatch):
+    """A publish due while the previous version is still being written, with no frame
+    waiting, waits for that write instead of being skipped: otherwise the frames just
+    processed would stay unpublished until the next frame arrives (here: never, the scan
+    pauses). Writes are slowed down so that the second frame lands during the first one."""
+    from blissdata.redis_engine.store import DataStore
+
+    from dfxm_online.acquisition.publisher import ScanDescription, ScanPublisher
+    from dfxm_online.publish.live_file import LiveMapsFile
+
+    writing = threading.Event()
+    original = LiveMapsFile.write
+
+    def slow_write(self, maps, info, *args, **kwargs):
+        if info.frames_processed:
+            writing.set()
+            time.sleep(1.0)
+        return original(self, maps, info, *args, **kwargs)
+
+    monkeypatch.setattr(LiveMapsFile, "write", slow_write)
+    daemon = make_daemon(DaemonConfig(publish_period=0.01))
+    desc = ScanDescription(
+        session="pause", number=1, name="ascan", title="ascan mu -1 1 3 0.1", filename=tmp_path / "scans" / "p.h5",
+        detector="pco", frame_shape=SHAPE, npoints=4, motors=[("mu", -1.0, 1.0, 4)],
+    )
+    pub = ScanPublisher(DataStore(redis_url), desc, "array")
+    pub.start()
+    frame = np.full(SHAPE, 100, dtype=np.uint16)
+    pub.publish({"mu": -1.0}, frame)
+    assert writing.wait(30), "the first frame's maps were never written"
+    pub.publish({"mu": -1.0 / 3}, frame)  # processed while the first version is written
+    path = tmp_path / "maps" / "pause" / "ascan_1.h5"
+    deadline = time.monotonic() + 30
+    shown = 0
+    while time.monotonic() < deadline and shown < 2:
+        time.sleep(0.05)
+        try:
+            _, process = read_maps_file(path)
+            shown = process["frames_processed"]
+        except (OSError, KeyError):
+            pass
+    assert shown == 2, f"the paused scan's maps show {shown} of its 2 frames"
+    assert daemon.scan_status(pub.scan.key).state == "running"
+    for mu in (1.0 / 3, 1.0):
+        pub.publish({"mu": mu}, frame)
+    pub.finish()
+    status = wait_done(daemon, pub.scan.key)
+    assert status.state == "complete" and status.frames_processed == 4
+
+
 @pytest.mark.parametrize(
     "fault, expected",
     [
