@@ -383,18 +383,57 @@ def _wait_final(path: Path, timeout: float) -> None:
     raise RuntimeError(f"{path} was not final within {timeout} s")
 
 
+def watch_progress(path: str, timeout: float, conn) -> None:
+    """Child process of the latency bench: watch the maps file until the scan is no longer
+    running (or `timeout`), then send back [(time, frames processed)] at each change
+    ("ready" first, once it watches; `time.monotonic`: one clock for every process).
+
+    Every 2 ms it only stats the path (each published version is another inode: a
+    generation swapped in, or a new file renamed over), and reads the process fields when
+    that changed. Opening the file every 5 ms instead cost ~4 ms of CPU per poll: from a
+    thread of the bench (which also publishes the frames) the polls were up to 0.1 s
+    apart, the publisher holding the GIL; from a process of its own they took CPU from
+    the daemon. Either way the bench measured itself."""
+    import h5py
+
+    from dfxm_online.publish.live_file import file_signature
+
+    conn.send("ready")
+    seen: list[tuple[float, int]] = []
+    last = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            signature = file_signature(Path(path))
+            if signature != last:
+                t = time.monotonic()
+                with h5py.File(path, "r") as f:
+                    n = int(f["entry/process/frames_processed"][()])
+                    state = f["entry/process/state"][()].decode()
+                last = signature
+                if not seen or n > seen[-1][1]:
+                    seen.append((t, n))
+                if state != "running":
+                    break
+        except (OSError, KeyError):  # not there yet, or swapped while being opened: again
+            pass
+        time.sleep(0.002)
+    conn.send(seen)
+    conn.close()
+
+
 def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float, number: int,
                   in_service: bool = False, primed: bool = False) -> dict:
     """Frame-to-published-map latency at `rate` frames/s: for each frame, the time from its
-    publication to the first maps file that includes it (file polled every 5 ms).
+    publication to the first maps file that includes it (watched by another process,
+    `watch_progress`).
 
     A new daemon's first scan, or with `in_service` a daemon that has processed a scan of
     the same size (published at full speed) just before: the start-up of a new daemon (its
     fresh memory, first files) is most of a short scan's latency at 2048^2. With `primed`, a
     new daemon that has rehearsed a scan of this size at start-up (`[warmup]`)."""
+    import multiprocessing
     import threading
-
-    import h5py
 
     out = workdir / "maps"
     rng = np.random.default_rng(number)
@@ -440,23 +479,16 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
                 published.append(time.monotonic())
             pub.finish()
 
+        context = multiprocessing.get_context("spawn")
+        receive, send = context.Pipe(duplex=False)
+        watcher = context.Process(target=watch_progress, daemon=True, args=(
+            str(out / "latency" / f"ascan_{number}.h5"), n_frames / rate + 60, send))
+        watcher.start()  # before the scan: its start-up (imports) must not delay the polls
+        receive.recv()  # "ready"
         thread = threading.Thread(target=publish)
         thread.start()
-        path = out / "latency" / f"ascan_{number}.h5"
-        seen: list[tuple[float, int]] = []
-        deadline = time.monotonic() + n_frames / rate + 60
-        while time.monotonic() < deadline:
-            try:  # only the process fields: reading every map each 5 ms would load the cores
-                with h5py.File(path, "r") as f:
-                    n = int(f["entry/process/frames_processed"][()])
-                    state = f["entry/process/state"][()].decode()
-                if not seen or n > seen[-1][1]:
-                    seen.append((time.monotonic(), n))
-                if state != "running":
-                    break
-            except (OSError, KeyError):
-                pass
-            time.sleep(0.005)
+        seen: list[tuple[float, int]] = receive.recv()
+        watcher.join()
         thread.join()
         latencies = []
         for k, t_pub in enumerate(published):

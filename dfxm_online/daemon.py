@@ -157,10 +157,9 @@ class ScanWorker(threading.Thread):
         writes, and at 2048^2 the write (~0.1-0.6 s on this VM) costs as much as the
         snapshot. At most one write is in flight. A background publish due meanwhile is
         skipped when frames are waiting (`behind`: the worker's time goes to them), else
-        it waits for the write: skipped, the frames just processed would wait for the
-        next frame to be published (at 10 frames/s of 2048^2, a 0.05 s write in flight
-        made them wait 0.1 s more: latency p99 0.6 s). Any other publish waits for it, so
-        the final file is always last.
+        it waits for the write: skipped, the frames just processed would stay unpublished
+        until the next frame arrives, which a slow or paused scan (a beam refill) may not
+        send for minutes. Any other publish waits for it, so the final file is always last.
         """
         st = self.status
         assert st is not None
