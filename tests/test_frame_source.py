@@ -116,6 +116,44 @@ def test_recycled_lima_buffers_never_overwrite_frames_not_handed_out(redis_url, 
         assert len({id(r) for r in roots}) < len(out) // 2, "batch buffers were not reused"
 
 
+def test_lima_files_read_while_frames_wait_share_one_buffer(redis_url, tmp_path):
+    """A live scan's Lima files close one by one and may be read while earlier frames still
+    wait to be handed out: their frames go after those in the same batch buffer (one
+    buffer, one contiguous batch), not into a new batch-sized buffer per read."""
+    import time
+
+    rng = np.random.default_rng(60)
+    frames = rng.integers(0, 60000, size=(9, 6, 5), dtype=np.uint16)
+    mu = np.linspace(-1, 1, 9)
+    desc = ScanDescription(
+        session="src", number=60, name="ascan", title="ascan mu -1 1 8 0.1",
+        filename=tmp_path / "scans" / "src.h5", detector="pco", frame_shape=(6, 5), npoints=9,
+        motors=[("mu", -1.0, 1.0, 9)],
+    )
+    pub = ScanPublisher(DataStore(redis_url), desc, "lima", frames_per_file=3)
+    pub.start()
+    source = open_source(redis_url, pub.key, batch_size=16)
+
+    def publish_and_read(first: int, stop: int, readable: int) -> None:
+        """Points first..stop; a file is read once the next one has begun (blissdata's rule)."""
+        pub.publish_points({"mu": mu[first:stop]}, frames[first:stop])
+        deadline = time.monotonic() + 10
+        while source.frames_received < readable:  # blissdata's publisher sends a little later
+            assert time.monotonic() < deadline, f"frames {source.frames_received}..{readable} not read"
+            source._read_once(wait=True)
+
+    publish_and_read(0, 4, 3)
+    publish_and_read(4, 7, 6)  # frames 0-5 held, none handed out yet
+    pub.publish_points({"mu": mu[7:]}, frames[7:])
+    pub.finish()
+    batches = list(source.batches())
+    assert len(batches) == 1
+    np.testing.assert_array_equal(batches[0].frames, frames)
+    # a view of the one batch buffer, not frames copied together from several
+    assert batches[0].frames.base is not None, "the batch was concatenated from several buffers"
+    assert len([ref for ref in source._owned if ref() is not None]) == 1
+
+
 @pytest.mark.parametrize("per_call, batch_size, read_points", [(1, 4, 3), (3, 5, 6), (7, 4, 14), (8, 64, 64)])
 def test_recycled_array_buffers_never_overwrite_frames_not_handed_out(redis_url, tmp_path, per_call,
                                                                       batch_size, read_points):

@@ -402,9 +402,13 @@ class LiveFrameSource:
             readable = min(self._announced, lima_readable(self.image))
         stop = min(readable, self._emitted + self.read_ahead)
         if stop > self._n_frames:
-            frames = read_lima_frames(self.image, self._n_frames, stop, self._allocate)
+            # after the frames of the last read when its buffer has room: a live scan's
+            # files close one by one and are read while earlier frames wait for their
+            # positions, and a new batch buffer for each such read held two (2 x 256 MB
+            # at 2048^2)
+            frames = read_lima_frames(self.image, self._n_frames, stop, self._allocate_tail)
             self._check_shape(frames, self._n_frames)
-            self._frames.append(frames)
+            self._append_frames(frames)
             self._n_frames += frames.shape[0]
         self._lima_backlog = readable - self._n_frames
         self._sealed = self._cursors_done and self._n_frames >= self._announced
