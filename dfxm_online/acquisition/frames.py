@@ -290,8 +290,8 @@ class LiveFrameSource:
     on the worker's thread, so more would not overlap anything). A daemon that falls
     behind a Lima scan would otherwise read every closed file at once: 300 frames of 2048^2
     took the daemon to 3.9 GB in the benchmark. Plain array frames are bounded by the size
-    of one Redis read (`ArrayFrameReader`); consecutive reads go into one batch-sized buffer
-    (`_allocate_tail`), recycled like the Lima buffers.
+    of one Redis read (`ArrayFrameReader`). Consecutive reads of either kind go into one
+    batch-sized buffer while it has room (`_allocate_tail`); buffers are recycled.
     """
 
     def __init__(self, scan, geometry: ScanGeometry, batch_size: int = 64, read_timeout: float = 0.2,
