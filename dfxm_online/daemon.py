@@ -144,6 +144,11 @@ class ScanWorker(threading.Thread):
             return self.d.config.publish_period
         return max(self.d.config.publish_period, 3.0 * self._snapshot_cost)
 
+    def _maps_file(self, path: Path) -> LiveMapsFile:
+        """The scan's maps file, rewritten in place unless configured off, with the
+        daemon's spare generations."""
+        return LiveMapsFile(path, in_place=None if self.d.config.live_in_place else False, spares=self.d.spares)
+
     def _writing(self) -> bool:
         return self._writer is not None and self._writer.is_alive()
 
@@ -258,8 +263,7 @@ class ScanWorker(threading.Thread):
         session = getattr(scan, "session", None) or "no_session"
         path = maps_path(self.d.output_dir, session, scan.name, scan.number)
         self.status = ScanStatus(self.key, session, scan.name, int(scan.number), str(path))
-        self.maps_file = LiveMapsFile(path, in_place=None if self.d.config.live_in_place else False,
-                                      spares=self.d.spares)
+        self.maps_file = self._maps_file(path)
         self.d.register(self.status)
         try:
             self._process(scan)
@@ -450,8 +454,7 @@ class Rehearsal(ScanWorker):
                                       warmup.points or 3 * batch_size, analysis.monitor)
         self.geometry = geometry
         self.status = ScanStatus(self.key, "", "rehearsal", 0, str(path), frames_expected=geometry.npoints)
-        self.maps_file = LiveMapsFile(path, in_place=None if self.d.config.live_in_place else False,
-                                      spares=self.d.spares)
+        self.maps_file = self._maps_file(path)
         self.pipeline = self._new_pipeline(geometry, geometry.frame_shape)
         self.publish("running")  # no maps yet, as a real scan's first version
         for batch in rehearsal_batches(geometry, batch_size, self._stop_requested):
