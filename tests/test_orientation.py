@@ -154,8 +154,31 @@ def test_compiled_pass_from_raw_maps_equals_matplotlib(monkeypatch):
     assert rgb.dtype == np.float32 and rgb.shape == (37, 41, 3)
     np.testing.assert_allclose(rgb[ok], expected, rtol=0, atol=FLOAT32_ROUNDING)
     assert (rgb[~ok] == 0).all() and (~ok).sum() > 100
-    monkeypatch.setattr(orientation, "SNAPSHOT_PIXELS", 7)  # 217 tiles of 7 pixels
+    monkeypatch.setattr(orientation, "COLOUR_PIXELS", 7)  # 217 ranges of 7 pixels
     np.testing.assert_array_equal(mosaicity_rgb(a, b, centre=centre, scale=scale)[0], rgb)
+
+
+def test_float32_maps_are_coloured_as_their_float64_values():
+    """The live snapshot's float32 COM maps are read as they are: colours, key and extent
+    (default centre and scale included) are those of the same maps widened to float64."""
+    rng = np.random.default_rng(22)
+    a = rng.normal(3.0, 0.2, (300, 301)).astype(np.float32)
+    b = rng.normal(-1.0, 0.05, (300, 301)).astype(np.float32)
+    a[rng.random(a.shape) < 0.1] = np.nan
+    b[rng.random(b.shape) < 0.05] = np.inf
+    wide = mosaicity_rgb(a.astype(np.float64), b.astype(np.float64))
+    narrow = mosaicity_rgb(a, b)
+    np.testing.assert_array_equal(narrow[0], wide[0])
+    np.testing.assert_array_equal(narrow[1], wide[1])
+    assert narrow[2] == wide[2]
+    assert (narrow[0][np.isfinite(a) & np.isfinite(b)] > 0).any(axis=-1).all()
+
+
+def test_an_orientation_vector_that_overflows_is_on_the_rim():
+    """(a - centre) / scale beyond the largest double: inf, coloured like any vector past
+    the key, by its direction."""
+    got = colours([(1e300, 0.0), (-1e300, 0.0), (3.0, 0.0)], scale=1e-10)
+    np.testing.assert_allclose(got, [RED, CYAN, RED], atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [(30, 41), (31, 41)])  # 1229 and 1270 valid pixels

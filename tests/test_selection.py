@@ -60,6 +60,27 @@ def test_percentile_and_median_equal_numpy_bit_for_bit():
     assert checked > 2000
 
 
+def test_float32_maps_are_read_as_their_float64_values():
+    """The live snapshot's float32 COM maps are read where they are, with the statistics of
+    the same values widened to float64 (a float32 and a float64 map may be mixed)."""
+    rng = np.random.default_rng(3)
+    checked = 0
+    for v64, other64 in maps(rng):
+        with np.errstate(over="ignore"):  # +-1e300 become +-inf in float32
+            v, other = v64.astype(np.float32), other64.astype(np.float32)
+        wide = v.astype(np.float64)
+        for finite_with in (None, other, other64):
+            for distance_to in (None, 0.3):
+                kept = kept_values(wide, finite_with, True, distance_to)
+                opts = dict(finite_with=finite_with, positive=True, distance_to=distance_to)
+                ref = np.percentile(kept, 99.5) if kept.size else np.nan
+                assert same(selection.percentile(v, 99.5, **opts), ref), (v, opts)
+                ref = np.median(kept) if kept.size else np.nan
+                assert same(selection.median(v, **opts), ref), (v, opts)
+                checked += kept.size > 0
+    assert checked > 1000
+
+
 def test_full_size_map_with_a_hole_and_a_peaked_distribution():
     # a 1024^2 COM-like map: most values in a narrow peak (thousands in a histogram bin),
     # a block of NaN (no signal) and a few far outliers
@@ -92,3 +113,5 @@ def test_the_inputs_are_left_untouched_and_bad_arguments_refused():
         _pixelmaps.order_statistics(a, None, False, np.nan, np.array([1.5]), lo, hi)
     with pytest.raises(ValueError, match="ranks_of"):
         _pixelmaps.order_statistics(a, None, False, np.nan, np.array([0.5]), np.empty(2), hi)
+    with pytest.raises(TypeError, match="float64 or float32"):
+        _pixelmaps.order_statistics(a.astype(np.float16), None, False, np.nan, np.array([0.5]), lo, hi)

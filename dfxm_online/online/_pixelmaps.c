@@ -481,54 +481,94 @@ done:
 
 /* ---- mosaicity colours ------------------------------------------------------------------- */
 
+/* RGB of pixels start <= p < stop from `angle` = atan2(v, u) of those pixels (angle[0] is
+ * pixel start's); `f32`: a and b are float32 (each value taken exactly as a double, so the
+ * colours are those of the float64 maps). Branch-free, so that it vectorizes; inlined with a
+ * constant `f32`. */
+static inline __attribute__((always_inline)) void hsv_kernel(const void *av, const void *bv, const int f32,
+                                                              double ca, double sa, double cb, double sb,
+                                                              const double *angle, float *out,
+                                                              Py_ssize_t start, Py_ssize_t stop)
+{
+#define AT(x, p) (f32 ? (double)((const float *)x)[p] : ((const double *)x)[p])
+    for (Py_ssize_t p = start; p < stop; p++) {
+        const double a = AT(av, p), b = AT(bv, p);
+        const int ok = isfinite(a) & isfinite(b);  /* else no signal: black, no orientation has it */
+        const double u = (a - ca) / sa, v = (b - cb) / sb;
+        double hue6 = angle[p - start] * (3.0 / M_PI);  /* sixths of a turn, in [-3, 3] */
+        hue6 = hue6 < 0 ? hue6 + 6.0 : hue6;
+        /* sqrt(u^2 + v^2), not hypot (which guards against overflow and does not vectorize):
+         * within an ulp of it; overflow (inf) and underflow (0) land where the clip below
+         * puts the exact value anyway, to within 1e-150 of a colour */
+        double sat = sqrt(u * u + v * v);
+        sat = sat < 1.0 ? sat : 1.0;
+        /* closed form of HSV -> RGB at value 1: 1 - s * clip(min(k, 4 - k), 0, 1) with
+         * k = (n + hue6) mod 6 for n = 5, 3, 1; n + hue6 is in [1, 11], where subtracting 6 is
+         * exact, so equal to fmod (whose four calls per pixel cost 0.025 s of CPU at 2048^2) */
+#define CHANNEL(c, n)                                                   \
+        {                                                               \
+            double k = n + hue6;                                        \
+            k = k < 6.0 ? k : k - 6.0;                                  \
+            double g = k < 4.0 - k ? k : 4.0 - k;                       \
+            g = g < 0.0 ? 0.0 : (g > 1.0 ? 1.0 : g);                    \
+            out[3 * p + c] = ok ? (float)(1.0 - sat * g) : 0.0f;        \
+        }
+        CHANNEL(0, 5.0)
+        CHANNEL(1, 3.0)
+        CHANNEL(2, 1.0)
+#undef CHANNEL
+    }
+#undef AT
+}
+
+TARGETS
+static void hsv_loop(const void *av, const void *bv, int f32, double ca, double sa, double cb, double sb,
+                     const double *angle, float *out, Py_ssize_t start, Py_ssize_t stop)
+{
+    if (f32) hsv_kernel(av, bv, 1, ca, sa, cb, sb, angle, out, start, stop);
+    else hsv_kernel(av, bv, 0, ca, sa, cb, sb, angle, out, start, stop);
+}
+
 PyDoc_STRVAR(hsv_colour_doc,
-"hsv_colour(a, b, centre_a, scale_a, centre_b, scale_b, out, start, stop)\n\n"
+"hsv_colour(a, b, centre_a, scale_a, centre_b, scale_b, angle, out, start, stop)\n\n"
 "out[p] = RGB (3 float32) of the orientation vector (u, v) = ((a[p] - centre_a) / scale_a,\n"
-"(b[p] - centre_b) / scale_b): hue = its direction in turns counter-clockwise from +u,\n"
-"saturation = its length clipped to 1, value 1; black (0, 0, 0) where a[p] or b[p] is not\n"
-"finite (see orientation.mosaicity_rgb). a, b (P,) float64, out (P, 3) float32.");
+"(b[p] - centre_b) / scale_b), for start <= p < stop: hue = its direction in turns\n"
+"counter-clockwise from +u, saturation = its length clipped to 1, value 1; black (0, 0, 0)\n"
+"where a[p] or b[p] is not finite (see orientation.mosaicity_rgb). a, b (P,) both float64 or\n"
+"both float32 (read as float64: the live float32 COM maps need no converted copies); angle\n"
+"(stop - start,) float64 = arctan2(v, u) of those pixels (numpy's: see orientation._colour);\n"
+"out (P, 3) float32.");
 
 static PyObject *hsv_colour(PyObject *self, PyObject *args)
 {
-    PyObject *ao, *bo, *oo;
+    PyObject *ao, *bo, *ango, *oo;
     double ca, sa, cb, sb;
     Py_ssize_t start, stop;
-    if (!PyArg_ParseTuple(args, "OOddddOnn", &ao, &bo, &ca, &sa, &cb, &sb, &oo, &start, &stop)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOddddOOnn", &ao, &bo, &ca, &sa, &cb, &sb, &ango, &oo, &start, &stop))
+        return NULL;
     Held h = {.n = 0};
     PyObject *result = NULL;
-    Py_buffer *av = get(&h, ao, 1, "d", 0, "a"), *bv, *ov;
-    if (!av || !(bv = get(&h, bo, 1, "d", 0, "b")) || !(ov = get(&h, oo, 2, "f", 1, "out"))) goto done;
+    Py_buffer *av = get(&h, ao, 1, NULL, 0, "a"), *bv, *angv, *ov;
+    if (!av || !(bv = get(&h, bo, 1, NULL, 0, "b")) || !(angv = get(&h, ango, 1, "d", 0, "angle")) ||
+        !(ov = get(&h, oo, 2, "f", 1, "out")))
+        goto done;
+    const int f32 = strcmp(format_of(av), "f") == 0;
+    if ((!f32 && strcmp(format_of(av), "d") != 0) || strcmp(format_of(bv), f32 ? "f" : "d") != 0) {
+        PyErr_SetString(PyExc_TypeError, "a and b must be both float64 or both float32");
+        goto done;
+    }
     const Py_ssize_t P = av->shape[0];
     if (bv->shape[0] != P || ov->shape[0] != P || ov->shape[1] != 3) {
         PyErr_SetString(PyExc_ValueError, "a, b must be (P,) and out (P, 3)");
         goto done;
     }
     if (check_range(start, stop, P) < 0) goto done;
-    const double *a = av->buf, *b = bv->buf;
-    float *out = ov->buf;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t p = start; p < stop; p++) {
-        if (!isfinite(a[p]) || !isfinite(b[p])) {  /* no signal: black, no orientation has it */
-            out[3 * p] = out[3 * p + 1] = out[3 * p + 2] = 0.0f;
-            continue;
-        }
-        const double u = (a[p] - ca) / sa, v = (b[p] - cb) / sb;
-        double hue6 = atan2(v, u) * (3.0 / M_PI);  /* sixths of a turn, in [-3, 3] */
-        if (hue6 < 0) hue6 += 6.0;
-        double sat = hypot(u, v);
-        sat = sat < 1.0 ? sat : 1.0;
-        static const double channel[3] = {5.0, 3.0, 1.0};
-        for (int c = 0; c < 3; c++) {
-            /* closed form of HSV -> RGB at value 1: 1 - s * clip(min(k, 4 - k), 0, 1) with
-             * k = (n + hue6) mod 6; n + hue6 is in [1, 11], where subtracting 6 is exact, so
-             * equal to fmod (whose four calls per pixel cost 0.025 s of CPU at 2048^2) */
-            double k = channel[c] + hue6;
-            k = k < 6.0 ? k : k - 6.0;
-            double g = k < 4.0 - k ? k : 4.0 - k;
-            g = g < 0.0 ? 0.0 : (g > 1.0 ? 1.0 : g);
-            out[3 * p + c] = (float)(1.0 - sat * g);
-        }
+    if (angv->shape[0] != stop - start) {
+        PyErr_SetString(PyExc_ValueError, "angle must have one value per pixel of start..stop");
+        goto done;
     }
+    Py_BEGIN_ALLOW_THREADS
+    hsv_loop(av->buf, bv->buf, f32, ca, sa, cb, sb, angv->buf, ov->buf, start, stop);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
@@ -724,29 +764,45 @@ static double select_rank(double *a, Py_ssize_t n, Py_ssize_t k)
 
 /* The values the filter keeps among pixels p0 <= p < p0 + n, packed into buf; returns how
  * many. Branch-free (a store per pixel, the count advanced by 0 or 1): kept pixels follow
- * no pattern a branch predictor could learn. */
-static inline __attribute__((always_inline)) Py_ssize_t kept_block(const double *v, const double *other,
-                                                                   int positive, double centre, Py_ssize_t p0,
-                                                                   Py_ssize_t n, double *buf)
+ * no pattern a branch predictor could learn. Inlined with constant `vf32` / `of32` (values /
+ * other are float32, each taken exactly as a double). */
+static inline __attribute__((always_inline)) Py_ssize_t kept_kernel(const void *v, const int vf32,
+                                                                    const void *other, const int of32,
+                                                                    int positive, double centre, Py_ssize_t p0,
+                                                                    Py_ssize_t n, double *buf)
 {
+#define AT(x, f32, p) (f32 ? (double)((const float *)x)[p] : ((const double *)x)[p])
     Py_ssize_t m = 0;
     const int distance = !isnan(centre);
     for (Py_ssize_t i = 0; i < n; i++) {
-        const double a = v[p0 + i];
-        const int keep = isfinite(a) & (other ? isfinite(other[p0 + i]) : 1) & (positive ? a > 0 : 1);
+        const double a = AT(v, vf32, p0 + i);
+        const int keep = isfinite(a) & (other ? isfinite(AT(other, of32, p0 + i)) : 1) & (positive ? a > 0 : 1);
         buf[m] = distance ? fabs(a - centre) : a;
         m += keep;
     }
     return m;
+#undef AT
+}
+
+static Py_ssize_t kept_block(const void *v, int vf32, const void *other, int of32, int positive, double centre,
+                             Py_ssize_t p0, Py_ssize_t n, double *buf)
+{
+    if (vf32) {
+        if (of32) return kept_kernel(v, 1, other, 1, positive, centre, p0, n, buf);
+        return kept_kernel(v, 1, other, 0, positive, centre, p0, n, buf);
+    }
+    if (of32) return kept_kernel(v, 0, other, 1, positive, centre, p0, n, buf);
+    return kept_kernel(v, 0, other, 0, positive, centre, p0, n, buf);
 }
 
 PyDoc_STRVAR(order_statistics_doc,
 "order_statistics(values, other, positive, centre, ranks_of, lo, hi) -> n\n\n"
-"Exact order statistics of the values kept from `values` (P,) float64: finite ones, where\n"
-"`other` (P,) float64 (or None) is also finite, and > 0 if `positive`; each taken as\n"
-"|value - centre| unless centre is NaN. For each fraction f of `ranks_of` (float64), with\n"
-"n the number kept and r = floor((n - 1) * f): lo[j] = the value of rank r, hi[j] that of\n"
-"rank min(r + 1, n - 1) (0-based, ascending): what np.percentile / np.median interpolate.\n"
+"Exact order statistics of the values kept from `values` (P,) float64 or float32: finite ones,\n"
+"where `other` (P,) float64 or float32 (or None) is also finite, and > 0 if `positive`; each\n"
+"taken as a float64, and as |value - centre| unless centre is NaN. For each fraction f of\n"
+"`ranks_of` (float64), with n the number kept and r = floor((n - 1) * f): lo[j] = the value\n"
+"of rank r, hi[j] that of rank min(r + 1, n - 1) (0-based, ascending): what np.percentile /\n"
+"np.median interpolate.\n"
 "Outputs are NaN when n is 0. Three passes (bounds, a 65536-bin histogram, the values of\n"
 "the bins that hold the ranks) and a selection within those bins; values are not copied.");
 
@@ -760,17 +816,23 @@ static PyObject *order_statistics(PyObject *self, PyObject *args)
     PyObject *result = NULL;
     uint32_t *hist = NULL;
     double *pool = NULL;
-    Py_buffer *vv = get(&h, vo, 1, "d", 0, "values"), *ov = NULL, *fv, *lov, *hiv;
+    Py_buffer *vv = get(&h, vo, 1, NULL, 0, "values"), *ov = NULL, *fv, *lov, *hiv;
     if (!vv || !(fv = get(&h, fo, 1, "d", 0, "ranks_of")) || !(lov = get(&h, loo, 1, "d", 1, "lo")) ||
         !(hiv = get(&h, hio, 1, "d", 1, "hi")))
         goto done;
-    if (oo != Py_None && !(ov = get(&h, oo, 1, "d", 0, "other"))) goto done;
+    if (oo != Py_None && !(ov = get(&h, oo, 1, NULL, 0, "other"))) goto done;
+    const int vf32 = strcmp(format_of(vv), "f") == 0, of32 = ov && strcmp(format_of(ov), "f") == 0;
+    if ((!vf32 && strcmp(format_of(vv), "d") != 0) || (ov && !of32 && strcmp(format_of(ov), "d") != 0)) {
+        PyErr_SetString(PyExc_TypeError, "values and other must be float64 or float32");
+        goto done;
+    }
     const Py_ssize_t P = vv->shape[0], J = fv->shape[0];
     if ((ov && ov->shape[0] != P) || lov->shape[0] != J || hiv->shape[0] != J || J > 8) {
         PyErr_SetString(PyExc_ValueError, "other must match values, lo and hi ranks_of (at most 8)");
         goto done;
     }
-    const double *v = vv->buf, *other = ov ? ov->buf : NULL, *frac = fv->buf;
+    const void *v = vv->buf, *other = ov ? ov->buf : NULL;
+    const double *frac = fv->buf;
     for (Py_ssize_t j = 0; j < J; j++) {
         if (!(frac[j] >= 0 && frac[j] <= 1)) {
             PyErr_SetString(PyExc_ValueError, "ranks_of must be fractions in [0, 1]");
@@ -788,7 +850,7 @@ static PyObject *order_statistics(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     double vmin = INFINITY, vmax = -INFINITY, buf[SELECT_BLOCK];
     for (Py_ssize_t p0 = 0; p0 < P; p0 += SELECT_BLOCK) {
-        const Py_ssize_t m = kept_block(v, other, positive, centre, p0, P - p0 < SELECT_BLOCK ? P - p0 : SELECT_BLOCK, buf);
+        const Py_ssize_t m = kept_block(v, vf32, other, of32, positive, centre, p0, P - p0 < SELECT_BLOCK ? P - p0 : SELECT_BLOCK, buf);
         for (Py_ssize_t i = 0; i < m; i++) {
             vmin = buf[i] < vmin ? buf[i] : vmin;
             vmax = buf[i] > vmax ? buf[i] : vmax;
@@ -807,7 +869,7 @@ static PyObject *order_statistics(PyObject *self, PyObject *args)
 #define BIN(x) ((uint32_t)((x - vmin) * scale < SELECT_BINS - 1.0 ? (x - vmin) * scale : SELECT_BINS - 1.0))
 #define EACH_KEPT(body)                                                                                    \
         for (Py_ssize_t p0 = 0; p0 < P; p0 += SELECT_BLOCK) {                                              \
-            const Py_ssize_t m = kept_block(v, other, positive, centre, p0,                                \
+            const Py_ssize_t m = kept_block(v, vf32, other, of32, positive, centre, p0,                                \
                                             P - p0 < SELECT_BLOCK ? P - p0 : SELECT_BLOCK, buf);           \
             for (Py_ssize_t i = 0; i < m; i++) {                                                           \
                 const double x = buf[i];                                                                   \

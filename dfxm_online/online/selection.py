@@ -11,7 +11,7 @@ the values of the bins that hold the wanted ranks) and selects within those bins
 map, whose valid-pixel mask and filtered copies are gone too.
 
 The results equal `np.percentile(kept, q)` (the default "linear" method) and
-`np.median(kept)` bit for bit, `kept` being the values that pass the filter: the compiled
+`np.median(kept)` bit for bit, `kept` being the values that pass the filter as float64: the compiled
 pass returns the two order statistics numpy interpolates between, and the interpolation
 below is numpy's own (`numpy.lib._function_base_impl._lerp`); tests hold the two together.
 """
@@ -23,6 +23,15 @@ import numpy as np
 from . import _pixelmaps
 
 
+def _flat(values: np.ndarray) -> np.ndarray:
+    """`values` as the compiled pass reads them: float32 maps as they are (the live
+    snapshot's; each value is exact as a float64, so no converted copy is needed), anything
+    else as float64."""
+    values = np.asarray(values)
+    dtype = np.float32 if values.dtype == np.float32 else np.float64
+    return np.ascontiguousarray(values, dtype=dtype).reshape(-1)
+
+
 def _order_statistics(
     values: np.ndarray,
     fractions: list[float],
@@ -30,10 +39,10 @@ def _order_statistics(
     positive: bool,
     distance_to: float | None,
 ) -> tuple[int, np.ndarray, np.ndarray]:
-    flat = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+    flat = _flat(values)
     other = None
     if finite_with is not None:
-        other = np.ascontiguousarray(finite_with, dtype=np.float64).reshape(-1)
+        other = _flat(finite_with)
         if other.shape != flat.shape:
             raise ValueError(f"finite_with has {other.size} values, values has {flat.size}")
     ranks_of = np.asarray(fractions, dtype=np.float64)
