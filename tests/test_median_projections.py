@@ -373,6 +373,20 @@ def test_projections_split_by_index(n):
     assert_states_equal(restored.state(), part.state())
 
 
+def test_projections_in_float32_are_the_float64_images_rounded_once():
+    """The live snapshot's float32 images: the sum is added in float64, then rounded (a
+    float32 addition of the rounded halves differs in the last bit for most pixels)."""
+    stack = make_stack(N, kind="float")
+    acc = feed(Projections(P, n_frames_expected=N), stack)
+    wide, narrow = acc.snapshot(), acc.snapshot(np.float32)
+    assert wide.keys() == narrow.keys()
+    for name, image in narrow.items():
+        assert image.dtype == np.float32, name
+        np.testing.assert_array_equal(image, wide[name].astype(np.float32), err_msg=name)
+    rounded_halves = narrow["sum_first_half"] + narrow["sum_second_half"]
+    assert (rounded_halves != narrow["sum"]).any()
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_projections_split_by_first_motor_position(shuffle):
     positions, mu_index = zigzag_mesh()

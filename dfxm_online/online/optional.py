@@ -66,13 +66,15 @@ def after_update(accumulators: Mapping[str, Any]) -> None:
         rolling.pop_ready()
 
 
-def maps_of(accumulators: Mapping[str, Any], shape: tuple[int, int]) -> tuple[dict[str, np.ndarray], dict]:
-    """Maps (and their axes) from the optional accumulators' snapshots."""
+def maps_of(accumulators: Mapping[str, Any], shape: tuple[int, int],
+            dtype: np.dtype | type = np.float64) -> tuple[dict[str, np.ndarray], dict]:
+    """Maps (and their axes) from the optional accumulators' snapshots. `dtype` float32:
+    the projections are made in float32 (the others are rounded by the caller)."""
     maps: dict[str, np.ndarray] = {}
     axes: dict[str, list[tuple[str, np.ndarray]]] = {}
     for name, acc in accumulators.items():
         if name == "projections":
-            snap = acc.snapshot()
+            snap = acc.snapshot(dtype)
             if snap is not None:
                 maps.update({k: v.reshape(shape) for k, v in snap.items()})
         elif name == "median_background":

@@ -271,7 +271,7 @@ class ScanPipeline:
         if offset is not None:
             maps["background"] = offset.reshape(self.frame_shape).astype(dtype, copy=False)
         del offset
-        extra_maps, self._extra_axes = optional.maps_of(self.extras, self.frame_shape)
+        extra_maps, self._extra_axes = optional.maps_of(self.extras, self.frame_shape, dtype)
         for name in list(extra_maps):  # one at a time: a float64 map is dropped once rounded
             values = extra_maps.pop(name)
             maps[name] = values.astype(dtype, copy=False) if single and values.dtype.kind == "f" else values

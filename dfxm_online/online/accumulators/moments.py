@@ -162,7 +162,9 @@ class PowerSums:
         i0 = self._index(np.zeros(len(self.axes), np.int64))
         if off is None:
             return self.sums[i0].copy()
-        return self.sums[i0] - self.weights[i0] * off
+        # sums - weights * off, in place in the result: no (P,) temporary
+        out = np.multiply(self.weights[i0], off)
+        return np.subtract(self.sums[i0], out, out=out)
 
     def conversion(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What the compiled passes need to turn the sums into moments (`index`, `centre`,

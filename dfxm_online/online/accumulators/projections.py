@@ -181,16 +181,23 @@ class Projections:
         obj.next_index = int(state["next_index"])
         return obj
 
-    def snapshot(self) -> dict[str, np.ndarray] | None:
+    def snapshot(self, dtype: np.dtype | type = np.float64) -> dict[str, np.ndarray] | None:
         """{"sum", "max", "sum_first_half", "sum_second_half"} images (P,); None before the
-        first frame."""
+        first frame.
+
+        `dtype` float32: the same images rounded to float32 (the sum added in float64 and
+        rounded once), made in one pass each. The live snapshot's: a float64 copy of each
+        then rounded was 8 passes over 32 MB images and 4 more such arrays at 2048^2, ~0.035
+        s of a two-motor publish on the loaded daemon (py-spy, 2 cores)."""
         if self.count == 0:
             return None
+        total = np.empty(self.n_pixels, dtype=dtype)
+        np.add(self.halves[0], self.halves[1], out=total)  # a float64 loop, its result cast
         return {
-            "sum": self.halves[0] + self.halves[1],
-            "max": self.maximum.copy(),
-            "sum_first_half": self.halves[0].copy(),
-            "sum_second_half": self.halves[1].copy(),
+            "sum": total,
+            "max": self.maximum.astype(dtype),
+            "sum_first_half": self.halves[0].astype(dtype),
+            "sum_second_half": self.halves[1].astype(dtype),
         }
 
 
