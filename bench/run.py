@@ -431,7 +431,7 @@ def watch_progress(path: str, timeout: float, conn) -> None:
 
 
 def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float, number: int,
-                  in_service: bool = False, primed: bool = False) -> dict:
+                  in_service: bool = False, primed: bool = False, motors: int = 1) -> dict:
     """Frame-to-published-map latency at `rate` frames/s: for each frame, the time from its
     publication to the first maps file that includes it (watched by another process,
     `watch_progress`).
@@ -439,15 +439,23 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
     A new daemon's first scan, or with `in_service` a daemon that has processed a scan of
     the same size (published at full speed) just before: the start-up of a new daemon (its
     fresh memory, first files) is most of a short scan's latency at 2048^2. With `primed`, a
-    new daemon that has rehearsed a scan of this size at start-up (`[warmup]`)."""
+    new daemon that has rehearsed a scan of this size at start-up (`[warmup]`). `motors`: as
+    in `scan_motors` (two: a mesh, whose maps include the mosaicity colours)."""
     import multiprocessing
     import threading
 
     out = workdir / "maps"
     rng = np.random.default_rng(number)
     pool = rng.integers(90, 4000, size=(8, size, size), dtype=np.uint16)
+    specs, positions, title = scan_motors(n_frames, motors)
+    names = [spec[0] for spec in specs]
+    kind = title.split()[0]  # ascan / amesh: the maps file's name
+
+    def point(i: int) -> dict[str, float]:
+        return dict(zip(names, positions[i].tolist()))
+
     port = free_port()
-    extra = ("--config", str(write_warmup_config(workdir, size, ["mu"]))) if primed else ()
+    extra = ("--config", str(write_warmup_config(workdir, size, names))) if primed else ()
     daemon = start_daemon(url, out, port, workdir, "--publish-period", "0.1", *extra)
     rehearsal: dict = {}
     try:
@@ -457,22 +465,22 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
         from blissdata.redis_engine.store import DataStore
 
         desc = ScanDescription(
-            session="latency", number=number, name="ascan", title=f"ascan mu -1 1 {n_frames - 1} 0.1",
+            session="latency", number=number, name=kind, title=title,
             filename=workdir / "scans" / f"lat_{number}.h5", detector="pco",
-            frame_shape=(size, size), npoints=n_frames, motors=[("mu", -1.0, 1.0, n_frames)],
+            frame_shape=(size, size), npoints=n_frames, motors=specs,
         )
         if in_service:
             warm = ScanDescription(
-                session="latency", number=number + 1000, name="ascan", title=desc.title,
+                session="latency", number=number + 1000, name=kind, title=title,
                 filename=workdir / "scans" / f"lat_{number}_warmup.h5", detector="pco",
-                frame_shape=(size, size), npoints=n_frames, motors=[("mu", -1.0, 1.0, n_frames)],
+                frame_shape=(size, size), npoints=n_frames, motors=specs,
             )
             warm_pub = ScanPublisher(DataStore(url), warm, "array")
             warm_pub.start()
             for i in range(n_frames):
-                warm_pub.publish({"mu": -1 + 2 * i / (n_frames - 1)}, pool[i % len(pool)])
+                warm_pub.publish(point(i), pool[i % len(pool)])
             warm_pub.finish()
-            wait_state(out / "latency" / f"ascan_{number + 1000}.h5", 120)
+            wait_state(out / "latency" / f"{kind}_{number + 1000}.h5", 120)
         pub = ScanPublisher(DataStore(url), desc, "array")
         published: list[float] = []
 
@@ -483,14 +491,14 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
                 delay = t0 + i / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                pub.publish({"mu": -1 + 2 * i / (n_frames - 1)}, pool[i % len(pool)])
+                pub.publish(point(i), pool[i % len(pool)])
                 published.append(time.monotonic())
             pub.finish()
 
         context = multiprocessing.get_context("spawn")
         receive, send = context.Pipe(duplex=False)
         watcher = context.Process(target=watch_progress, daemon=True, args=(
-            str(out / "latency" / f"ascan_{number}.h5"), n_frames / rate + 60, send))
+            str(out / "latency" / f"{kind}_{number}.h5"), n_frames / rate + 60, send))
         watcher.start()  # before the scan: its start-up (imports) must not delay the polls
         receive.recv()  # "ready"
         thread = threading.Thread(target=publish)
@@ -504,7 +512,8 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
             if t_map is not None:
                 latencies.append(max(0.0, t_map - t_pub))
         lat = np.array(latencies)
-        return {"size": size, "rate": rate, "frames": n_frames, "in_service": in_service, "primed": primed,
+        return {"size": size, "rate": rate, "frames": n_frames, "motors": motors, "in_service": in_service,
+                "primed": primed,
                 "rehearsal_s": rehearsal.get("seconds", float("nan")), "rehearsal": rehearsal.get("state", ""),
                 "p50": float(np.percentile(lat, 50)),
                 "p99": float(np.percentile(lat, 99)), "measured": len(lat)}
@@ -521,8 +530,8 @@ def main() -> None:
                         help="run one part and print it (RESULTS.md is written by full runs only)")
     parser.add_argument("--runs", help="e2e runs as mode:size:frames,... (with --only e2e)")
     parser.add_argument("--latency-runs",
-                        help="latency runs as size:frames:daemon,... with daemon new, warmed-up or in-service "
-                             "(with --only latency)")
+                        help="latency runs as size:frames:daemon[:motors],... with daemon new, warmed-up or "
+                             "in-service, motors 1 (default) or 2 (with --only latency)")
     parser.add_argument("--daemon-args", default="",
                         help="extra 'dfxm-online serve' flags for the daemon, e.g. '--batch-size 32'")
     parser.add_argument("--daemon-log-level", default="WARNING",
@@ -595,24 +604,26 @@ def main() -> None:
                       "New daemon: the scan is the daemon's first. In service: the daemon has processed "
                       "a scan of the same size just before. Warmed up: a new daemon that rehearsed a "
                       "scan of that size at start-up (`[warmup]`).", "",
-                      "| frame | rate (frames/s) | frames | daemon | p50 (s) | p99 (s) |", "|---|---|---|---|---|---|"]
-            lat_runs = [(512, 100, "new"), (2048, 60, "new"), (2048, 60, "warmed up"), (2048, 60, "in service"),
-                        (2048, 200, "in service")]
+                      "| frame | rate (frames/s) | frames | motors | daemon | p50 (s) | p99 (s) |",
+                      "|---|---|---|---|---|---|---|"]
+            lat_runs = [(512, 100, "new", 1), (2048, 60, "new", 1), (2048, 60, "warmed up", 1),
+                        (2048, 60, "in service", 1), (2048, 200, "in service", 1), (2048, 200, "in service", 2)]
             if args.quick:
-                lat_runs = [(128, 30, "new"), (128, 30, "warmed up")]
-            if args.latency_runs:  # size:frames:daemon
-                lat_runs = [(int(f[0]), int(f[1]), f[2].replace("-", " "))
+                lat_runs = [(128, 30, "new", 1), (128, 40, "warmed up", 2)]
+            if args.latency_runs:  # size:frames:daemon[:motors]
+                lat_runs = [(int(f[0]), int(f[1]), f[2].replace("-", " "), int(f[3]) if len(f) > 3 else 1)
                             for f in (r.split(":") for r in args.latency_runs.split(","))]
             if part not in (None, "latency"):
                 lat_runs = []
-            for k, (sz, n, daemon_kind) in enumerate(lat_runs, start=len(runs) + 1):
+            for k, (sz, n, daemon_kind, motors) in enumerate(lat_runs, start=len(runs) + 1):
                 r = bench_latency(url, Path(tmp), sz, n, 10.0, k, daemon_kind == "in service",
-                                  daemon_kind == "warmed up")
+                                  daemon_kind == "warmed up", motors)
                 clear_run(url, Path(tmp))
                 print(json.dumps(r), flush=True)
                 if r["primed"]:
                     daemon_kind += f" (rehearsal {r['rehearsal_s']:.1f} s)"
-                lines.append(f"| {sz}x{sz} | 10 | {r['frames']} | {daemon_kind} | {r['p50']:.3f} | {r['p99']:.3f} |")
+                lines.append(f"| {sz}x{sz} | 10 | {r['frames']} | {motors} | {daemon_kind} | {r['p50']:.3f} "
+                             f"| {r['p99']:.3f} |")
         finally:
             store.stop()
     text = "\n".join(lines) + "\n"
