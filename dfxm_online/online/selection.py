@@ -8,12 +8,16 @@ it). numpy needs a filtered copy of the map and a partition of it for each.
 the values of the bins that hold the wanted ranks) and selects within those bins. At
 2048^2: the signal mask 0.044 -> 0.020 s; a median and a percentile of one COM map 0.068
 -> 0.049 s (one thread; the key's two axes run on two), ~0.01 s less for the mosaicity
-map, whose valid-pixel mask and filtered copies are gone too.
+map, whose valid-pixel mask and filtered copies are gone too. With passes that vectorize
+and float32 maps read as they are (best of 25, one thread): a median or percentile of a
+float32 COM map (with the other map's finiteness) 0.034 -> 0.0083 s (the float64 copies
+included), the signal mask's percentile of a float64 intensity map 0.017 -> 0.013 s.
 
 The results equal `np.percentile(kept, q)` (the default "linear" method) and
-`np.median(kept)` bit for bit, `kept` being the values that pass the filter as float64: the compiled
-pass returns the two order statistics numpy interpolates between, and the interpolation
-below is numpy's own (`numpy.lib._function_base_impl._lerp`); tests hold the two together.
+`np.median(kept)` bit for bit, `kept` being the values that pass the filter as float64:
+the compiled pass returns the two order statistics numpy interpolates between, and the
+interpolation below is numpy's own (`numpy.lib._function_base_impl._lerp`); tests hold the
+two together.
 """
 
 from __future__ import annotations
