@@ -28,6 +28,10 @@
 #endif
 
 #define MAX_ROWS 64
+
+/* Element i of a float32 (f32) or float64 array, as a double (exact either way): the
+ * passes that read the live snapshot's float32 maps without converted copies. */
+#define AS_DOUBLE(x, f32, i) ((f32) ? (double)((const float *)(x))[i] : ((const double *)(x))[i])
 #define MAX_MOTORS 3
 #define MAX_BUFS (2 * MAX_ROWS + 16)
 
@@ -490,9 +494,8 @@ static inline __attribute__((always_inline)) void hsv_kernel(const void *av, con
                                                               const double *angle, float *out,
                                                               Py_ssize_t start, Py_ssize_t stop)
 {
-#define AT(x, p) (f32 ? (double)((const float *)x)[p] : ((const double *)x)[p])
     for (Py_ssize_t p = start; p < stop; p++) {
-        const double a = AT(av, p), b = AT(bv, p);
+        const double a = AS_DOUBLE(av, f32, p), b = AS_DOUBLE(bv, f32, p);
         const int ok = isfinite(a) & isfinite(b);  /* else no signal: black, no orientation has it */
         const double u = (a - ca) / sa, v = (b - cb) / sb;
         double hue6 = angle[p - start] * (3.0 / M_PI);  /* sixths of a turn, in [-3, 3] */
@@ -518,7 +521,6 @@ static inline __attribute__((always_inline)) void hsv_kernel(const void *av, con
         CHANNEL(2, 1.0)
 #undef CHANNEL
     }
-#undef AT
 }
 
 TARGETS
@@ -588,7 +590,7 @@ static inline __attribute__((always_inline)) void kam_kernel(
     const Py_ssize_t start, const Py_ssize_t stop, unsigned char *valid, const Py_ssize_t y0,
     const Py_ssize_t y1, double *total, int32_t *count)
 {
-#define AT(m, i) (f32 ? (double)((const float *)maps[m])[i] : ((const double *)maps[m])[i])
+#define AT(m, i) AS_DOUBLE(maps[m], f32, i)
     for (Py_ssize_t i = 0; i < (y1 - y0) * W; i++) {
         int ok = 1;
         for (Py_ssize_t m = 0; m < M; m++) ok &= isfinite(AT(m, y0 * W + i)) != 0;
@@ -792,7 +794,6 @@ enum { PASS_BOUNDS, PASS_HISTOGRAM, PASS_GATHER };
 static inline __attribute__((always_inline)) void select_kernel(SelectPass *s, const int vf32, const int of32,
                                                                 const int has_other, const int pass)
 {
-#define AT(x, f32, p) (f32 ? (double)((const float *)x)[p] : ((const double *)x)[p])
     double x[SELECT_BLOCK];
     int64_t keep[SELECT_BLOCK];
     int32_t bin[SELECT_BLOCK];
@@ -822,9 +823,9 @@ static inline __attribute__((always_inline)) void select_kernel(SelectPass *s, c
     for (Py_ssize_t p0 = 0; p0 < P; p0 += SELECT_BLOCK) {
         const Py_ssize_t n = P - p0 < SELECT_BLOCK ? P - p0 : SELECT_BLOCK;
         for (Py_ssize_t i = 0; i < n; i++) {
-            const double a = AT(s->v, vf32, p0 + i);
+            const double a = AS_DOUBLE(s->v, vf32, p0 + i);
             int64_t k = isfinite(a) != 0;
-            if (has_other) k &= isfinite(AT(s->other, of32, p0 + i)) != 0;
+            if (has_other) k &= isfinite(AS_DOUBLE(s->other, of32, p0 + i)) != 0;
             if (positive) k &= a > 0;
             x[i] = distance ? fabs(a - centre) : a;
             keep[i] = k;
@@ -872,7 +873,6 @@ static inline __attribute__((always_inline)) void select_kernel(SelectPass *s, c
         s->vmax = vmx;
         s->n = count;
     }
-#undef AT
 }
 
 TARGETS
