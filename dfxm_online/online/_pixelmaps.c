@@ -28,14 +28,21 @@
 #endif
 
 #define MAX_ROWS 64
-
-/* Element i of a float32 (f32) or float64 array, as a double (exact either way): the
- * passes that read the live snapshot's float32 maps without converted copies. */
-#define AS_DOUBLE(x, f32, i) ((f32) ? (double)((const float *)(x))[i] : ((const double *)(x))[i])
 #define MAX_MOTORS 3
 #define MAX_BUFS (2 * MAX_ROWS + 16)
 
 #include "_buffers.h"
+
+/* Element i of a float32 (f32) or float64 array, as a double (exact either way): the
+ * passes that read the live snapshot's float32 maps without converted copies. */
+#define AS_DOUBLE(x, f32, i) ((f32) ? (double)((const float *)(x))[i] : ((const double *)(x))[i])
+
+/* 1 for a float32 buffer, 0 for float64, -1 for anything else (the passes that take both). */
+static int float32_or_64(Py_buffer *v)
+{
+    const char *f = format_of(v);
+    return strcmp(f, "f") == 0 ? 1 : (strcmp(f, "d") == 0 ? 0 : -1);
+}
 
 /* ---- pooled edge baseline ---------------------------------------------------------------- */
 
@@ -554,8 +561,8 @@ static PyObject *hsv_colour(PyObject *self, PyObject *args)
     if (!av || !(bv = get(&h, bo, 1, NULL, 0, "b")) || !(angv = get(&h, ango, 1, "d", 0, "angle")) ||
         !(ov = get(&h, oo, 2, "f", 1, "out")))
         goto done;
-    const int f32 = strcmp(format_of(av), "f") == 0;
-    if ((!f32 && strcmp(format_of(av), "d") != 0) || strcmp(format_of(bv), f32 ? "f" : "d") != 0) {
+    const int f32 = float32_or_64(av);
+    if (f32 < 0 || float32_or_64(bv) != f32) {
         PyErr_SetString(PyExc_TypeError, "a and b must be both float64 or both float32");
         goto done;
     }
@@ -689,9 +696,9 @@ static PyObject *kam_rows(PyObject *self, PyObject *args)
     for (Py_ssize_t m = 0; m < M; m++) {
         Py_buffer *v = get(&h, PySequence_Fast_GET_ITEM(seq, m), 2, NULL, 0, "maps");
         if (!v) goto done;
-        const char *f = format_of(v);
-        if (m == 0) f32 = strcmp(f, "f") == 0;
-        if (strcmp(f, f32 ? "f" : "d") != 0 || v->shape[0] != H || v->shape[1] != W) {
+        const int kind = float32_or_64(v);
+        if (m == 0) f32 = kind;
+        if (kind < 0 || kind != f32 || v->shape[0] != H || v->shape[1] != W) {
             PyErr_SetString(PyExc_ValueError, "maps must be all float64 or all float32, of the shape of out");
             goto done;
         }
@@ -789,8 +796,9 @@ enum { PASS_BOUNDS, PASS_HISTOGRAM, PASS_GATHER };
  * work on them. Every loop but the histogram's increments and the gather's rare stores is a
  * plain loop over the block that GCC vectorizes (the filter had packed the kept values with
  * a store per pixel, which does not vectorize: 2048^2, one float32 map and its other, a
- * median took ~0.035 s that way, 0.0083 s this way). Inlined with the dtypes constant. The bins are the same
- * arithmetic in both passes that use them, so a value falls in the same bin in each. */
+ * median took ~0.035 s that way, 0.0083 s this way). Inlined with the dtypes constant. The
+ * bins are the same arithmetic in both passes that use them, so a value falls in the same
+ * bin in each. */
 static inline __attribute__((always_inline)) void select_kernel(SelectPass *s, const int vf32, const int of32,
                                                                 const int has_other, const int pass)
 {
@@ -922,8 +930,8 @@ static PyObject *order_statistics(PyObject *self, PyObject *args)
         !(hiv = get(&h, hio, 1, "d", 1, "hi")))
         goto done;
     if (oo != Py_None && !(ov = get(&h, oo, 1, NULL, 0, "other"))) goto done;
-    const int vf32 = strcmp(format_of(vv), "f") == 0, of32 = ov && strcmp(format_of(ov), "f") == 0;
-    if ((!vf32 && strcmp(format_of(vv), "d") != 0) || (ov && !of32 && strcmp(format_of(ov), "d") != 0)) {
+    const int vf32 = float32_or_64(vv), of32 = ov ? float32_or_64(ov) : 0;
+    if (vf32 < 0 || of32 < 0) {
         PyErr_SetString(PyExc_TypeError, "values and other must be float64 or float32");
         goto done;
     }
