@@ -111,6 +111,43 @@ def test_running_mean_and_edge_baseline_against_numpy():
     )
 
 
+def test_edge_baseline_snapshot_is_reused_only_while_no_band_frame_arrives():
+    # a live publish takes the baseline again only when a frame fell in a band (or the dark
+    # frames changed): the reused one is the baseline of the frames so far, read-only
+    axes, _, pos, stack = make_stack(2)
+    edges = EdgeBaseline(axes, stack[0].size, 0.2)
+    remade = reused = False
+    dark = RunningMean(stack[0].size)
+    dark.update(stack[:3] * 0 + 100)
+    previous = None
+    for i in range(len(pos)):
+        edges.update(stack[i : i + 1], as_dict(axes, pos[i : i + 1]))
+        in_band = edges.counts.sum() != (0 if previous is None else previous[0])
+        got = edges.snapshot()
+        if got is None:
+            continue
+        expected = brute.edge_baseline(stack[: i + 1], pos[: i + 1], axes, 0.2).reshape(-1)
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+        assert not got.flags.writeable
+        if previous is not None:
+            assert (got is previous[1]) == (not in_band)
+            remade = remade or in_band
+            reused = reused or not in_band
+        previous = (edges.counts.sum(), got)
+        pooled = edges.snapshot(dark)
+        assert pooled is not got and edges.snapshot(dark) is pooled
+        fresh = EdgeBaseline.from_state(axes, edges.state(), 0.2)
+        np.testing.assert_array_equal(pooled, fresh.snapshot(dark))
+        previous = (edges.counts.sum(), edges.snapshot())  # made anew after the dark one
+    assert remade and reused  # both cases were met
+    before = edges.snapshot()
+    other = EdgeBaseline(axes, stack[0].size, 0.2)
+    other.update(stack[:1], as_dict(axes, pos[:1]))
+    edges.merge(other)
+    merged = edges.snapshot()
+    assert merged is not before and not np.array_equal(merged, before)
+
+
 def test_edge_baseline_gives_unbiased_com_and_fwhm_where_raw_moments_do_not():
     """The default background recovers the model's truth; raw and clipped moments do not."""
     axes = [MotorAxis("mu", -0.4, 0.4, 31), MotorAxis("chi", -1.0, 1.0, 25)]

@@ -103,6 +103,8 @@ class EdgeBaseline:
         self.sums = np.zeros((2 * len(self.axes), n_pixels), dtype=np.float64)
         self.sumsq = np.zeros((2 * len(self.axes), n_pixels), dtype=np.float64)
         self.counts = np.zeros(2 * len(self.axes), dtype=np.int64)
+        # the last baseline and what it was made of (see `snapshot`)
+        self._last: tuple[tuple, np.ndarray] | None = None
 
     def update(self, frames: np.ndarray, positions: Mapping[str, np.ndarray]) -> None:
         accumulate(frames, [self.sums_plan(positions, len(frames))])
@@ -133,6 +135,7 @@ class EdgeBaseline:
         self.sums += other.sums
         self.sumsq += other.sumsq
         self.counts += other.counts
+        self._last = None
 
     def state(self) -> dict[str, np.ndarray]:
         return {"sums": self.sums.copy(), "sumsq": self.sumsq.copy(), "counts": self.counts.copy()}
@@ -154,6 +157,16 @@ class EdgeBaseline:
         they never contain the peak, and the edge frames that agree with them cut the
         dark's own noise, which the lever arm (x - com)^2 of a wide mesh amplifies ~30x.
         """
+        # The sums change only with the counts (a frame in a band adds to both), so a
+        # baseline made from the same counts (and the same dark frames) is the one already
+        # made: it is returned again, read-only, instead of read off the 2M sums and sums of
+        # squares anew. Most of a scan adds no frame to any band (a rocking scan's middle
+        # 60 %, most of a mesh's rows between its first and last band points); a 2048^2
+        # baseline of 4 groups costs ~0.02 s, on 2 cores, of each live publish.
+        key = (tuple(self.counts.tolist()), None if dark is None else (dark, dark.count))
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        self._last = None  # dropped before the new one is made: one baseline in memory
         seen = np.flatnonzero(self.counts > 0)
         sums = [self.sums[g] for g in seen]
         sumsq = [self.sumsq[g] for g in seen]
@@ -164,7 +177,10 @@ class EdgeBaseline:
             counts.append(dark.count)
         if not counts:
             return None
-        return pooled_edge_mean(sums, sumsq, np.array(counts), self.REJECT_SIGMAS)
+        baseline = pooled_edge_mean(sums, sumsq, np.array(counts), self.REJECT_SIGMAS)
+        baseline.flags.writeable = False
+        self._last = (key, baseline)
+        return baseline
 
 
 def pooled_edge_mean(
