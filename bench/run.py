@@ -262,6 +262,16 @@ def clear_run(url: str, workdir: Path) -> None:
         shutil.rmtree(workdir / folder, ignore_errors=True)
 
 
+def peak_rss_of(pid: int) -> int:
+    """A process's peak resident set over its life so far (VmHWM, bytes): unlike polling,
+    it cannot miss a short peak (two versions' maps held at once during a publish)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
 def start_daemon(url: str, out: Path, port: int, workdir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "dfxm_online.cli", "--log-level", DAEMON_LOG_LEVEL[0], "serve", "--redis", url,
@@ -512,11 +522,12 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
             if t_map is not None:
                 latencies.append(max(0.0, t_map - t_pub))
         lat = np.array(latencies)
+        peak_mb = peak_rss_of(daemon.pid) / 2**20
         return {"size": size, "rate": rate, "frames": n_frames, "motors": motors, "in_service": in_service,
                 "primed": primed,
                 "rehearsal_s": rehearsal.get("seconds", float("nan")), "rehearsal": rehearsal.get("state", ""),
                 "p50": float(np.percentile(lat, 50)),
-                "p99": float(np.percentile(lat, 99)), "measured": len(lat)}
+                "p99": float(np.percentile(lat, 99)), "measured": len(lat), "peak_rss_mb": peak_mb}
     finally:
         daemon.terminate()
         daemon.wait(30)
@@ -603,9 +614,12 @@ def main() -> None:
             lines += ["", "## Frame-to-published-map latency (publish period 0.1 s)", "",
                       "New daemon: the scan is the daemon's first. In service: the daemon has processed "
                       "a scan of the same size just before. Warmed up: a new daemon that rehearsed a "
-                      "scan of that size at start-up (`[warmup]`).", "",
-                      "| frame | rate (frames/s) | frames | motors | daemon | p50 (s) | p99 (s) |",
-                      "|---|---|---|---|---|---|---|"]
+                      "scan of that size at start-up (`[warmup]`). Peak RSS: the daemon's high-water mark "
+                      "(VmHWM) over its life, the in-service warm-up scan (published at full speed) or "
+                      "rehearsal included.", "",
+                      "| frame | rate (frames/s) | frames | motors | daemon | p50 (s) | p99 (s) "
+                      "| peak daemon RSS (MB) |",
+                      "|---|---|---|---|---|---|---|---|"]
             lat_runs = [(512, 100, "new", 1), (2048, 60, "new", 1), (2048, 60, "warmed up", 1),
                         (2048, 60, "in service", 1), (2048, 200, "in service", 1), (2048, 200, "in service", 2)]
             if args.quick:
@@ -623,7 +637,7 @@ def main() -> None:
                 if r["primed"]:
                     daemon_kind += f" (rehearsal {r['rehearsal_s']:.1f} s)"
                 lines.append(f"| {sz}x{sz} | 10 | {r['frames']} | {motors} | {daemon_kind} | {r['p50']:.3f} "
-                             f"| {r['p99']:.3f} |")
+                             f"| {r['p99']:.3f} | {r['peak_rss_mb']:.0f} |")
         finally:
             store.stop()
     text = "\n".join(lines) + "\n"
