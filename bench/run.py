@@ -264,7 +264,7 @@ def clear_run(url: str, workdir: Path) -> None:
 
 def peak_rss_of(pid: int) -> int:
     """A process's peak resident set over its life so far (VmHWM, bytes): unlike polling,
-    it cannot miss a short peak (two versions' maps held at once during a publish)."""
+    it cannot miss a short peak (a publish's maps, held for a few tenths of a second)."""
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
             if line.startswith("VmHWM:"):

@@ -133,7 +133,6 @@ def test_edge_baseline_snapshot_is_reused_only_while_no_band_frame_arrives():
             assert (got is previous[1]) == (not in_band)
             remade = remade or in_band
             reused = reused or not in_band
-        previous = (edges.counts.sum(), got)
         pooled = edges.snapshot(dark)
         assert pooled is not got and edges.snapshot(dark) is pooled
         fresh = EdgeBaseline.from_state(axes, edges.state(), 0.2)
