@@ -135,7 +135,6 @@ class EdgeBaseline:
         self.sums += other.sums
         self.sumsq += other.sumsq
         self.counts += other.counts
-        self._last = None
 
     def state(self) -> dict[str, np.ndarray]:
         return {"sums": self.sums.copy(), "sumsq": self.sumsq.copy(), "counts": self.counts.copy()}
