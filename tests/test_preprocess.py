@@ -101,6 +101,27 @@ def test_roi_against_index_loop():
         crop_roi(frames, 0, 14, 0, 5)
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_binning_a_batch_in_passes_equals_each_frame_binned_alone(mode, dtype, monkeypatch):
+    """bin_frames works through a batch a few frames at a time (bounded intermediates):
+    a batch longer than one pass, with a partial last pass, is binned exactly as each of
+    its frames on its own, and as numpy's reduction over the blocks rounded to float32."""
+    from dfxm_online.online import preprocess
+
+    n = 9
+    frames = rng_frames(shape=(n, 12, 10)).astype(dtype)
+    monkeypatch.setattr(preprocess, "BIN_PASS_BYTES", 4 * frames[0].nbytes)  # passes of 4, 4, 1
+    out = bin_frames(frames, 2, 5, mode)
+    assert out.shape == (n, 6, 2) and out.dtype == np.float32
+    for b in range(n):
+        np.testing.assert_array_equal(out[b], bin_frames(frames[b : b + 1], 2, 5, mode)[0])
+    blocks = frames.astype(np.float64).reshape(n, 6, 2, 2, 5)
+    expected = blocks.sum(axis=(2, 4)) if mode == "sum" else blocks.sum(axis=(2, 4)) / 10
+    np.testing.assert_array_equal(out, expected.astype(np.float32))
+    assert bin_frames(frames[:0], 2, 5, mode).shape == (0, 6, 2)
+
+
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 def test_binning_non_multiple_against_loop(mode):
     frames = rng_frames(shape=(2, 11, 14))  # 11 = 3*3 + 2, 14 = 4*3 + 2
