@@ -44,12 +44,17 @@ logger = logging.getLogger(__name__)
 Shape2 = tuple[int, int]
 
 
-def _as_batch(frames: np.ndarray) -> np.ndarray:
-    """`frames` as a float32 (B, H, W) array (a view when it already is one)."""
+def _batch(frames: np.ndarray) -> np.ndarray:
+    """`frames` as an array, checked to be a (B, H, W) batch."""
     frames = np.asarray(frames)
     if frames.ndim != 3:
         raise ValueError(f"frames must be a (B, H, W) batch, got shape {frames.shape}")
-    return frames.astype(np.float32, copy=False)
+    return frames
+
+
+def _as_batch(frames: np.ndarray) -> np.ndarray:
+    """`frames` as a float32 (B, H, W) array (a view when it already is one)."""
+    return _batch(frames).astype(np.float32, copy=False)
 
 
 def _check_image(name: str, image: np.ndarray, shape: Sequence[int]) -> None:
@@ -216,9 +221,7 @@ def apply_mask(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def crop_roi(frames: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     """frames[:, y0:y1, x0:x1] (a copy); requires 0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W."""
-    frames = np.asarray(frames)
-    if frames.ndim != 3:
-        raise ValueError(f"frames must be a (B, H, W) batch, got shape {frames.shape}")
+    frames = _batch(frames)
     _roi_shape(frames.shape[1:], y0, y1, x0, x1)
     # convert only the cropped part
     return np.array(frames[:, y0:y1, x0:x1], dtype=np.float32)
@@ -248,11 +251,9 @@ def bin_frames(frames: np.ndarray, by: int, bx: int, mode: str = "sum") -> np.nd
     """
     if mode not in ("sum", "mean"):
         raise ValueError(f"binning mode must be 'sum' or 'mean', got {mode!r}")
-    frames = np.asarray(frames)
-    if frames.ndim != 3:
-        raise ValueError(f"frames must be a (B, H, W) batch, got shape {frames.shape}")
+    frames = _batch(frames)
     out = np.empty((frames.shape[0], *_binned_shape(frames.shape[1:], by, bx)), dtype=np.float32)
-    step = max(1, BIN_PASS_BYTES // max(frames[0].nbytes, 1)) if len(frames) else 1
+    step = max(1, BIN_PASS_BYTES // frames[0].nbytes) if len(frames) else 1  # frames are >= 1x1
     for start in range(0, frames.shape[0], step):
         sums = block_sums(frames[start : start + step], by, bx)
         if mode == "mean":
@@ -266,9 +267,7 @@ def block_sums(frames: np.ndarray, by: int, bx: int) -> np.ndarray:
     end dropped). Strided slices added together, in uint32 for frames of at most 16-bit
     unsigned integers (exact while by * bx <= 65536), are ~4x faster than a numpy reduction
     over the short block axes (measured at 2048^2). Also used by the decomposition."""
-    frames = np.asarray(frames)
-    if frames.ndim != 3:
-        raise ValueError(f"frames must be a (B, H, W) batch, got shape {frames.shape}")
+    frames = _batch(frames)
     ny, nx = _binned_shape(frames.shape[1:], by, bx)
     crop = frames[:, : ny * by, : nx * bx]
     small_uint = crop.dtype.kind == "u" and crop.dtype.itemsize <= 2 and by * bx <= 65536
@@ -326,9 +325,7 @@ def cornice_fit(frames: np.ndarray, width: int = 10) -> tuple[np.ndarray, np.nda
     their left/right pixels, like every other row. y is the row index 0..H-1 of the frame as
     it reaches this step (after any ROI/binning).
     """
-    frames = np.asarray(frames)
-    if frames.ndim != 3:
-        raise ValueError(f"frames must be a (B, H, W) batch, got shape {frames.shape}")
+    frames = _batch(frames)
     _cornice_check(frames.shape[1:], width)
     left = frames[:, :, :width].sum(axis=2, dtype=np.float64)
     right = frames[:, :, -width:].sum(axis=2, dtype=np.float64)
@@ -758,9 +755,7 @@ class PreprocessChain:
 
         `monitor`: one value per frame, needed by the ``monitor`` step.
         """
-        frames = np.asarray(frames)
-        if frames.ndim != 3:
-            raise ValueError(f"frames must be a (B, H, W) batch, got shape {frames.shape}")
+        frames = _batch(frames)
         self.output_shape(frames.shape)
         if monitor is not None:
             monitor = np.asarray(monitor, dtype=np.float64).reshape(-1)
