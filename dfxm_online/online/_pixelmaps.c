@@ -1030,6 +1030,92 @@ done:
     return result;
 }
 
+/* ---- block sums of maps (live maps at a coarser binning) --------------------------------- */
+
+/* Output rows start <= Y < stop of every map: dst[r, Y, X] = sum over the block of by rows
+ * and bx columns at (Y * by, X * bx) of src[r], summed in double, in row order then column
+ * order. One output row at a time in a row of double totals, so every loop is a plain
+ * loop GCC vectorizes; the pass only streams (at 2048^2, the 15 float64 rows of two-motor
+ * power sums binned 2x2 on 2 cores: see maps.py). */
+TARGETS
+static void block_sums_loop(const void *src, void *dst, const int f32, const Py_ssize_t R, const Py_ssize_t H,
+                            const Py_ssize_t W, const Py_ssize_t by, const Py_ssize_t bx, const Py_ssize_t start,
+                            const Py_ssize_t stop, double *total)
+{
+    const Py_ssize_t h = H / by, w = W / bx;
+    for (Py_ssize_t r = 0; r < R; r++) {
+        for (Py_ssize_t y = start; y < stop; y++) {
+            for (Py_ssize_t x = 0; x < w; x++) total[x] = 0.0;
+            for (Py_ssize_t i = 0; i < by; i++) {
+                const Py_ssize_t row = (r * H + y * by + i) * W;
+                for (Py_ssize_t j = 0; j < bx; j++) {
+                    if (f32) {
+                        const float *s = (const float *)src + row + j;
+                        for (Py_ssize_t x = 0; x < w; x++) total[x] += (double)s[x * bx];
+                    } else {
+                        const double *s = (const double *)src + row + j;
+                        for (Py_ssize_t x = 0; x < w; x++) total[x] += s[x * bx];
+                    }
+                }
+            }
+            const Py_ssize_t out = (r * h + y) * w;
+            if (f32) {
+                float *d = (float *)dst + out;
+                for (Py_ssize_t x = 0; x < w; x++) d[x] = (float)total[x];
+            } else {
+                double *d = (double *)dst + out;
+                for (Py_ssize_t x = 0; x < w; x++) d[x] = total[x];
+            }
+        }
+    }
+}
+
+PyDoc_STRVAR(block_sums_doc,
+"block_sums(src, by, bx, dst, start, stop)\n\n"
+"For output rows start <= Y < stop of each of the R maps: dst[r, Y, X] = the sum of the block\n"
+"src[r, Y*by:(Y+1)*by, X*bx:(X+1)*bx] (summed in double). src (R, H, W) and dst\n"
+"(R, H // by, W // bx) both float64 or both float32; the last H % by rows and W % bx\n"
+"columns (partial blocks) are left out, as the binning step does.");
+
+static PyObject *block_sums(PyObject *self, PyObject *args)
+{
+    PyObject *so, *dso;
+    Py_ssize_t by, bx, start, stop;
+    if (!PyArg_ParseTuple(args, "OnnOnn", &so, &by, &bx, &dso, &start, &stop)) return NULL;
+    Held h = {.n = 0};
+    PyObject *result = NULL;
+    double *total = NULL;
+    Py_buffer *sv = get(&h, so, 3, NULL, 0, "src"), *dv;
+    if (!sv || !(dv = get(&h, dso, 3, NULL, 1, "dst"))) goto done;
+    const int f32 = float32_or_64(sv);
+    if (f32 < 0 || float32_or_64(dv) != f32) {
+        PyErr_SetString(PyExc_TypeError, "src and dst must be both float64 or both float32");
+        goto done;
+    }
+    const Py_ssize_t R = sv->shape[0], H = sv->shape[1], W = sv->shape[2];
+    if (by < 1 || bx < 1 || by > H || bx > W) {
+        PyErr_Format(PyExc_ValueError, "blocks of %zd x %zd do not fit %zd x %zd maps", by, bx, H, W);
+        goto done;
+    }
+    if (dv->shape[0] != R || dv->shape[1] != H / by || dv->shape[2] != W / bx) {
+        PyErr_Format(PyExc_ValueError, "dst must be (%zd, %zd, %zd)", R, H / by, W / bx);
+        goto done;
+    }
+    if (check_range(start, stop, H / by) < 0) goto done;
+    if (!(total = PyMem_RawMalloc((W / bx) * sizeof(double)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    block_sums_loop(sv->buf, dv->buf, f32, R, H, W, by, bx, start, stop, total);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_RawFree(total);
+    release_all(&h);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"order_statistics", order_statistics, METH_VARARGS, order_statistics_doc},
     {"pooled_edge_mean", pooled_edge_mean, METH_VARARGS, pooled_edge_mean_doc},
@@ -1038,6 +1124,7 @@ static PyMethodDef methods[] = {
     {"moment_maps_of_sums", moment_maps_of_sums, METH_VARARGS, moment_maps_of_sums_doc},
     {"hsv_colour", hsv_colour, METH_VARARGS, hsv_colour_doc},
     {"kam_rows", kam_rows, METH_VARARGS, kam_rows_doc},
+    {"block_sums", block_sums, METH_VARARGS, block_sums_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -19,8 +19,9 @@ from ..orientation import KEY_SIZE, kam, mosaicity_rgb
 from . import optional, warm_memory
 from .accumulators.background import EdgeBaseline, RunningMean
 from .accumulators.moments import PowerSums
+from .binned_maps import block_sums
 from .framesums import accumulate
-from .preprocess import DarkStep, MonitorStep, PreprocessChain
+from .preprocess import DarkStep, MonitorStep, PreprocessChain, binned_shape
 
 logger = logging.getLogger(__name__)
 
@@ -256,24 +257,39 @@ class ScanPipeline:
             return self.dark, "dark"
         return self.edges.snapshot(), "edges"
 
-    def snapshot(self, dtype: np.dtype | type = np.float64) -> dict[str, np.ndarray]:
+    def snapshot(self, dtype: np.dtype | type = np.float64, binning: int = 1) -> dict[str, np.ndarray]:
         """The current maps (read-only on the accumulators).
 
         `dtype` float32: every floating map rounded to float32 as it is made, for a maps
         file (which stores float32): the daemon's live snapshots. A 2048^2 two-motor
         snapshot then holds ~0.3 GB instead of ~0.56 GB, which kept the daemon's peak RSS
-        on such a scan under 2 GB (2.22 GB with float64 maps; bench/RESULTS.md)."""
+        on such a scan under 2 GB (2.22 GB with float64 maps; bench/RESULTS.md).
+
+        `binning` b > 1: the maps of blocks of b x b pixels, as if the frames had been
+        binned (sum) before the accumulators (the daemon's `live_binning`): the moment
+        maps from block sums of the power sums and of the background, which is exact since
+        both are linear in the frames; every other map over the frame's pixels (the
+        projections, medians, minimum, components...) is block-summed as well, exact for
+        the sums and the block sum of the per-pixel value for the others (max, medians...).
+        The orientation maps are then made from the binned COM maps."""
         single = np.dtype(dtype) == np.float32
         offset, _ = self.background()
         names = self.geometry.motor_names
-        maps = moment_maps_of_sums(self.moments, offset, names, self.frame_shape, self.config.min_intensity_fraction,
-                                   dtype)
+        moments, shape = self.moments, self.frame_shape
+        if binning > 1:
+            moments = self.moments.binned(self.frame_shape, binning)
+            shape = binned_shape(self.frame_shape, binning, binning)
+            offset = None if offset is None else block_sums(offset, self.frame_shape, binning)
+        maps = moment_maps_of_sums(moments, offset, names, shape, self.config.min_intensity_fraction, dtype)
+        del moments
         if offset is not None:
-            maps["background"] = offset.reshape(self.frame_shape).astype(dtype, copy=False)
+            maps["background"] = offset.reshape(shape).astype(dtype, copy=False)
         del offset
         extra_maps, self._extra_axes = optional.maps_of(self.extras, self.frame_shape, dtype)
         for name in list(extra_maps):  # one at a time: a float64 map is dropped once rounded
             values = extra_maps.pop(name)
+            if binning > 1 and _over_pixels(name, values, self.frame_shape):
+                values = block_sums(values, self.frame_shape, binning)
             maps[name] = values.astype(dtype, copy=False) if single and values.dtype.kind == "f" else values
         coms = [maps[f"com_{m}"] for m in names]
         maps["kam"] = kam(coms, radius=self.config.kam_radius).astype(dtype, copy=False)
@@ -296,3 +312,9 @@ class ScanPipeline:
         # cell centres, rows = second motor, columns = first motor (the key's layout)
         axes["mosaicity_key"] = [(names[1], 0.5 * (b[1:] + b[:-1])), (names[0], 0.5 * (a[1:] + a[:-1]))]
         return axes
+
+
+def _over_pixels(name: str, values: np.ndarray, frame_shape: tuple[int, int]) -> bool:
+    """Whether an optional accumulator's map is an image (or stack of images) over the
+    frame's pixels, not per frame or per component (`*_weights`, `pca_variance`)."""
+    return not name.endswith("_weights") and name != "pca_variance" and values.shape[-2:] == frame_shape

@@ -252,7 +252,7 @@ def bin_frames(frames: np.ndarray, by: int, bx: int, mode: str = "sum") -> np.nd
     if mode not in ("sum", "mean"):
         raise ValueError(f"binning mode must be 'sum' or 'mean', got {mode!r}")
     frames = _batch(frames)
-    out = np.empty((frames.shape[0], *_binned_shape(frames.shape[1:], by, bx)), dtype=np.float32)
+    out = np.empty((frames.shape[0], *binned_shape(frames.shape[1:], by, bx)), dtype=np.float32)
     step = max(1, BIN_PASS_BYTES // frames[0].nbytes) if len(frames) else 1  # frames are >= 1x1
     for start in range(0, frames.shape[0], step):
         sums = block_sums(frames[start : start + step], by, bx)
@@ -268,7 +268,7 @@ def block_sums(frames: np.ndarray, by: int, bx: int) -> np.ndarray:
     unsigned integers (exact while by * bx <= 65536), are ~4x faster than a numpy reduction
     over the short block axes (measured at 2048^2). Also used by the decomposition."""
     frames = _batch(frames)
-    ny, nx = _binned_shape(frames.shape[1:], by, bx)
+    ny, nx = binned_shape(frames.shape[1:], by, bx)
     crop = frames[:, : ny * by, : nx * bx]
     small_uint = crop.dtype.kind == "u" and crop.dtype.itemsize <= 2 and by * bx <= 65536
     cols = crop[:, :, 0::bx].astype(np.uint32 if small_uint else np.float64)
@@ -280,7 +280,7 @@ def block_sums(frames: np.ndarray, by: int, bx: int) -> np.ndarray:
     return out.astype(np.float64, copy=False)
 
 
-def _binned_shape(shape: Sequence[int], by: int, bx: int) -> Shape2:
+def binned_shape(shape: Sequence[int], by: int, bx: int) -> Shape2:
     height, width = shape
     if by < 1 or bx < 1 or by > height or bx > width:
         raise ValueError(f"binning ({by}, {bx}) does not fit a {height}x{width} frame")
@@ -594,7 +594,7 @@ class BinningStep(PreprocessStep):
         return bin_frames(frames, self.by, self.bx, self.mode)
 
     def output_shape(self, shape: Shape2) -> Shape2:
-        return _binned_shape(shape, self.by, self.bx)
+        return binned_shape(shape, self.by, self.bx)
 
     @classmethod
     def from_params(

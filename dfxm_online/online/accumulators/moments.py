@@ -20,6 +20,7 @@ accumulators' sums of the same batch.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import numpy as np
 
 from ...acquisition.geometry import MotorAxis
 from .. import _pixelmaps
+from ..binned_maps import block_sums
 from ..framesums import SumsPlan, accumulate
 from ..tiles import SNAPSHOT_PIXELS, for_each_tile
 
@@ -145,6 +147,16 @@ class PowerSums:
         obj.weights[...] = state["weights"]
         obj.count = int(state["count"])
         return obj
+
+    def binned(self, frame_shape: tuple[int, int], factor: int) -> PowerSums:
+        """These sums over blocks of `factor` x `factor` pixels of frames of `frame_shape`
+        (partial blocks dropped): up to rounding, the sums that frames binned that way (sum)
+        would have given, since every sum is linear in the frames. A new accumulator; this
+        one is only read. For the daemon's live maps at a coarser binning."""
+        out = copy.copy(self)  # axes, order, exponents shared (never changed in place)
+        out.sums = block_sums(self.sums, frame_shape, factor)
+        out.weights = self.weights.copy()
+        return out
 
     def _index(self, exponent: Sequence[int]) -> int:
         return int(np.flatnonzero((self.exponents == np.asarray(exponent)).all(axis=1))[0])
