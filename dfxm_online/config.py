@@ -214,6 +214,12 @@ class DaemonConfig:
     #: of writing new ones (publish/spare_generations.py); each is the size of one maps
     #: file. 0: none kept
     live_spare_files: int = 2
+    #: the running scan's maps over blocks of live_binning x live_binning pixels (block
+    #: sums of the full-resolution accumulators, online/binned_maps.py); the final maps at
+    #: scan end, and `process`, are at full resolution. 1: live maps at full resolution.
+    #: 2 keeps two-motor 2048^2 live maps within ~0.5 s of their frames on 2 cores
+    #: (bench/RESULTS.md), which full resolution does not
+    live_binning: int = 1
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
 
@@ -224,6 +230,8 @@ class DaemonConfig:
             raise ConfigError("read_timeout must be > 0 seconds")
         if self.warm_pool_mb < 0:
             raise ConfigError("warm_pool_mb must be >= 0 (0 disables the pool)")
+        if self.live_binning < 1:
+            raise ConfigError("live_binning must be >= 1 (1: live maps at full resolution)")
         if self.live_spare_files < 0:
             raise ConfigError("live_spare_files must be >= 0 (0 keeps none)")
         if self.warm_pool_rss_limit_mb < 0:

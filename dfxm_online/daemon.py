@@ -118,7 +118,8 @@ class ScanWorker(threading.Thread):
     def _stop_requested(self) -> bool:
         return self.d.stop_event.is_set()
 
-    def _maps(self) -> dict[str, np.ndarray]:
+    def _maps(self, live: bool) -> dict[str, np.ndarray]:
+        """The maps to publish; `live` (a running scan's version): binned `live_binning`."""
         if self.pipeline is not None and self.pipeline.frames_processed:
             session = self.status.session if self.status else ""
             if self.pipeline.dark is None and self.pipeline.takes_snapshot_dark:
@@ -127,10 +128,15 @@ class ScanWorker(threading.Thread):
                 raw = self.pipeline.raw_shape
                 if dark is not None and dark.total.size == raw[0] * raw[1]:
                     self.pipeline.set_dark(dark)
-            return self.pipeline.snapshot(file_dtype(np.float64))  # what the file stores: float32
+            # float32: what the file stores
+            return self.pipeline.snapshot(file_dtype(np.float64), self._binning(live))
         if self.dark_mean is not None and self.dark_mean.count:
             return {"dark": self.dark_mean.snapshot().reshape(self.dark_shape)}
         return {}
+
+    def _binning(self, live: bool) -> int:
+        """The binning of a version's maps: `live_binning` while the scan runs, else 1."""
+        return self.d.config.live_binning if live and self.pipeline is not None else 1
 
     def _publish_interval(self, behind: bool) -> float:
         """`publish_period`; when frames are waiting (the worker is behind), stretched so
@@ -178,7 +184,7 @@ class ScanWorker(threading.Thread):
         # counting from its end would halve the cadence
         self._last_publish = time.monotonic()
         try:
-            maps = self._maps() if state != "failed" or self.pipeline is not None else {}
+            maps = self._maps(state == "running") if state != "failed" or self.pipeline is not None else {}
         except ScanError as exc:
             maps, state, reason = {}, "failed", str(exc)
         except Exception as exc:  # snapshot problems must not lose the scan's status
@@ -188,6 +194,7 @@ class ScanWorker(threading.Thread):
         info = ProcessInfo(
             state=state, reason=reason, frames_processed=frames,
             frames_expected=st.frames_expected, scan_key=self.key, config=self.d.config.to_json(),
+            extra={"map_binning": self._binning(state == "running")},
         )
         oldest, self._oldest_unpublished = self._oldest_unpublished, None
         job = (maps, info, self.pipeline.map_axes() if self.pipeline is not None and maps else {}, oldest, t0)
@@ -356,6 +363,11 @@ class ScanWorker(threading.Thread):
         if self._stop_requested():
             self.publish("aborted", "daemon stopped during the scan")
             return
+        if self._oldest_unpublished is not None and self._binning(True) > 1:
+            # the final maps are full resolution: a snapshot and a file several times the
+            # live ones' (at 2048^2, ~1 s on a VM whose pool holds the binned sizes), so the
+            # last frames go out binned first, as every other frame did
+            self.publish("running")
         end_reason = self._end_reason(scan)
         if self.pipeline is not None:
             self.pipeline.finish()

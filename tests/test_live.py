@@ -383,3 +383,75 @@ def test_large_frames_are_batched_within_batch_mb(make_daemon, redis_url, tmp_pa
                 "fwhm_mu": 2.3548200450309493 * np.sqrt(ref["var0"]), "skewness_mu": ref["skew0"],
                 "kurtosis_mu": ref["kurt0"]}
     assert_maps_match(maps, expected, valid)
+
+
+def test_live_binning_publishes_binned_maps_and_full_resolution_final_ones(make_daemon, redis_url, tmp_path,
+                                                                           caplog, monkeypatch):
+    """`live_binning` 2: while the scan runs, the maps file holds the maps of the frames
+    binned 2x2 (sum), less the block sums of the full-resolution edge baseline; the last
+    frames go out binned before the final maps (periodic publishes are held back for the
+    second half, so only that can publish them); the final file is full resolution and
+    equals brute force."""
+    from blissdata.redis_engine.store import DataStore
+
+    from dfxm_online.acquisition.model import CrystalModel, scan_positions
+    from dfxm_online.acquisition.publisher import ScanDescription, ScanPublisher
+    from dfxm_online.daemon import ScanWorker
+
+    held_back = threading.Event()
+    monkeypatch.setattr(ScanWorker, "_publish_interval", lambda self, behind: 1e9 if held_back.is_set() else 0.01)
+
+    caplog.set_level(logging.DEBUG, logger="dfxm_online.daemon")
+    axes = [MotorAxis("mu", -0.4, 0.4, 7), MotorAxis("chi", -1.0, 1.0, 5)]
+    model = CrystalModel.make(SHAPE, axes, seed=4)
+    positions = scan_positions(axes)
+    rng = np.random.default_rng(4)
+    stack = np.stack([model.frame(p, rng) for p in positions])
+    daemon = make_daemon(DaemonConfig(publish_period=0.01, live_binning=2))
+    desc = ScanDescription(
+        session="lb", number=1, name="amesh", title="amesh mu -0.4 0.4 6 chi -1 1 4 0.1",
+        filename=tmp_path / "scans" / "lb.h5", detector="pco", frame_shape=SHAPE, npoints=len(positions),
+        motors=[("mu", -0.4, 0.4, 7), ("chi", -1.0, 1.0, 5)],
+    )
+    pub = ScanPublisher(DataStore(redis_url), desc, "array")
+    pub.start()
+    half = 21  # three lines of the mesh
+    for p, frame in zip(positions[:half], stack[:half]):
+        pub.publish({"mu": p[0], "chi": p[1]}, frame)
+    path = tmp_path / "maps" / "lb" / "amesh_1.h5"
+    deadline = time.monotonic() + 30
+    process: dict = {}
+    while time.monotonic() < deadline and process.get("frames_processed") != half:
+        time.sleep(0.05)
+        try:
+            live, process = read_maps_file(path)
+        except (OSError, KeyError):
+            pass
+    assert process.get("frames_processed") == half and process["state"] == "running"
+    assert process["map_binning"] == 2 and live["com_mu"].shape == (20, 18)
+    binned = stack[:half].astype(np.float64).reshape(half, 20, 2, 18, 2).sum(axis=(2, 4))
+    offset = brute.edge_baseline(stack[:half], positions[:half], axes, 0.2)
+    ref = brute.moments(binned, positions[:half], offset.reshape(20, 2, 18, 2).sum(axis=(1, 3)))
+    np.testing.assert_allclose(live["background"], offset.reshape(20, 2, 18, 2).sum(axis=(1, 3)), rtol=1e-6)
+    valid = signal_mask(ref["intensity"], 0.05) & (ref["var0"] > 0) & (ref["var1"] > 0)
+    assert valid.sum() > 100
+    np.testing.assert_allclose(live["intensity"], ref["intensity"], rtol=2e-5, atol=1e-3)
+    np.testing.assert_allclose(live["com_mu"][valid], ref["mean0"][valid], rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(live["com_chi"][valid], ref["mean1"][valid], rtol=2e-5, atol=1e-6)
+    assert live["mosaicity"].shape == (20, 18, 3) and live["kam"].shape == (20, 18)
+    held_back.set()
+    for p, frame in zip(positions[half:], stack[half:]):
+        pub.publish({"mu": p[0], "chi": p[1]}, frame)
+    pub.finish()
+    status = wait_done(daemon, pub.scan.key)
+    assert status.state == "complete", status.reason
+    final, process = read_maps_file(status.path)
+    assert process["map_binning"] == 1 and final["com_mu"].shape == SHAPE
+    offset = brute.edge_baseline(stack, positions, axes, 0.2)
+    full = brute.moments(stack, positions, offset)
+    valid = signal_mask(full["intensity"], 0.05) & (full["var0"] > 0) & (full["var1"] > 0)
+    np.testing.assert_allclose(final["com_mu"][valid], full["mean0"][valid], rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(final["fwhm_chi"][valid], 2.3548200450309493 * np.sqrt(full["var1"][valid]),
+                               rtol=2e-5)
+    last = f"running version, {len(positions)} frames"
+    assert any(last in r.getMessage() for r in caplog.records), "the last frames were not published binned first"
