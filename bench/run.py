@@ -449,7 +449,8 @@ def watch_progress(path: str, timeout: float, conn) -> None:
 
 
 def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float, number: int,
-                  in_service: bool = False, primed: bool = False, motors: int = 1, binning: int = 1) -> dict:
+                  in_service: bool = False, primed: bool = False, motors: int = 1, binning: int = 1,
+                  live_binning: int = 1) -> dict:
     """Frame-to-published-map latency at `rate` frames/s: for each frame, the time from its
     publication to the first maps file that includes it (watched by another process,
     `watch_progress`).
@@ -460,7 +461,12 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
     new daemon that has rehearsed a scan of this size at start-up (`[warmup]`). `motors`: as
     in `scan_motors` (two: a mesh, whose maps include the mosaicity colours). `binning` > 1:
     the daemon bins the frames binning x binning before the accumulators (not with
-    `primed`)."""
+    `primed`). `live_binning` > 1: the daemon's `--live-binning` (running versions binned
+    from the full-resolution accumulators, final maps full resolution).
+
+    Besides p50 and p99 over every frame, `p99_steady` leaves out the first 10 and last 5
+    frames: the scan's start (a new pipeline, the first snapshot) and its end (the final
+    maps), so that the steady state and those two moments can be told apart."""
     import multiprocessing
     import threading
 
@@ -478,6 +484,8 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
     extra = ("--config", str(write_warmup_config(workdir, size, names))) if primed else ()
     if binning > 1:
         extra = ("--config", str(write_binning_config(workdir, binning)))
+    if live_binning > 1:
+        extra = (*extra, "--live-binning", str(live_binning))
     daemon = start_daemon(url, out, port, workdir, "--publish-period", "0.1", *extra)
     rehearsal: dict = {}
     try:
@@ -536,10 +544,11 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
         lat = np.array(latencies)
         peak_mb = peak_rss_of(daemon.pid) / 2**20
         return {"size": size, "rate": rate, "frames": n_frames, "motors": motors, "in_service": in_service,
-                "primed": primed, "binning": binning,
+                "primed": primed, "binning": binning, "live_binning": live_binning,
                 "rehearsal_s": rehearsal.get("seconds", float("nan")), "rehearsal": rehearsal.get("state", ""),
                 "p50": float(np.percentile(lat, 50)),
                 "p99": float(np.percentile(lat, 99)), "measured": len(lat), "peak_rss_mb": peak_mb,
+                "p99_steady": float(np.percentile(lat[10:-5], 99)) if len(lat) > 30 else float("nan"),
                 # where the tail is: the slowest frames (index, latency), for the notes
                 "slowest": [(int(k), round(float(lat[k]), 3)) for k in np.argsort(lat)[::-1][:6]]}
     finally:
@@ -555,9 +564,10 @@ def main() -> None:
                         help="run one part and print it (RESULTS.md is written by full runs only)")
     parser.add_argument("--runs", help="e2e runs as mode:size:frames,... (with --only e2e)")
     parser.add_argument("--latency-runs",
-                        help="latency runs as size:frames:daemon[:motors[:binning]],... with daemon new, "
-                             "warmed-up or in-service, motors 1 (default) or 2, binning a factor the daemon "
-                             "bins frames by (default 1: none) (with --only latency)")
+                        help="latency runs as size:frames:daemon[:motors[:binning[:live]]],... with daemon "
+                             "new, warmed-up or in-service, motors 1 (default) or 2, binning a factor the daemon "
+                             "bins frames by (default 1: none), live the daemon's --live-binning (default 1) "
+                             "(with --only latency)")
     parser.add_argument("--daemon-args", default="",
                         help="extra 'dfxm-online serve' flags for the daemon, e.g. '--batch-size 32'")
     parser.add_argument("--daemon-log-level", default="WARNING",
@@ -632,31 +642,35 @@ def main() -> None:
                       "scan of that size at start-up (`[warmup]`). Peak RSS: the daemon's high-water mark "
                       "(VmHWM) over its life, the in-service warm-up scan (published at full speed) or "
                       "rehearsal included. Binned: the daemon bins each frame (sum) before the "
-                      "accumulators, so its maps have that many times fewer pixels per side.", "",
+                      "accumulators, so its maps have that many times fewer pixels per side. Live maps "
+                      "binned: `--live-binning`, the running versions binned from the full-resolution "
+                      "accumulators, the final maps full resolution. p99 steady: without the first 10 "
+                      "and last 5 frames (the scan's start and its final maps).", "",
                       "| frame | rate (frames/s) | frames | motors | daemon | p50 (s) | p99 (s) "
-                      "| peak daemon RSS (MB) |",
-                      "|---|---|---|---|---|---|---|---|"]
-            lat_runs = [(512, 100, "new", 1, 1), (2048, 60, "new", 1, 1), (2048, 60, "warmed up", 1, 1),
-                        (2048, 60, "in service", 1, 1), (2048, 200, "in service", 1, 1),
-                        (2048, 200, "in service", 2, 1), (2048, 200, "in service", 2, 2)]
+                      "| p99 steady (s) | peak daemon RSS (MB) |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            lat_runs = [(512, 100, "new", 1, 1, 1), (2048, 60, "new", 1, 1, 1), (2048, 60, "warmed up", 1, 1, 1),
+                        (2048, 60, "in service", 1, 1, 1), (2048, 200, "in service", 1, 1, 1),
+                        (2048, 200, "in service", 2, 1, 1), (2048, 200, "in service", 2, 1, 2)]
             if args.quick:
-                lat_runs = [(128, 30, "new", 1, 1), (128, 40, "warmed up", 2, 1)]
-            if args.latency_runs:  # size:frames:daemon[:motors[:binning]]
+                lat_runs = [(128, 30, "new", 1, 1, 1), (128, 40, "warmed up", 2, 1, 1)]
+            if args.latency_runs:  # size:frames:daemon[:motors[:binning[:live]]]
                 lat_runs = [(int(f[0]), int(f[1]), f[2].replace("-", " "), int(f[3]) if len(f) > 3 else 1,
-                             int(f[4]) if len(f) > 4 else 1)
+                             int(f[4]) if len(f) > 4 else 1, int(f[5]) if len(f) > 5 else 1)
                             for f in (r.split(":") for r in args.latency_runs.split(","))]
             if part not in (None, "latency"):
                 lat_runs = []
-            for k, (sz, n, daemon_kind, motors, binning) in enumerate(lat_runs, start=len(runs) + 1):
+            for k, (sz, n, daemon_kind, motors, binning, live) in enumerate(lat_runs, start=len(runs) + 1):
                 r = bench_latency(url, Path(tmp), sz, n, 10.0, k, daemon_kind == "in service",
-                                  daemon_kind == "warmed up", motors, binning)
+                                  daemon_kind == "warmed up", motors, binning, live)
                 clear_run(url, Path(tmp))
                 print(json.dumps(r), flush=True)
                 if r["primed"]:
                     daemon_kind += f" (rehearsal {r['rehearsal_s']:.1f} s)"
                 frame = f"{sz}x{sz}" + (f" binned {binning}x{binning}" if binning > 1 else "")
+                frame += f", live maps binned {live}x{live}" if live > 1 else ""
                 lines.append(f"| {frame} | 10 | {r['frames']} | {motors} | {daemon_kind} | {r['p50']:.3f} "
-                             f"| {r['p99']:.3f} | {r['peak_rss_mb']:.0f} |")
+                             f"| {r['p99']:.3f} | {r['p99_steady']:.3f} | {r['peak_rss_mb']:.0f} |")
         finally:
             store.stop()
     text = "\n".join(lines) + "\n"
