@@ -217,8 +217,7 @@ class DaemonConfig:
     #: the running scan's maps over blocks of live_binning x live_binning pixels (block
     #: sums of the full-resolution accumulators, online/binned_maps.py); the final maps at
     #: scan end, and `process`, are at full resolution. 1: live maps at full resolution.
-    #: 2 keeps two-motor 2048^2 live maps within ~0.5 s of their frames on 2 cores
-    #: (bench/RESULTS.md), which full resolution does not
+    #: 2 about halves the lag of two-motor 2048^2 live maps on 2 cores (docs/operations.md)
     live_binning: int = 1
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)

@@ -101,25 +101,43 @@ def test_roi_against_index_loop():
         crop_roi(frames, 0, 14, 0, 5)
 
 
-@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
-@pytest.mark.parametrize("mode", ["sum", "mean"])
-def test_binning_a_batch_in_passes_equals_each_frame_binned_alone(mode, dtype, monkeypatch):
-    """bin_frames works through a batch a few frames at a time (bounded intermediates):
-    a batch longer than one pass, with a partial last pass, is binned exactly as each of
-    its frames on its own, and as numpy's reduction over the blocks rounded to float32."""
-    from dfxm_online.online import preprocess
+def numpy_block_sums(frames: np.ndarray, by: int, bx: int) -> np.ndarray:
+    """The numpy version the compiled block sums replaced (strided slices added together),
+    kept as the reference they must equal bit for bit."""
+    ny, nx = frames.shape[1] // by, frames.shape[2] // bx
+    crop = frames[:, : ny * by, : nx * bx]
+    small_uint = crop.dtype.kind == "u" and crop.dtype.itemsize <= 2
+    cols = crop[:, :, 0::bx].astype(np.uint32 if small_uint else np.float64)
+    for j in range(1, bx):
+        cols += crop[:, :, j::bx]
+    out = cols[:, 0::by, :].copy()
+    for i in range(1, by):
+        out += cols[:, i::by, :]
+    return out.astype(np.float64, copy=False)
 
-    n = 9
-    frames = rng_frames(shape=(n, 12, 10)).astype(dtype)
-    monkeypatch.setattr(preprocess, "BIN_PASS_BYTES", 4 * frames[0].nbytes)  # passes of 4, 4, 1
-    out = bin_frames(frames, 2, 5, mode)
-    assert out.shape == (n, 6, 2) and out.dtype == np.float32
-    for b in range(n):
-        np.testing.assert_array_equal(out[b], bin_frames(frames[b : b + 1], 2, 5, mode)[0])
-    blocks = frames.astype(np.float64).reshape(n, 6, 2, 2, 5)
-    expected = blocks.sum(axis=(2, 4)) if mode == "sum" else blocks.sum(axis=(2, 4)) / 10
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64,
+                                   np.int64])
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_binning_equals_the_numpy_block_sums_bit_for_bit_and_each_frame_alone(mode, dtype):
+    """The compiled pass (tiles of output rows on the threads) gives numpy's block sums of
+    every frame type bit for bit, rounded once to float32 by `bin_frames` (mean: divided
+    first), and a frame of a batch is binned as it is alone."""
+    from dfxm_online.online.preprocess import BLOCK_ROWS, block_sums
+
+    n = 5
+    frames = rng_frames(shape=(n, 2 * BLOCK_ROWS * 3 + 7, 23)).astype(dtype)  # several row tiles, ragged
+    if np.dtype(dtype).kind == "f":
+        frames = frames + np.float32(0.1)  # not whole numbers: the order of the additions shows
+    reference = numpy_block_sums(frames, 3, 4)
+    np.testing.assert_array_equal(block_sums(frames, 3, 4), reference)
+    out = bin_frames(frames, 3, 4, mode)
+    assert out.shape == (n, 2 * BLOCK_ROWS + 2, 5) and out.dtype == np.float32
+    expected = reference if mode == "sum" else reference / 12
     np.testing.assert_array_equal(out, expected.astype(np.float32))
-    assert bin_frames(frames[:0], 2, 5, mode).shape == (0, 6, 2)
+    for b in range(n):
+        np.testing.assert_array_equal(out[b], bin_frames(frames[b : b + 1], 3, 4, mode)[0])
+    assert bin_frames(frames[:0], 3, 4, mode).shape == (0, 2 * BLOCK_ROWS + 2, 5)
 
 
 @pytest.mark.parametrize("mode", ["sum", "mean"])
