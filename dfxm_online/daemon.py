@@ -135,8 +135,13 @@ class ScanWorker(threading.Thread):
         return {}
 
     def _binning(self, live: bool) -> int:
-        """The binning of a version's maps: `live_binning` while the scan runs, else 1."""
-        return self.d.config.live_binning if live and self.pipeline is not None else 1
+        """The binning of a version's maps: `live_binning` while the scan runs, else 1; and
+        1 for maps smaller than a block (a setting meant for a large detector must not fail
+        the scans of a small one or of a narrow ROI)."""
+        factor = self.d.config.live_binning
+        if not live or self.pipeline is None or min(self.pipeline.frame_shape) < factor:
+            return 1
+        return factor
 
     def _publish_interval(self, behind: bool) -> float:
         """`publish_period`; when frames are waiting (the worker is behind), stretched so

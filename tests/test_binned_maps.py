@@ -143,3 +143,17 @@ def test_live_binning_is_validated_and_read_from_the_command_line_names(tmp_path
     assert load_config(path).live_binning == 4
     with pytest.raises(ConfigError, match="live_binning must be >= 1"):
         load_config(live_binning=0)
+
+
+def test_live_binning_applies_to_running_versions_of_maps_at_least_one_block_wide():
+    from types import SimpleNamespace
+
+    from dfxm_online.config import DaemonConfig
+    from dfxm_online.daemon import ScanWorker
+
+    worker = ScanWorker(SimpleNamespace(config=DaemonConfig(live_binning=4), metrics=None), "scan")
+    assert worker._binning(True) == 1  # no pipeline yet (a dark scan, or before the first frame)
+    worker.pipeline = SimpleNamespace(frame_shape=(2048, 2048))
+    assert worker._binning(True) == 4 and worker._binning(False) == 1  # the final maps: full resolution
+    worker.pipeline = SimpleNamespace(frame_shape=(3, 2048))  # a narrow ROI: not one block high
+    assert worker._binning(True) == 1
