@@ -118,8 +118,8 @@ class ScanWorker(threading.Thread):
     def _stop_requested(self) -> bool:
         return self.d.stop_event.is_set()
 
-    def _maps(self, live: bool) -> dict[str, np.ndarray]:
-        """The maps to publish; `live` (a running scan's version): binned `live_binning`."""
+    def _maps(self, binning: int) -> dict[str, np.ndarray]:
+        """The maps to publish, the pipeline's over blocks of `binning` x `binning` pixels."""
         if self.pipeline is not None and self.pipeline.frames_processed:
             session = self.status.session if self.status else ""
             if self.pipeline.dark is None and self.pipeline.takes_snapshot_dark:
@@ -129,7 +129,7 @@ class ScanWorker(threading.Thread):
                 if dark is not None and dark.total.size == raw[0] * raw[1]:
                     self.pipeline.set_dark(dark)
             # float32: what the file stores
-            return self.pipeline.snapshot(file_dtype(np.float64), self._binning(live))
+            return self.pipeline.snapshot(file_dtype(np.float64), binning)
         if self.dark_mean is not None and self.dark_mean.count:
             return {"dark": self.dark_mean.snapshot().reshape(self.dark_shape)}
         return {}
@@ -188,8 +188,9 @@ class ScanWorker(threading.Thread):
         # the period runs from start to start: with a publish costing about a period,
         # counting from its end would halve the cadence
         self._last_publish = time.monotonic()
+        binning = self._binning(state == "running")
         try:
-            maps = self._maps(state == "running") if state != "failed" or self.pipeline is not None else {}
+            maps = self._maps(binning) if state != "failed" or self.pipeline is not None else {}
         except ScanError as exc:
             maps, state, reason = {}, "failed", str(exc)
         except Exception as exc:  # snapshot problems must not lose the scan's status
@@ -199,7 +200,7 @@ class ScanWorker(threading.Thread):
         info = ProcessInfo(
             state=state, reason=reason, frames_processed=frames,
             frames_expected=st.frames_expected, scan_key=self.key, config=self.d.config.to_json(),
-            extra={"map_binning": self._binning(state == "running")},
+            extra={"map_binning": binning},
         )
         oldest, self._oldest_unpublished = self._oldest_unpublished, None
         job = (maps, info, self.pipeline.map_axes() if self.pipeline is not None and maps else {}, oldest, t0)
