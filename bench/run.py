@@ -29,6 +29,7 @@ from dfxm_online.online.accumulators.background import EdgeBaseline  # noqa: E40
 from dfxm_online.online.accumulators.moments import PowerSums  # noqa: E402
 from dfxm_online.online.accumulators.projections import Projections  # noqa: E402
 from dfxm_online.online.pipeline import ScanPipeline  # noqa: E402
+from dfxm_online.publish.layout import maps_path, scan_folder  # noqa: E402
 from dfxm_online.store import EmbeddedStore  # noqa: E402
 
 
@@ -162,7 +163,12 @@ def warm_up(url: str, workdir: Path, out: Path, size: int, image_mode: str, pool
     for s in range(n):
         pub.publish_points({m[0]: positions[s : s + 1, i] for i, m in enumerate(specs)}, pool[s % len(pool)][None])
     pub.finish()
-    wait_state(out / "warmup" / f"{desc.name}_{number}.h5", 300)
+    wait_state(maps_file(out, desc), 300)
+
+
+def maps_file(out: Path, desc: ScanDescription) -> Path:
+    """Where the daemon writes the maps of a scan published with `desc` (publish/layout.py)."""
+    return maps_path(scan_folder(out, desc.session, str(desc.filename)), desc.name, desc.number)
 
 
 def scan_motors(n_frames: int, motors: int) -> tuple[list[tuple[str, float, float, int]], np.ndarray, str]:
@@ -375,7 +381,7 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
                 peak = max(peak, psutil.Process(daemon.pid).memory_info().rss)
                 time.sleep(0.02)
         pub.finish()
-        path = out / "bench" / f"{desc.name}_{number}.h5"
+        path = maps_file(out, desc)
         while True:
             peak = max(peak, psutil.Process(daemon.pid).memory_info().rss)
             try:
@@ -510,7 +516,7 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
             for i in range(n_frames):
                 warm_pub.publish(point(i), pool[i % len(pool)])
             warm_pub.finish()
-            wait_state(out / "latency" / f"{kind}_{number + 1000}.h5", 120)
+            wait_state(maps_file(out, warm), 120)
         pub = ScanPublisher(DataStore(url), desc, "array")
         published: list[float] = []
 
@@ -528,7 +534,7 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
         context = multiprocessing.get_context("spawn")
         receive, send = context.Pipe(duplex=False)
         watcher = context.Process(target=watch_progress, daemon=True, args=(
-            str(out / "latency" / f"{kind}_{number}.h5"), n_frames / rate + 60, send))
+            str(maps_file(out, desc)), n_frames / rate + 60, send))
         watcher.start()  # before the scan: its start-up (imports) must not delay the polls
         receive.recv()  # "ready"
         thread = threading.Thread(target=publish)

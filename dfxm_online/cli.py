@@ -39,6 +39,9 @@ def _add_analysis_flags(p: argparse.ArgumentParser) -> None:
                    help="optional accumulators: projections median_background rolling_median "
                         "minimum low_quantile sums_along pca nmf (default: projections)")
     p.add_argument("--precision", choices=["float64", "float32"], help="moment sums' batch products")
+    p.add_argument("--moment-window", type=float,
+                   help="final moments within N sigma of each pixel's peak (default 3; 0: whole scan)")
+    p.add_argument("--moment-window-passes", type=int, help="re-centrings of the window (default 2)")
 
 
 def _analysis_overrides(args: argparse.Namespace) -> dict:
@@ -48,6 +51,7 @@ def _analysis_overrides(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size, "batch_mb": args.batch_mb, "preprocess": args.preprocess,
         "images": dict(args.image) if args.image else None, "monitor": args.monitor,
         "accumulators": args.accumulators, "precision": args.precision,
+        "moment_window": args.moment_window, "moment_window_passes": args.moment_window_passes,
     }
 
 
@@ -96,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=0.0, help="frames per second (0: as fast as possible)")
     p.add_argument("--dark-offset", type=float, default=100.0)
     p.add_argument("--read-noise", type=float, default=2.0)
-    p.add_argument("--background-photons", type=float, default=0.0)
+    p.add_argument("--background-photons", type=float, default=0.0,
+                   help="diffuse pedestal above the dark, photons per pixel per frame")
+    p.add_argument("--background-gradient", type=float, default=0.0,
+                   help="the pedestal times 1 + G*x across the detector (x from -1 to 1)")
+    p.add_argument("--crystal", choices=["grains", "random"], default="grains",
+                   help="sub-grains, or a random curve per pixel (weak peaks, 200-300 counts)")
     p.add_argument("--peak-counts", type=float, default=5000.0)
     p.add_argument("--no-noise", action="store_true", help="publish the noise-free expectation")
     p.add_argument("--seed", type=int, default=0)
@@ -112,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="publish a recorded BLISS scan through blissdata")
     p.add_argument("file", type=Path)
-    p.add_argument("--scan", default="1.1")
+    p.add_argument("--scan", default="1.1", help="scan to publish, '2.1' or '2' (any scan, darks included)")
     p.add_argument("--redis", required=True)
     p.add_argument("--rate", type=float, default=0.0, help="frames per second (0: as fast as possible)")
     p.add_argument("--image-mode", choices=["array", "lima"], default="array")
@@ -122,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("process", help="maps of a recorded scan (offline)")
     p.add_argument("file", type=Path)
-    p.add_argument("--scan", default="1.1")
+    p.add_argument("--scan", help="scan to process, '2.1' or '2' (default: the first with moving motors)")
     p.add_argument("--dark", help="dark scan as FILE::SCAN (or SCAN in the same file)")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--config", type=Path, help="TOML configuration file ([analysis] table)")
@@ -189,7 +198,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             kind=args.kind, motors=[_motor_spec(m) for m in args.motor] if args.motor else None,
             points=args.points, frame_shape=tuple(args.shape), frame_rate=args.rate,
             dark_offset=args.dark_offset, read_noise=args.read_noise,
-            background=args.background_photons, peak_counts=args.peak_counts,
+            background=args.background_photons, background_gradient=args.background_gradient,
+            crystal=args.crystal, peak_counts=args.peak_counts,
             noise=not args.no_noise, seed=args.seed, zigzag=args.zigzag,
             image_mode=args.image_mode, frames_per_file=args.frames_per_file,
             session=args.session, detector=args.detector, scan_dir=args.scan_dir,

@@ -33,10 +33,18 @@ class AnalysisConfig:
     detector: str | None = None
     #: motors to use (e.g. ["mu", "chi"]); None uses the motors that move
     motors: list[str] | None = None
-    #: background before moments: "auto" = the session's dark scan if one was taken (its
-    #: frames pooled with the scan-edge frames that agree with them), otherwise the
-    #: scan-edge baseline; or "dark" (dark only), "edges" (edges only), "none".
+    #: background before moments: "auto" = the scan-edge baseline (it holds the dark and
+    #: the diffuse pedestal above it that a dark scan does not record), the session's dark
+    #: scan alone only until the first edge frame; or "dark" (dark only), "edges" (edges
+    #: only), "none". See docs/science.md.
     background: str = "auto"
+    #: final moment maps within this many standard deviations (Mahalanobis) of each
+    #: pixel's centre of mass, corrected for a Gaussian's loss to the cut: the tails' noise
+    #: stays out of the moments (online/moment_window.py). Needs the frames a second time
+    #: (offline: the file; daemon: the scan, at its end). 0: moments over the whole scan
+    moment_window: float = 3.0
+    #: times the window is re-centred from the windowed moments (each reads the frames)
+    moment_window_passes: int = 2
     #: fraction of each motor's range at each end whose frames estimate the edge baseline
     edge_fraction: float = 0.2
     #: pixels whose integrated intensity is below this fraction of the bright pixels'
@@ -101,6 +109,10 @@ class AnalysisConfig:
             raise ConfigError(f"analysis.edge_fraction={self.edge_fraction}: must be in (0, 0.5)")
         if not 0 <= self.min_intensity_fraction < 1:
             raise ConfigError("analysis.min_intensity_fraction must be in [0, 1)")
+        if not (self.moment_window == 0 or 1.0 <= self.moment_window <= 10.0):
+            raise ConfigError(f"analysis.moment_window={self.moment_window}: 0 (off) or 1 to 10 standard deviations")
+        if self.moment_window_passes < 1:
+            raise ConfigError("analysis.moment_window_passes must be >= 1")
         if self.batch_size < 1:
             raise ConfigError("analysis.batch_size must be >= 1")
         if self.batch_mb < 0:

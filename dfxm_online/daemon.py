@@ -17,16 +17,17 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import redis
-from blissdata.exceptions import NoScanAvailable
+from blissdata.exceptions import IndexNoMoreThereError, NoScanAvailable
 from blissdata.redis_engine.scan import ScanState
 from blissdata.redis_engine.store import DataStore
 
-from .acquisition.frames import LiveFrameSource
+from .acquisition.frames import Batch, LiveFrameSource
 from .acquisition.geometry import (
     ScanError,
     ScanGeometry,
@@ -40,13 +41,20 @@ from .offline import mean_dark
 from .online import warm_memory
 from .online.accumulators.background import RunningMean
 from .online.pipeline import ScanPipeline
+from .publish.layout import PathClaims, maps_path, scan_folder
 from .publish.live_file import LiveMapsFile
 from .publish.metrics import Metrics, serve_http
-from .publish.nexus import ProcessInfo, file_dtype, maps_path
+from .publish.nexus import ProcessInfo, file_dtype
+from .publish.provenance import LIVE_FIELDS, live_provenance
 from .publish.spare_generations import SpareGenerations
 from .warmup import rehearsal_batches, rehearsal_geometry
 
 logger = logging.getLogger(__name__)
+
+#: /entry/process fields a live scan's files have besides the provenance, from the first
+#: version on (live and final files share one layout): filled in as the scan goes
+PROCESS_EXTRAS = {"end_reason": "", "background_rule": "", "moment_window": 0.0, "moment_window_passes": 0,
+                  "moment_window_reason": ""}
 
 #: finished scans kept in /status
 STATUS_HISTORY = 200
@@ -112,14 +120,20 @@ class ScanWorker(threading.Thread):
         self._oldest_unpublished: float | None = None
         self._writer: threading.Thread | None = None  # the background write in flight
         self.maps_file: LiveMapsFile | None = None  # set with the status
+        #: what the maps come from (/entry/process fields: scan file, dataset, motors...)
+        self.provenance: dict[str, object] = {}
+        #: the scan's frames read again from its start, for the final windowed moments
+        self._reread: Callable[[], Iterable[Batch]] | None = None
         self.metrics = daemon.metrics
 
     # -- helpers ---------------------------------------------------------------------------
     def _stop_requested(self) -> bool:
         return self.d.stop_event.is_set()
 
-    def _maps(self, binning: int) -> dict[str, np.ndarray]:
-        """The maps to publish, the pipeline's over blocks of `binning` x `binning` pixels."""
+    def _maps(self, binning: int, final: bool = False) -> dict[str, np.ndarray]:
+        """The maps to publish, the pipeline's over blocks of `binning` x `binning` pixels;
+        `final`: the scan's final maps, the moments within each pixel's window from the
+        scan's frames read again (`_reread`), when that is configured and possible."""
         if self.pipeline is not None and self.pipeline.frames_processed:
             session = self.status.session if self.status else ""
             if self.pipeline.dark is None and self.pipeline.takes_snapshot_dark:
@@ -128,11 +142,38 @@ class ScanWorker(threading.Thread):
                 raw = self.pipeline.raw_shape
                 if dark is not None and dark.total.size == raw[0] * raw[1]:
                     self.pipeline.set_dark(dark)
+            self.provenance["background_rule"] = self.pipeline.background()[1]
+            if final and self._reread is not None:
+                # the window from float64 maps: the one-pass maps rounded to float32 would
+                # move window edges by their rounding (offline `process` uses float64 too)
+                maps = self._windowed(self.pipeline.snapshot(np.float64, binning))
+                return {k: v.astype(file_dtype(v.dtype), copy=False) for k, v in maps.items()}
             # float32: what the file stores
             return self.pipeline.snapshot(file_dtype(np.float64), binning)
         if self.dark_mean is not None and self.dark_mean.count:
             return {"dark": self.dark_mean.snapshot().reshape(self.dark_shape)}
         return {}
+
+    def _windowed(self, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`maps` with windowed moments (`ScanPipeline.windowed_maps`), or as they are, with
+        the reason in the file, when the frames cannot be read again (a store that trimmed
+        a plain array stream, a Lima file gone)."""
+        config = self.d.config.analysis
+        t0 = time.perf_counter()
+        try:
+            maps = self.pipeline.windowed_maps(maps, self._reread)
+        except (ScanError, IndexNoMoreThereError, OSError, redis.RedisError) as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            logger.warning("scan %s: final moments over the whole scan, not windowed: %s", self.key, reason)
+            self.provenance.update(moment_window=0.0, moment_window_passes=0,
+                                   moment_window_reason=f"not applied: {reason}")
+            return maps
+        if self._stop_requested():
+            raise ScanError("daemon stopped while the final maps were made")
+        self.provenance.update(moment_window=config.moment_window, moment_window_passes=config.moment_window_passes)
+        logger.info("scan %s: windowed moments (%g sigma, %d passes over the frames) in %.2f s", self.key,
+                    config.moment_window, config.moment_window_passes, time.perf_counter() - t0)
+        return maps
 
     def _binning(self, live: bool) -> int:
         """The binning of a version's maps: `live_binning` while the scan runs, else 1; and
@@ -190,7 +231,8 @@ class ScanWorker(threading.Thread):
         self._last_publish = time.monotonic()
         binning = self._binning(state == "running")
         try:
-            maps = self._maps(binning) if state != "failed" or self.pipeline is not None else {}
+            final = state in ("complete", "aborted")
+            maps = self._maps(binning, final) if state != "failed" or self.pipeline is not None else {}
         except ScanError as exc:
             maps, state, reason = {}, "failed", str(exc)
         except Exception as exc:  # snapshot problems must not lose the scan's status
@@ -200,7 +242,7 @@ class ScanWorker(threading.Thread):
         info = ProcessInfo(
             state=state, reason=reason, frames_processed=frames,
             frames_expected=st.frames_expected, scan_key=self.key, config=self.d.config.to_json(),
-            extra={"map_binning": binning},
+            extra={"map_binning": binning, **self.provenance},
         )
         oldest, self._oldest_unpublished = self._oldest_unpublished, None
         job = (maps, info, self.pipeline.map_axes() if self.pipeline is not None and maps else {}, oldest, t0)
@@ -274,7 +316,11 @@ class ScanWorker(threading.Thread):
             logger.error("scan %s cannot be loaded: %s", self.key, exc)
             return
         session = getattr(scan, "session", None) or "no_session"
-        path = maps_path(self.d.output_dir, session, scan.name, scan.number)
+        folder = scan_folder(
+            self.d.output_dir, session, getattr(scan, "path", None) or scan.info.get("filename"),
+            getattr(scan, "proposal", None), getattr(scan, "collection", None), getattr(scan, "dataset", None),
+        )
+        path = self.d.claims.claim(maps_path(folder, scan.name, scan.number), self.key)
         self.status = ScanStatus(self.key, session, scan.name, int(scan.number), str(path))
         self.maps_file = self._maps_file(path)
         self.d.register(self.status)
@@ -331,6 +377,7 @@ class ScanWorker(threading.Thread):
             self.key, scan.name, scan.number, geometry.title, geometry.detector,
             geometry.motor_names, st.frames_expected, " [dark]" if st.dark else "",
         )
+        self.provenance = {**live_provenance(scan, geometry), **PROCESS_EXTRAS}
         image_dtype = getattr(scan.streams[geometry.image_stream], "dtype", None)
         batch_size = config.analysis.frames_per_batch(geometry.frame_shape, image_dtype)
         source = LiveFrameSource(scan, geometry, batch_size, config.read_timeout, config.analysis.batch_delay)
@@ -375,8 +422,15 @@ class ScanWorker(threading.Thread):
             # last frames go out binned first, as every other frame did
             self.publish("running")
         end_reason = self._end_reason(scan)
+        self.provenance.update(end_time=str(scan.info.get("end_time", "")), end_reason=end_reason)
         if self.pipeline is not None:
             self.pipeline.finish()
+            if geometry.motors and config.analysis.moment_window > 0:
+                def reread() -> Iterator[Batch]:
+                    again = LiveFrameSource(scan, geometry, batch_size, config.read_timeout, 0.0)
+                    return again.batches(self._stop_requested)
+
+                self._reread = reread
         if st.dark and self.dark_mean is not None and self.dark_mean.count:
             self.d.darks.add(st.session, st.number, self.dark_mean)
         processed = st.frames_processed
@@ -472,6 +526,7 @@ class Rehearsal(ScanWorker):
                                       warmup.points or 3 * batch_size, analysis.monitor)
         self.geometry = geometry
         self.status = ScanStatus(self.key, "", "rehearsal", 0, str(path), frames_expected=geometry.npoints)
+        self.provenance = {**dict.fromkeys(LIVE_FIELDS, ""), **PROCESS_EXTRAS}  # a real scan's layout
         self.maps_file = self._maps_file(path)
         self.pipeline = self._new_pipeline(geometry, geometry.frame_shape)
         self.publish("running")  # no maps yet, as a real scan's first version
@@ -504,6 +559,7 @@ class Daemon:
         self.metrics = Metrics()
         self.darks = DarkRegistry(mean_dark(self.config.dark) if self.config.dark else None)
         self.spares = SpareGenerations(self.output_dir, self.config.live_spare_files)
+        self.claims = PathClaims()  # one maps file per scan, never another scan's
         self.stop_event = threading.Event()
         self.workers: dict[str, ScanWorker] = {}
         self._status: OrderedDict[str, ScanStatus] = OrderedDict()

@@ -11,7 +11,6 @@ from dfxm_online.acquisition.geometry import MotorAxis
 
 def edge_baseline(
     stack: np.ndarray, positions: np.ndarray, axes: Sequence[MotorAxis], fraction: float = 0.2,
-    dark_stack: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pooled mean of the edge-band frame groups that agree with the lowest one (3 sigma)."""
     groups = []
@@ -20,8 +19,6 @@ def edge_baseline(
         for sel in (t <= fraction + 1e-9, t >= 1 - fraction - 1e-9):
             if sel.any():
                 groups.append(stack[sel].astype(np.float64))
-    if dark_stack is not None:
-        groups.append(dark_stack.astype(np.float64))
     means = np.array([g.mean(axis=0) for g in groups])
     stds = np.array([g.std(axis=0) for g in groups])
     counts = np.array([len(g) for g in groups], dtype=float).reshape(-1, 1, 1)
@@ -55,3 +52,51 @@ def moments(stack: np.ndarray, positions: np.ndarray, offset: np.ndarray | float
             db = positions[:, b][:, None, None] - means[b]
             out[f"cov{a}{b}"] = (w * da * db).sum(axis=0) / m0
     return out
+
+
+def windowed_moments(
+    stack: np.ndarray, positions: np.ndarray, offset: np.ndarray | float, rho: float, passes: int,
+    mask: np.ndarray, axes: Sequence[MotorAxis],
+) -> dict:
+    """`moments` within each pixel's window (online/moment_window.py), the textbook way: per
+    pixel, the points within Mahalanobis distance `rho` of the current (mean, covariance,
+    each variance at least its motor's step squared, the squared range where it is not
+    positive), `passes` times from the whole-scan
+    moments, each pass's variance, covariance and kurtosis corrected by a truncated
+    Gaussian's factors (scipy's chi2, not gammainc). Pixels outside `mask` (H, W) or
+    without a positive definite covariance get NaN."""
+    from scipy.stats import chi2
+
+    m = positions.shape[1]
+    c2 = chi2.cdf(rho**2, m + 2) / chi2.cdf(rho**2, m)
+    c4 = chi2.cdf(rho**2, m + 4) / chi2.cdf(rho**2, m)
+    w = stack.astype(np.float64) - offset
+    ref = moments(stack, positions, offset)
+    for _ in range(passes):
+        mean = np.stack([ref[f"mean{a}"] for a in range(m)], -1)  # (H, W, M)
+        cov = np.empty(mean.shape + (m,))
+        for a in range(m):
+            var, ax = ref[f"var{a}"], axes[a]
+            with np.errstate(invalid="ignore"):
+                cov[..., a, a] = np.where(var > 0, np.fmax(var, ax.scale**2), (ax.high - ax.low) ** 2)
+        for a in range(m):
+            for b in range(a + 1, m):
+                bound = 0.9 * np.sqrt(cov[..., a, a] * cov[..., b, b])
+                cov[..., a, b] = cov[..., b, a] = np.clip(ref[f"cov{a}{b}"], -bound, bound)
+        ok = mask & np.isfinite(mean).all(-1) & np.isfinite(cov).all((-1, -2))
+        cov = np.where(ok[..., None, None], cov, np.eye(m))
+        if m == 3:  # not positive definite: no correlations
+            cov = np.where((np.linalg.det(cov) > 0)[..., None, None], cov, cov * np.eye(m))
+        inv = np.linalg.inv(cov)
+        d = positions[:, None, None, :] - mean[None]  # (N, H, W, M)
+        q = np.einsum("nhwi,hwij,nhwj->nhw", d, inv, d)
+        inside = (q <= rho**2) & ok[None]
+        ref = moments(np.where(inside, w, 0.0), positions, 0.0)
+        empty = ~(ref["intensity"] > 0)  # no signal in the window: no moments
+        ref = {k: (v if k == "intensity" else np.where(empty, np.nan, v)) for k, v in ref.items()}
+        for a in range(m):
+            ref[f"var{a}"] = ref[f"var{a}"] / c2
+            ref[f"kurt{a}"] = (ref[f"kurt{a}"] + 3) * c2**2 / c4 - 3
+            for b in range(a + 1, m):
+                ref[f"cov{a}{b}"] = ref[f"cov{a}{b}"] / c2
+    return ref

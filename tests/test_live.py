@@ -14,7 +14,7 @@ import silx.io
 
 from dfxm_online.acquisition.geometry import MotorAxis
 from dfxm_online.acquisition.simulate import SimulationSpec, simulate
-from dfxm_online.config import DaemonConfig
+from dfxm_online.config import AnalysisConfig, DaemonConfig
 from dfxm_online.maps import signal_mask
 from dfxm_online.publish.nexus import read_maps_file
 
@@ -31,13 +31,22 @@ def spec_for(tmp_path, **kw) -> SimulationSpec:
     return SimulationSpec(**kw)
 
 
-def reference_maps(result, dark_frames=None) -> dict[str, np.ndarray]:
-    """Brute force over the whole published stack, with the daemon's default background."""
+def reference_maps(result, window: float = 3.0, passes: int = 2, offset=None) -> dict[str, np.ndarray]:
+    """Brute force over the whole published stack, with the daemon's default background (or
+    `offset`) and final moments within the default window (`window` 0: over the whole scan)."""
     stack = np.stack(result.frames)
     axes = list(result.model.motors)
-    offset = brute.edge_baseline(stack, result.positions, axes, 0.2, dark_frames)
+    if offset is None:
+        offset = brute.edge_baseline(stack, result.positions, axes, 0.2)
     ref = brute.moments(stack, result.positions, offset)
-    maps = {"intensity": ref["intensity"]}
+    intensity = ref["intensity"]
+    if window:
+        mask = signal_mask(intensity, 0.05)
+        ref = brute.windowed_moments(stack, result.positions, offset, window, passes, mask, axes)
+        for key in list(ref):
+            if key != "intensity":
+                ref[key] = np.where(mask, ref[key], np.nan)
+    maps = {"intensity": intensity}
     for i, ax in enumerate(axes):
         maps[f"com_{ax.name}"] = ref[f"mean{i}"]
         maps[f"fwhm_{ax.name}"] = 2.3548200450309493 * np.sqrt(ref[f"var{i}"])
@@ -109,7 +118,7 @@ def test_zigzag_mesh_and_dark_scan(make_daemon, redis_url, tmp_path):
         dark_stack = f[f"{result.dark_number}.1/measurement/pco"][()]
     np.testing.assert_allclose(dark_maps["dark"], dark_stack.mean(axis=0), rtol=1e-6)
     maps, _ = read_maps_file(status.path)
-    ref = reference_maps(result, dark_frames=dark_stack)
+    ref = reference_maps(result)
     valid = signal_mask(ref["intensity"], 0.05) & (ref["fwhm_chi"] > 0) & (ref["fwhm_mu"] > 0)
     assert_maps_match(maps, ref, valid)
     assert_near_truth(maps, result.model)
@@ -163,7 +172,7 @@ def test_maps_file_is_readable_while_being_rewritten(make_daemon, redis_url, tmp
     errors, reads, links = [], [], []
     stop = threading.Event()
     spec = spec_for(tmp_path, kind="rocking", frame_rate=60, points=61, session="reader")
-    path = tmp_path / "maps" / "reader" / "ascan_1.h5"
+    path = tmp_path / "maps" / "reader" / spec.dataset / "ascan_1.h5"
 
     def reader():
         while not stop.is_set():
@@ -229,7 +238,7 @@ def test_frames_are_published_while_the_scan_pauses_after_a_write_in_flight(make
     pub.publish({"mu": -1.0}, frame)
     assert writing.wait(30), "the first frame's maps were never written"
     pub.publish({"mu": -1.0 / 3}, frame)  # processed while the first version is written
-    path = tmp_path / "maps" / "pause" / "ascan_1.h5"
+    path = tmp_path / "maps" / "pause" / "p" / "ascan_1.h5"
     deadline = time.monotonic() + 30
     shown = 0
     while time.monotonic() < deadline and shown < 2:
@@ -309,14 +318,17 @@ def test_model_axes_are_what_the_simulator_published(tmp_path):
 def test_configured_dark_file_is_used_without_a_dark_scan(make_daemon, redis_url, tmp_path):
     darks = simulate(redis_url, spec_for(tmp_path / "d", kind="rocking", points=5, dark_frames=10, session="darkfile"))
     dark_url = f"{darks.filename}::{darks.dark_number}.1"
-    daemon = make_daemon(DaemonConfig(publish_period=0.2, dark=dark_url))
+    # background "dark": the dark alone (with "auto" the edge frames give the baseline)
+    config = DaemonConfig(publish_period=0.2, dark=dark_url, analysis=AnalysisConfig(background="dark"))
+    daemon = make_daemon(config)
     result = simulate(redis_url, spec_for(tmp_path / "s", kind="rocking", session="nodark", seed=3), keep_frames=True)
     status = wait_done(daemon, result.scan_key)
     assert status.state == "complete"
-    maps, _ = read_maps_file(status.path)
+    maps, process = read_maps_file(status.path)
+    assert process["background_rule"] == "dark"
     with h5py.File(darks.filename) as f:
         dark_stack = f[f"{darks.dark_number}.1/measurement/pco"][()]
-    ref = reference_maps(result, dark_frames=dark_stack)
+    ref = reference_maps(result, offset=dark_stack.mean(axis=0))
     valid = signal_mask(ref["intensity"], 0.05) & (ref["fwhm_mu"] > 0)
     assert_maps_match(maps, ref, valid)
 
@@ -369,7 +381,8 @@ def test_large_frames_are_batched_within_batch_mb(make_daemon, redis_url, tmp_pa
             return batch
 
     monkeypatch.setattr(daemon_module, "LiveFrameSource", Recording)
-    daemon = make_daemon(DaemonConfig(publish_period=0.2, analysis=AnalysisConfig(batch_mb=3)))
+    # moment_window 0: one read of the scan (the windowed final moments read it again)
+    daemon = make_daemon(DaemonConfig(publish_period=0.2, analysis=AnalysisConfig(batch_mb=3, moment_window=0)))
     spec = spec_for(tmp_path, kind="rocking", image_mode="lima", frame_shape=(1024, 512), points=21, seed=12)
     result = simulate(redis_url, spec, keep_frames=True)
     status = wait_done(daemon, result.scan_key)
@@ -418,7 +431,7 @@ def test_live_binning_publishes_binned_maps_and_full_resolution_final_ones(make_
     half = 21  # three lines of the mesh
     for p, frame in zip(positions[:half], stack[:half]):
         pub.publish({"mu": p[0], "chi": p[1]}, frame)
-    path = tmp_path / "maps" / "lb" / "amesh_1.h5"
+    path = tmp_path / "maps" / "lb" / "lb" / "amesh_1.h5"
     deadline = time.monotonic() + 30
     process: dict = {}
     while time.monotonic() < deadline and process.get("frames_processed") != half:
@@ -448,8 +461,10 @@ def test_live_binning_publishes_binned_maps_and_full_resolution_final_ones(make_
     final, process = read_maps_file(status.path)
     assert process["map_binning"] == 1 and final["com_mu"].shape == SHAPE
     offset = brute.edge_baseline(stack, positions, axes, 0.2)
-    full = brute.moments(stack, positions, offset)
-    valid = signal_mask(full["intensity"], 0.05) & (full["var0"] > 0) & (full["var1"] > 0)
+    whole = brute.moments(stack, positions, offset)
+    valid = signal_mask(whole["intensity"], 0.05)
+    full = brute.windowed_moments(stack, positions, offset, 3.0, 2, valid, axes)  # defaults
+    valid &= (full["var0"] > 0) & (full["var1"] > 0)
     np.testing.assert_allclose(final["com_mu"][valid], full["mean0"][valid], rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(final["fwhm_chi"][valid], 2.3548200450309493 * np.sqrt(full["var1"][valid]),
                                rtol=2e-5)

@@ -46,12 +46,23 @@ def test_preprocessing_chain_in_process_equals_brute_force(redis_url, tmp_path):
     clean_pre = PreprocessChain.from_config(steps)(clean).astype(np.float64)
     assert np.abs(pre[:, 5 // 2, 7 // 2] - clean_pre[:, 5 // 2, 7 // 2]).max() < 0.05 * 60000
     assert abs(pre[3, 10, 5] - clean_pre[3, 10, 5]) < 0.05 * 50000
-    offset = brute.edge_baseline(pre, rec.positions, list(rec.model.motors), 0.2)
-    ref = brute.moments(pre, rec.positions, offset)
-    valid = signal_mask(ref["intensity"], 0.05) & (ref["var0"] > 0) & (ref["var1"] > 0)
+    axes = list(rec.model.motors)
+    offset = brute.edge_baseline(pre, rec.positions, axes, 0.2)
+    whole = brute.moments(pre, rec.positions, offset)
+    mask = signal_mask(whole["intensity"], 0.05)
+    # the one-pass moments (moment_window 0): float64 sums, exact to rounding
+    one_pass, *_ = process_scan(rec.filename, scan, AnalysisConfig(preprocess=steps, moment_window=0), progress=False)
+    valid = mask & (whole["var0"] > 0) & (whole["var1"] > 0)
     assert valid.sum() > 50
-    np.testing.assert_allclose(maps["com_mu"][valid], ref["mean0"][valid], rtol=1e-9)
-    np.testing.assert_allclose(maps["fwhm_chi"][valid], 2.3548200450309493 * np.sqrt(ref["var1"][valid]), rtol=1e-9)
+    np.testing.assert_allclose(one_pass["com_mu"][valid], whole["mean0"][valid], rtol=1e-9)
+    np.testing.assert_allclose(one_pass["fwhm_chi"][valid], 2.3548200450309493 * np.sqrt(whole["var1"][valid]),
+                               rtol=1e-9)
+    # the default final moments, within each pixel's window: the windowed frames are float32
+    # (one rounding of each baseline-subtracted value, ~6e-8 relative)
+    ref = brute.windowed_moments(pre, rec.positions, offset, 3.0, 2, mask, axes)
+    valid = mask & (ref["var0"] > 0) & (ref["var1"] > 0)
+    np.testing.assert_allclose(maps["com_mu"][valid], ref["mean0"][valid], rtol=1e-6)
+    np.testing.assert_allclose(maps["fwhm_chi"][valid], 2.3548200450309493 * np.sqrt(ref["var1"][valid]), rtol=1e-6)
 
 
 def test_monitor_normalisation_live_and_offline(make_daemon, redis_url, tmp_path):
@@ -69,12 +80,14 @@ def test_monitor_normalisation_live_and_offline(make_daemon, redis_url, tmp_path
     stack = PreprocessChain.from_config(config.preprocess)(np.stack(rec.frames), current).astype(np.float64)
     direct = np.stack(rec.frames).astype(np.float64) * (REFERENCE_CURRENT / current)[:, None, None]
     np.testing.assert_allclose(stack, direct, rtol=1e-6)
-    offset = brute.edge_baseline(stack, rec.positions, list(rec.model.motors), 0.2)
-    ref = brute.moments(stack, rec.positions, offset)
-    valid = signal_mask(ref["intensity"], 0.05) & (ref["var0"] > 0)
+    axes = list(rec.model.motors)
+    offset = brute.edge_baseline(stack, rec.positions, axes, 0.2)
+    mask = signal_mask(brute.moments(stack, rec.positions, offset)["intensity"], 0.05)
+    ref = brute.windowed_moments(stack, rec.positions, offset, 3.0, 2, mask, axes)  # the default final moments
+    valid = mask & (ref["var0"] > 0)
     np.testing.assert_allclose(live["com_mu"][valid], ref["mean0"][valid], rtol=2e-6)
     offline, _, _, _ = process_scan(rec.filename, f"{rec.scan_number}.1", config, progress=False)
-    np.testing.assert_allclose(offline["com_mu"][valid], ref["mean0"][valid], rtol=1e-9)
+    np.testing.assert_allclose(offline["com_mu"][valid], ref["mean0"][valid], rtol=1e-6)  # float32 windowed frames
     # without normalisation the changing flux biases the maps
     model = rec.model
     inside = valid & (model.amplitude > 0.5 * model.amplitude.max())

@@ -99,10 +99,13 @@ def find_detector(entry: h5py.Group, detector: str | None) -> tuple[str, h5py.Da
 
 def open_scan(
     path: str | Path, scan: str = "1.1", detector: str | None = None,
-    motors: Sequence[str] | None = None, monitor: str | None = None,
+    motors: Sequence[str] | None = None, monitor: str | None = None, require_motors: bool = True,
 ) -> RecordedScan:
-    """Open scan `scan` of a BLISS file; raises ScanError with the reason if it cannot."""
+    """Open scan `scan` ('2.1', or '2' for '2.1') of a BLISS file; raises ScanError with the
+    reason if it cannot. `require_motors` False accepts a scan with no moving motor (a
+    `loopscan`, `ct` or `timescan`: a dark scan), whose positions are then empty."""
     path = Path(path)
+    scan = scan_name(scan)
     f = h5py.File(path, "r")
     try:
         if scan not in f:
@@ -124,7 +127,7 @@ def open_scan(
         else:
             positioners = entry.get("instrument/positioners", {})
             names = moving_motors({k: recorded[k] for k in positioners if k in recorded}, n)
-            if not names:
+            if not names and require_motors:
                 raise ScanError(f"scan {scan} has no moving motor")
         positions = {}
         for name in names:
@@ -143,11 +146,51 @@ def open_scan(
         raise
 
 
+def scan_provenance(rec: RecordedScan) -> dict[str, str]:
+    """The /entry/process provenance fields of a recorded scan (publish/provenance.py)."""
+    from ..publish.provenance import common_fields, policy_names
+
+    entry = rec._file[rec.scan]
+
+    def text(name: str) -> str:
+        return _text(entry[name][()]) if name in entry and isinstance(entry[name], h5py.Dataset) else ""
+
+    return {
+        **common_fields(str(rec.path.resolve()), rec.scan, rec.geometry(), rec.detector),
+        **policy_names(rec.path.resolve()),
+        "session": "",
+        "sample": text("sample/name"),
+        "start_time": text("start_time"),
+        "end_time": text("end_time"),
+    }
+
+
+def scan_name(scan: str | int) -> str:
+    """A scan as the file names it: '2' or 2 -> '2.1' (BLISS's first subscan); '2.1' as is."""
+    text = str(scan).strip()
+    return f"{text}.1" if text.isdigit() else text
+
+
+def first_scan_with_motors(path: str | Path, detector: str | None = None,
+                           motors: Sequence[str] | None = None) -> str:
+    """The first scan of the file (in scan order) with a detector stack and moving motors:
+    what `process` takes when no scan is named (a session usually starts with a dark scan,
+    `loopscan` or `ct`, which has none)."""
+    reasons = []
+    for scan in list_scans(path):
+        try:
+            with open_scan(path, scan, detector=detector, motors=motors):
+                return scan
+        except ScanError as exc:
+            reasons.append(f"{scan}: {exc}")
+    raise ScanError(f"{path} has no scan with a detector and moving motors ({'; '.join(reasons) or 'no scans'})")
+
+
 def parse_scan_url(url: str, default_file: str | Path | None = None) -> tuple[Path, str]:
     """'FILE::2.1' -> (FILE, '2.1'); '2.1' alone refers to `default_file`."""
     if "::" in url:
         file_part, scan = url.rsplit("::", 1)
-        return Path(file_part), scan
+        return Path(file_part), scan_name(scan)
     if default_file is None:
         raise ScanError(f"{url!r}: expected FILE::SCAN (e.g. data.h5::2.1)")
-    return Path(default_file), url
+    return Path(default_file), scan_name(url)

@@ -45,6 +45,10 @@ class ScanDescription:
     static_positioners: Mapping[str, float] = field(default_factory=dict)
     declared_frame_shape: tuple[int, int] | None = None  # (-1, -1) to allow any shape
     monitor: str | None = None  # a counter published per point (e.g. "mon"), as "p201:<name>"
+    #: the ESRF data policy's identity (all three set: published with data_policy "ESRF")
+    proposal: str | None = None
+    collection: str | None = None
+    dataset: str | None = None
 
     def scan_info(self) -> dict:
         """A BLISS-like scan_info (the fields our daemon and BLISS tools read)."""
@@ -281,6 +285,9 @@ class ScanPublisher:
             "session": desc.session,
             "path": str(desc.filename),
         }
+        if desc.proposal and desc.collection and desc.dataset:
+            identity.update(data_policy="ESRF", proposal=desc.proposal, collection=desc.collection,
+                            dataset=desc.dataset)
         self.scan = data_store.create_scan(identity, info=desc.scan_info())
         self.motor_streams = {
             name: self.scan.create_stream(Stream.make_definition(f"axis:{name}", "float64"))

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 def replay(
     url: str,
     path: str | Path,
-    scan: str = "1.1",
+    scan: str | int = "1.1",
     rate: float = 0.0,
     image_mode: str = "array",
     session: str = "replay",
@@ -29,14 +29,18 @@ def replay(
     """Publish scan `scan` of `path` to the store at `url`; return the new scan's key.
 
     The scan_info is rebuilt from the file: the title's scan type, and for each moving motor
-    the recorded range (min..max) and number of distinct positions. The replayed scan is
-    written to a new BLISS file under `scan_dir` (as BLISS writes every scan it runs).
+    the recorded range (min..max) and number of distinct positions. Any scan replays: one
+    without a moving motor (a dark `loopscan`, `ct`, `timescan`) is published with its
+    frames and no motor channel, as BLISS publishes it, so that a recorded session (dark,
+    then mesh) replays in order and the daemon treats its dark as it would live. The
+    replayed scan is written to a new BLISS file under `scan_dir` (as BLISS writes every
+    scan it runs).
     """
     store = DataStore(url)
-    with open_scan(path, scan, detector=detector) as rec:
+    with open_scan(path, scan, detector=detector, require_motors=False) as rec:
         geometry = rec.geometry()
         motors = [(m.name, m.start, m.stop, m.npoints) for m in geometry.motors]
-        name = geometry.scan_type or ("ascan" if len(motors) == 1 else "amesh")
+        name = geometry.scan_type or ("ascan" if len(motors) == 1 else "amesh" if motors else "loopscan")
         out = Path(scan_dir) / f"{Path(path).stem}_replay.h5"
         desc = ScanDescription(
             session=session, number=next_scan_number(out), name=name,

@@ -44,7 +44,15 @@ class SimulationSpec:
     frame_rate: float = 0.0  # frames per second; 0 publishes as fast as possible
     dark_offset: float = 100.0
     read_noise: float = 2.0
-    background: float = 0.0
+    background: float = 0.0  # diffuse pedestal, photons per pixel per frame, not in the dark
+    #: the pedestal varies across the detector: background * (1 + gradient * x), x from -1
+    #: (left edge) to 1 (right edge)
+    background_gradient: float = 0.0
+    #: "grains": sub-grains with smooth orientation fields (CrystalModel.make); "random":
+    #: every pixel of the upper half its own curve, amplitude 200-300 counts, centres
+    #: within +-0.1 (first motor) / +-0.2 (second) of the scan centre, sigma 0.06-0.08 /
+    #: 0.14-0.16 (CrystalModel.random_spread; `peak_counts` unused)
+    crystal: str = "grains"
     peak_counts: float = 1000.0
     noise: bool = True  # Poisson and read noise; False publishes the rounded expectation
     seed: int = 0
@@ -62,6 +70,9 @@ class SimulationSpec:
     end_reason: str = "SUCCESS"
     stop_after: int | None = None  # publish only this many points (an aborted scan)
     monitor: str | None = None  # publish a beam-current monitor counter of this name
+    #: publish under the ESRF data policy: proposal and collection (the dataset is `dataset`)
+    proposal: str | None = None
+    collection: str | None = None
 
     def motor_specs(self) -> list[MotorSpec]:
         if self.motors:
@@ -124,10 +135,26 @@ def _pace(t0: float, index: int, rate: float) -> None:
 
 def make_model(spec: SimulationSpec) -> CrystalModel:
     axes = [MotorAxis(n, a, b, p) for n, a, b, p in spec.motor_specs()]
+    background: float | np.ndarray = spec.background
+    if spec.background_gradient:
+        x = np.linspace(-1.0, 1.0, spec.frame_shape[1])
+        background = spec.background * (1.0 + spec.background_gradient * np.broadcast_to(x, spec.frame_shape))
+    if spec.crystal == "random":
+        return CrystalModel.random_spread(spec.frame_shape, axes, seed=spec.seed, background=background,
+                                          dark_offset=spec.dark_offset, read_noise=spec.read_noise)
+    if spec.crystal != "grains":
+        raise ValueError(f"crystal must be 'grains' or 'random', not {spec.crystal!r}")
     return CrystalModel.make(
         spec.frame_shape, axes, seed=spec.seed, peak_counts=spec.peak_counts,
-        background=spec.background, dark_offset=spec.dark_offset, read_noise=spec.read_noise,
+        background=background, dark_offset=spec.dark_offset, read_noise=spec.read_noise,
     )
+
+
+def policy_identity(spec: SimulationSpec) -> dict[str, str | None]:
+    """The ESRF data policy fields of the scans of `spec` (none without a proposal)."""
+    if not spec.proposal:
+        return {}
+    return {"proposal": spec.proposal, "collection": spec.collection or "sample", "dataset": spec.dataset}
 
 
 def publish_dark(store: DataStore, spec: SimulationSpec, model: CrystalModel, number: int,
@@ -137,7 +164,7 @@ def publish_dark(store: DataStore, spec: SimulationSpec, model: CrystalModel, nu
         session=spec.session, number=number, name="loopscan",
         title=f"dark loopscan {spec.dark_frames} 0.1", filename=spec.filename,
         detector=spec.detector, frame_shape=spec.frame_shape, npoints=spec.dark_frames,
-        static_positioners=STATIC_POSITIONERS,
+        static_positioners=STATIC_POSITIONERS, **policy_identity(spec),
     )
     pub = ScanPublisher(store, desc, spec.image_mode or "array", spec.frames_per_file)
     pub.start()
@@ -171,7 +198,7 @@ def simulate(url: str, spec: SimulationSpec, keep_frames: bool = False) -> Simul
             k: v for k, v in STATIC_POSITIONERS.items() if k not in {m[0] for m in motors}
         },
         declared_frame_shape=(-1, -1) if spec.wrong_shape_at is not None else None,
-        monitor=spec.monitor,
+        monitor=spec.monitor, **policy_identity(spec),
     )
     pub = ScanPublisher(store, desc, spec.image_mode, spec.frames_per_file, spec.omit_motor_streams)
     pub.start()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,7 +22,11 @@ from .accumulators.background import EdgeBaseline, RunningMean
 from .accumulators.moments import PowerSums
 from .binned_maps import block_sums
 from .framesums import accumulate
+from .moment_window import MomentWindow, correct_truncation
 from .preprocess import DarkStep, MonitorStep, PreprocessChain, binned_shape
+
+if TYPE_CHECKING:
+    from ..acquisition.frames import Batch
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +59,6 @@ class ScanPipeline:
         self.edges = EdgeBaseline(geometry.motors, n_pixels, self.config.edge_fraction)
         self.extras = optional.build(self.config, geometry, self.frame_shape, first_index)
         self.dark: np.ndarray | None = None
-        self.dark_frames: RunningMean | None = None
         self.mosaicity_extent: tuple[float, float, float, float] | None = None
         self._extra_axes: dict = {}
         if dark is not None and not self.dark_in_chain:
@@ -129,56 +133,35 @@ class ScanPipeline:
         return thread
 
     def set_dark(self, dark: RunningMean | np.ndarray) -> None:
-        """Subtract this dark at snapshot time from now on (so it may arrive late).
+        """Subtract this dark at snapshot time from now on (so it may arrive late), until
+        the scan's edge frames give the baseline (see `background`).
 
-        A :class:`RunningMean` over a dark scan's frames can be pooled with the scan-edge
-        frames; a bare image (H, W) can only be subtracted as it is. Only valid when the
-        chain keeps frames affine in the raw counts (no hot-pixel/threshold/monitor step
-        before the moments would commute with it otherwise); with a "dark" step in the
+        A :class:`RunningMean` over a dark scan's frames or a dark image (H, W). Only valid
+        when the chain keeps frames affine in the raw counts (no hot-pixel/threshold/monitor
+        step before the moments would commute with it otherwise); with a "dark" step in the
         chain the dark is applied per frame instead.
         """
         if not self.takes_snapshot_dark:
             if not self.dark_in_chain:
                 logger.info("dark not applied at snapshot time: the preprocessing is not linear")
             return
-        if isinstance(dark, RunningMean):
-            image = dark.snapshot()
-            if image is None:
-                raise ScanError("the dark scan has no frames")
-            frames_stats = dark
-        else:
-            image = np.asarray(dark, dtype=np.float64)
-            frames_stats = None
+        image = dark.snapshot() if isinstance(dark, RunningMean) else np.asarray(dark, dtype=np.float64)
+        if image is None:
+            raise ScanError("the dark scan has no frames")
         if image.size != self.raw_shape[0] * self.raw_shape[1]:
             raise ScanError(f"dark image has {image.size} pixels, frames have {self.raw_shape}")
         if self.chain.steps:
             # a linear chain maps a per-pixel constant c to chain(c) - chain(0)
             raw = image.reshape((1, *self.raw_shape))
             image = (self.chain(raw) - self.chain(np.zeros_like(raw)))[0].astype(np.float64)
-            frames_stats = None  # the dark frames' spread is not transformed
         self.dark = image.reshape(-1)
-        self.dark_frames = frames_stats
 
     # -- accumulation ----------------------------------------------------------------------
     def update(
         self, frames: np.ndarray, positions: Mapping[str, np.ndarray], monitor: np.ndarray | None = None
     ) -> None:
         """Add a batch of raw frames (B, H, W) recorded at `positions` (motor -> (B,))."""
-        if frames.ndim != 3 or frames.shape[1:] != self.raw_shape:
-            raise ScanError(
-                f"frames of shape {tuple(frames.shape[1:])} where the scan's are {self.raw_shape}"
-            )
-        for axis in self.geometry.motors:
-            values = positions.get(axis.name)
-            if values is None or len(values) != frames.shape[0]:
-                raise ScanError(f"no position of motor {axis.name!r} for every frame of the batch")
-        if self.chain.steps:
-            if self.needs_monitor and (monitor is None or len(monitor) != frames.shape[0]):
-                raise ScanError("no monitor value for every frame of the batch")
-            try:
-                frames = self.chain(frames, monitor)
-            except ValueError as exc:
-                raise ScanError(f"preprocessing: {exc}") from None
+        frames = self.preprocessed(frames, positions, monitor)
         # the moments, the edge baseline and the accumulators that can (projections) share
         # one pass over the frames; the others take the batch in turn
         n = frames.shape[0]
@@ -194,6 +177,28 @@ class ScanPipeline:
         for acc in others:
             acc.update(frames, positions)
         optional.after_update(self.extras)
+
+    def preprocessed(
+        self, frames: np.ndarray, positions: Mapping[str, np.ndarray], monitor: np.ndarray | None = None
+    ) -> np.ndarray:
+        """A batch of raw frames checked against the scan (shape, a position of every motor
+        for every frame) and through the preprocessing chain: what the accumulators take."""
+        if frames.ndim != 3 or frames.shape[1:] != self.raw_shape:
+            raise ScanError(
+                f"frames of shape {tuple(frames.shape[1:])} where the scan's are {self.raw_shape}"
+            )
+        for axis in self.geometry.motors:
+            values = positions.get(axis.name)
+            if values is None or len(values) != frames.shape[0]:
+                raise ScanError(f"no position of motor {axis.name!r} for every frame of the batch")
+        if not self.chain.steps:
+            return frames
+        if self.needs_monitor and (monitor is None or len(monitor) != frames.shape[0]):
+            raise ScanError("no monitor value for every frame of the batch")
+        try:
+            return self.chain(frames, monitor)
+        except ValueError as exc:
+            raise ScanError(f"preprocessing: {exc}") from None
 
     def finish(self) -> None:
         """The scan has ended: accumulators that hold frames back (rolling median window,
@@ -235,18 +240,24 @@ class ScanPipeline:
 
     # -- maps ------------------------------------------------------------------------------
     def background(self) -> tuple[np.ndarray | None, str]:
-        """The per-pixel constant subtracted before the moments, and what it is.
+        """The per-pixel constant subtracted before the moments, and the rule that gave it.
 
-        "auto": a dark scan's frames pooled with the scan-edge frames that agree with them
-        when a dark scan was taken; a bare dark image as it is; otherwise the edge baseline.
-        With a "dark" preprocessing step the dark is already subtracted from every frame:
-        "auto" then means the edge baseline of what remains.
+        "auto" (the default): the scan-edge baseline whenever the scan has edge frames, with
+        or without a dark scan. The dark is not the whole background: diffuse scattering,
+        air scatter and scintillator glow add a pedestal above it that a dark scan does not
+        record, and the edge frames hold both (docs/science.md). The dark (a dark scan or
+        image) is subtracted alone only until the first edge frame arrives. With a "dark"
+        preprocessing step the dark is already off every frame: the edge baseline is then
+        the residual pedestal.
         """
         mode = self.config.background
         if mode == "auto":
-            if self.dark_frames is not None:
-                return self.edges.snapshot(self.dark_frames), "dark+edges"
-            mode = "dark" if self.dark is not None else "edges"
+            edges = self.edges.snapshot()
+            if edges is not None:
+                return edges, "edges" if not self.dark_in_chain else "dark (per frame) + edges"
+            if self.dark is not None:
+                return self.dark, "dark (no edge frame yet)"
+            return None, "dark (per frame)" if self.dark_in_chain else "none (no edge frame yet)"
         if mode == "none":
             return None, "none"
         if mode == "dark":
@@ -291,6 +302,12 @@ class ScanPipeline:
             if binning > 1 and _over_pixels(name, values, self.frame_shape):
                 values = block_sums(values, self.frame_shape, binning)
             maps[name] = values.astype(dtype, copy=False) if single and values.dtype.kind == "f" else values
+        self._orientation_maps(maps, dtype)
+        return maps
+
+    def _orientation_maps(self, maps: dict[str, np.ndarray], dtype: np.dtype | type) -> None:
+        """KAM and the mosaicity colour map (with its key) of the COM maps, into `maps`."""
+        names = self.geometry.motor_names
         coms = [maps[f"com_{m}"] for m in names]
         maps["kam"] = kam(coms, radius=self.config.kam_radius).astype(dtype, copy=False)
         if len(names) >= 2:
@@ -298,7 +315,45 @@ class ScanPipeline:
             maps["mosaicity"] = rgb
             maps["mosaicity_key"] = key
             self.mosaicity_extent = extent
-        return maps
+
+    def windowed_maps(
+        self, maps: dict[str, np.ndarray], reread: Callable[[], Iterable[Batch]],
+        dtype: np.dtype | type = np.float64,
+    ) -> dict[str, np.ndarray]:
+        """The final maps: `maps` (this pipeline's full-resolution `snapshot`) with the
+        moment maps made again within each pixel's window (`moment_window` standard
+        deviations around its centre of mass, `moment_window_passes` times), from the
+        scan's frames read again through `reread()` (batches in any order), and KAM and
+        mosaicity from the windowed COM maps (online/moment_window.py says why).
+
+        Pixels the one-pass maps mask (too little signal) stay masked; the intensity and
+        every other map stay the one-pass ones. A scan without motors, or `moment_window`
+        0, gets `maps` back unchanged."""
+        names = self.geometry.motor_names
+        rho = self.config.moment_window
+        if not names or rho <= 0:
+            return maps
+        offset, _ = self.background()
+        masked = ~np.isfinite(np.asarray(maps[f"com_{names[0]}"], dtype=np.float64))
+        current = maps
+        for _ in range(self.config.moment_window_passes):
+            window = MomentWindow.from_maps(current, self.geometry.motors, rho)
+            window.valid &= ~masked.reshape(-1)
+            sums = PowerSums(self.geometry.motors, window.n_pixels, precision=self.config.precision)
+            for batch in reread():
+                frames = self.preprocessed(batch.frames, batch.positions, batch.monitor)
+                sums.update(window.apply(frames, batch.positions, offset), batch.positions)
+            if sums.count == 0:
+                raise ScanError("the scan's frames could not be read again for the windowed moments")
+            current = moment_maps_of_sums(sums, None, names, self.frame_shape, 0.0)
+            del sums
+            correct_truncation(current, names, rho)
+        out = dict(maps)
+        for name, values in current.items():
+            if name != "intensity":
+                out[name] = np.where(masked, np.nan, values).astype(maps[name].dtype, copy=False)
+        self._orientation_maps(out, maps[f"com_{names[0]}"].dtype)
+        return out
 
     def map_axes(self) -> dict[str, list[tuple[str, np.ndarray]]]:
         """Axes of the maps that have physical ones (the mosaicity key: motor values)."""

@@ -149,34 +149,23 @@ class EdgeBaseline:
         obj.counts[...] = state["counts"]
         return obj
 
-    def snapshot(self, dark: RunningMean | None = None) -> np.ndarray | None:
-        """The baseline image (P,); None before any edge frame (and no dark).
-
-        With `dark` (a dark scan's frames), the dark frames are pooled as one more group:
-        they never contain the peak, and the edge frames that agree with them cut the
-        dark's own noise, which the lever arm (x - com)^2 of a wide mesh amplifies ~30x.
-        """
+    def snapshot(self) -> np.ndarray | None:
+        """The baseline image (P,); None before any edge frame."""
         # The sums change only with the counts (a frame in a band adds to both), so a
-        # baseline made from the same counts (and the same dark frames) is the one already
-        # made: it is returned again, read-only, instead of read off the 2M sums and sums of
-        # squares anew. Most of a scan adds no frame to any band (a rocking scan's middle
-        # 60 %, most of a mesh's rows between its first and last band points); a 2048^2
-        # baseline of 4 groups costs ~0.02 s, on 2 cores, of each live publish.
-        key = (tuple(self.counts.tolist()), None if dark is None else (dark, dark.count))
+        # baseline made from the same counts is the one already made: it is returned
+        # again, read-only, instead of read off the 2M sums and sums of squares anew. Most
+        # of a scan adds no frame to any band (a rocking scan's middle 60 %, most of a
+        # mesh's rows between its first and last band points); a 2048^2 baseline of 4
+        # groups costs ~0.02 s, on 2 cores, of each live publish.
+        key = tuple(self.counts.tolist())
         if self._last is not None and self._last[0] == key:
             return self._last[1]
         self._last = None  # dropped before the new one is made: one baseline in memory
         seen = np.flatnonzero(self.counts > 0)
-        sums = [self.sums[g] for g in seen]
-        sumsq = [self.sumsq[g] for g in seen]
-        counts = [int(self.counts[g]) for g in seen]
-        if dark is not None and dark.count:
-            sums.append(dark.total)
-            sumsq.append(dark.total_sq)
-            counts.append(dark.count)
-        if not counts:
+        if not seen.size:
             return None
-        baseline = pooled_edge_mean(sums, sumsq, np.array(counts), self.REJECT_SIGMAS)
+        baseline = pooled_edge_mean([self.sums[g] for g in seen], [self.sumsq[g] for g in seen],
+                                    self.counts[seen].astype(np.float64), self.REJECT_SIGMAS)
         baseline.flags.writeable = False
         self._last = (key, baseline)
         return baseline
