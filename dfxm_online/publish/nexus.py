@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,17 +29,6 @@ from ewoksdata.data.nexus import select_default_plot
 from .. import __version__
 
 STATES = ("running", "complete", "aborted", "failed")
-
-
-def sanitise(name: str) -> str:
-    """A file-name-safe version of a session or scan name."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
-    return cleaned or "unnamed"
-
-
-def maps_path(output_dir: str | Path, session: str, scan_name: str, scan_number: int) -> Path:
-    """`<output-dir>/<session>/<scan name>_<scan number>.h5`, names sanitised."""
-    return Path(output_dir) / sanitise(session) / f"{sanitise(scan_name)}_{int(scan_number)}.h5"
 
 
 @dataclass
