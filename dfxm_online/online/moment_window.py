@@ -53,32 +53,46 @@ def truncation_factors(rho: float, dims: int) -> tuple[float, float]:
 MAX_CORRELATION = 0.9
 
 
+#: pixels per block of the window step: a block's coefficients (K x BLOCK float64, 48 KiB
+#: for two motors) stay in cache while every frame of the batch is windowed
+BLOCK = 1024
+
+
 @numba.njit(nogil=True, cache=True)
-def _window_kernel(frames, offset, u, centre, inv_cov, valid, rho2, out, start, stop):  # pragma: no cover - compiled
-    n_frames, n_motors = u.shape
-    for b in range(n_frames):
-        for p in range(start, stop):
-            if not valid[p]:
-                out[b, p] = 0.0
-                continue
-            q = 0.0
-            for i in range(n_motors):
-                di = u[b, i] - centre[i, p]
-                for j in range(n_motors):
-                    q += di * (u[b, j] - centre[j, p]) * inv_cov[i, j, p]
-            value = frames[b, p] - offset[p]
-            out[b, p] = value if q <= rho2 else 0.0
+def _window_kernel(frames, offset, mono, coef, rho2, out, start, stop):  # pragma: no cover - compiled
+    """out[b, p] = frames[b, p] - offset[p] where q_p(point b) <= rho2, else 0, for pixels
+    start <= p < stop; q_p(point b) = sum_k mono[b, k] coef[k, p] (the last coefficient
+    row is the constant term)."""
+    n_frames = frames.shape[0]
+    n_terms = coef.shape[0] - 1
+    q = np.empty(BLOCK)
+    for p0 in range(start, stop, BLOCK):
+        n = min(BLOCK, stop - p0)
+        for b in range(n_frames):
+            for i in range(n):
+                q[i] = coef[n_terms, p0 + i]
+            for k in range(n_terms):
+                f = mono[b, k]
+                for i in range(n):
+                    q[i] += coef[k, p0 + i] * f
+            for i in range(n):
+                p = p0 + i
+                out[b, p] = (frames[b, p] - offset[p]) if q[i] <= rho2 else 0.0
 
 
 @dataclass
 class MomentWindow:
-    """Per-pixel ellipsoids in motor space: `centre` (M, P) and `inv_cov` (M, M, P) in
-    motor units, `valid` (P,) False where a pixel has no window (no signal, no positive
-    definite covariance: all its frames count as 0)."""
+    """Per-pixel ellipsoids in motor space, as the coefficients of each pixel's quadratic
+    form q(v) = (v - c)^T A (v - c) in the reduced coordinates v = (x - centre) / step of
+    `axes` (PowerSums' coordinates), expanded over the monomials v_i v_j (i <= j), v_i and 1:
+    `coefficients` (K, P). Expanded, a batch's q for every pixel is K multiply-adds per
+    pixel and frame over a cached block of coefficients, instead of reading the pixel's
+    centre and inverse covariance again for every frame (2048^2 x 32 frames: 4.9 s read
+    per frame, measured; see bench/accuracy.py for the current figure). `valid` (P,) False
+    where a pixel has no window (its constant term is +inf: every frame counts as 0)."""
 
-    motors: tuple[str, ...]
-    centre: np.ndarray
-    inv_cov: np.ndarray
+    axes: tuple[MotorAxis, ...]
+    coefficients: np.ndarray
     valid: np.ndarray
     rho: float
 
@@ -96,21 +110,23 @@ class MomentWindow:
         the next pass measures it again."""
         if rho <= 0:
             raise ValueError("the window radius must be > 0 standard deviations")
-        motors = tuple(a.name for a in axes)
-        m = len(motors)
-        centre = np.stack([np.asarray(maps[f"com_{n}"], np.float64).reshape(-1) for n in motors])
+        axes = tuple(axes)
+        m = len(axes)
+        scale = np.array([a.scale for a in axes])
+        centre = np.stack([(np.asarray(maps[f"com_{a.name}"], np.float64).reshape(-1) - a.centre) / a.scale
+                           for a in axes])
         cov = np.empty((m, m, centre.shape[1]))
-        for a, axis in enumerate(axes):
+        for i, axis in enumerate(axes):
             sigma = np.asarray(maps[f"fwhm_{axis.name}"], np.float64).reshape(-1) / FWHM_PER_SIGMA
             sigma = np.where(np.isnan(sigma), abs(axis.high - axis.low), np.fmax(sigma, abs(axis.scale)))
-            cov[a, a] = sigma * sigma
-        for a in range(m):
-            for b in range(a + 1, m):
+            cov[i, i] = (sigma / scale[i]) ** 2
+        for i in range(m):
+            for j in range(i + 1, m):
                 # the tails' noise can make a weak peak's correlation exceed 1: at most
                 # MAX_CORRELATION for the window
-                bound = MAX_CORRELATION * np.sqrt(cov[a, a] * cov[b, b])
-                value = np.asarray(maps[f"cov_{motors[a]}_{motors[b]}"], np.float64).reshape(-1)
-                cov[a, b] = cov[b, a] = np.clip(value, -bound, bound)
+                bound = MAX_CORRELATION * np.sqrt(cov[i, i] * cov[j, j])
+                value = np.asarray(maps[f"cov_{axes[i].name}_{axes[j].name}"], np.float64).reshape(-1)
+                cov[i, j] = cov[j, i] = np.clip(value / (scale[i] * scale[j]), -bound, bound)
         valid = np.isfinite(centre).all(axis=0) & np.isfinite(cov).all(axis=(0, 1))
         stacked = np.where(valid, cov, 0.0).transpose(2, 0, 1)  # (P, M, M)
         # three motors: correlations each below 1 can still make a matrix that is not
@@ -118,29 +134,46 @@ class MomentWindow:
         definite = np.ones(valid.shape, dtype=bool)
         for k in range(3, m + 1):
             definite &= np.linalg.det(stacked[:, :k, :k]) > 0
-        diagonal = stacked * np.eye(m)
-        stacked = np.where(definite[:, None, None], stacked, diagonal)
-        inv = np.linalg.inv(np.where(valid[:, None, None], stacked, np.eye(m)))
-        return cls(motors, np.ascontiguousarray(np.where(valid, centre, 0.0)),
-                   np.ascontiguousarray(inv.transpose(1, 2, 0)), valid, float(rho))
+        stacked = np.where(definite[:, None, None], stacked, stacked * np.eye(m))
+        inv = np.linalg.inv(np.where(valid[:, None, None], stacked, np.eye(m))).transpose(1, 2, 0)
+        c = np.where(valid, centre, 0.0)
+        g = np.einsum("ijp,jp->ip", inv, c)
+        rows = [inv[i, i] if i == j else 2.0 * inv[i, j] for i in range(m) for j in range(i, m)]
+        rows += [-2.0 * g[i] for i in range(m)]
+        rows.append(np.where(valid, np.einsum("ip,ip->p", c, g), np.inf))
+        return cls(axes, np.ascontiguousarray(np.stack(rows)), valid, float(rho))
 
     @property
     def n_pixels(self) -> int:
         return self.valid.shape[0]
 
+    def without(self, pixels: np.ndarray) -> None:
+        """No window (every frame counts as 0) for the pixels where `pixels` (P,) is True."""
+        self.valid &= ~pixels
+        self.coefficients[:-1, pixels] = 0.0
+        self.coefficients[-1, pixels] = np.inf
+
+    def monomials(self, positions: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(B, K-1) the monomials v_i v_j (i <= j) and v_i of each point, in `coefficients`' order."""
+        v = np.stack([(np.asarray(positions[a.name], np.float64) - a.centre) / a.scale for a in self.axes], axis=1)
+        m = len(self.axes)
+        cols = [v[:, i] * v[:, j] for i in range(m) for j in range(i, m)] + [v[:, i] for i in range(m)]
+        return np.ascontiguousarray(np.stack(cols, axis=1))
+
     def apply(self, frames: np.ndarray, positions: Mapping[str, np.ndarray],
               offset: np.ndarray | None) -> np.ndarray:
-        """(B, P) float32: `frames` (B, P) minus `offset` (P,) where each point lies inside
-        the pixel's window, 0 elsewhere (one compiled pass on the tile threads)."""
-        frames = np.ascontiguousarray(frames, dtype=np.float32).reshape(len(frames), -1)
+        """(B, P) float32: `frames` (B, ...) minus `offset` (P,) where each point lies inside
+        the pixel's window, 0 elsewhere (one compiled pass on the tile threads; frames of
+        any numeric type are read as they are)."""
+        frames = np.ascontiguousarray(frames).reshape(len(frames), -1)
         if frames.shape[1] != self.n_pixels:
             raise ValueError(f"frames have {frames.shape[1]} pixels, the window {self.n_pixels}")
-        u = np.ascontiguousarray(np.stack([np.asarray(positions[n], np.float64) for n in self.motors], axis=1))
         off = np.zeros(self.n_pixels) if offset is None else np.ascontiguousarray(offset, np.float64).reshape(-1)
         out = np.empty(frames.shape, dtype=np.float32)
+        mono = self.monomials(positions)
         rho2 = self.rho * self.rho
         for_each_tile(self.n_pixels, lambda a, b: _window_kernel(
-            frames, off, u, self.centre, self.inv_cov, self.valid, rho2, out, a, b), tile=TILE_PIXELS)
+            frames, off, mono, self.coefficients, rho2, out, a, b), tile=TILE_PIXELS)
         return out
 
 

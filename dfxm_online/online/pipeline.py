@@ -338,7 +338,7 @@ class ScanPipeline:
         current = maps
         for _ in range(self.config.moment_window_passes):
             window = MomentWindow.from_maps(current, self.geometry.motors, rho)
-            window.valid &= ~masked.reshape(-1)
+            window.without(masked.reshape(-1))
             sums = PowerSums(self.geometry.motors, window.n_pixels, precision=self.config.precision)
             for batch in reread():
                 frames = self.preprocessed(batch.frames, batch.positions, batch.monitor)
