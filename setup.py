@@ -2,13 +2,11 @@
 pyproject.toml).
 
 Plain C11 (with GCC vector extensions), no numpy headers: arrays come in through the buffer
-protocol. The one exception is _warmpool, a numpy memory handler, which needs numpy's C API
-(numpy is a build requirement for it). GCC builds _framesums and _pixelmaps's vectorized loops for AVX-512, AVX2 and a generic x86-64 target and picks one
+protocol. GCC builds _framesums and _pixelmaps's vectorized loops for AVX-512, AVX2 and a generic x86-64 target and picks one
 at load time (target_clones), so one build runs on any x86-64 machine at the speed of the one
 it runs on.
 """
 
-import numpy
 from setuptools import Extension, setup
 
 setup(
@@ -28,12 +26,6 @@ setup(
             sources=["dfxm_online/online/_pixelmaps.c"],
             depends=["dfxm_online/online/_buffers.h"],
             extra_compile_args=["-O3", "-std=gnu11", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"],
-        ),
-        Extension(
-            "dfxm_online.online._warmpool",
-            sources=["dfxm_online/online/_warmpool.c"],
-            include_dirs=[numpy.get_include()],
-            extra_compile_args=["-O2", "-std=gnu11"],
         ),
     ]
 )

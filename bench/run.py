@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import signal
 import subprocess
@@ -187,26 +188,12 @@ def scan_motors(n_frames: int, motors: int) -> tuple[list[tuple[str, float, floa
     return specs, positions, f"amesh mu -1 1 {n_mu - 1} chi -2 2 {n_chi - 1} 0.01"
 
 
-def write_warmup_config(workdir: Path, size: int, motors: list[str]) -> Path:
-    """A daemon configuration that rehearses a scan of this frame size and motors at start."""
-    path = workdir / f"warmup_{size}_{'_'.join(motors)}.toml"
-    names = ", ".join(f'"{m}"' for m in motors)
-    path.write_text(f"[warmup]\nframe_shape = [{size}, {size}]\nmotors = [{names}]\n")
-    return path
-
-
 def write_binning_config(workdir: Path, factor: int) -> Path:
     """A daemon configuration that bins every frame factor x factor (sum) before the
     accumulators: maps of (size / factor)^2 pixels."""
     path = workdir / f"binning_{factor}.toml"
     path.write_text(f'[analysis]\npreprocess = [{{step = "binning", factor = {factor}}}]\n')
     return path
-
-
-def wait_warmup(port: int, timeout: float = 300.0) -> dict:
-    """The daemon's /status warm-up entry once it has ended."""
-    return wait_status(port, lambda status: status["warmup"]["state"] not in ("pending", "running"), timeout,
-                       "the daemon's warm-up did not end")["warmup"]
 
 
 def metric_sums(text: str) -> dict[str, float]:
@@ -312,33 +299,23 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
     that warm-up scan the daemon is paused (SIGSTOP) while the measured scan is published,
     then resumed; its rate is counted from the resume, its time split is the difference of
     its metrics. Modes "<array|lima>-warm": the same warm-up scan, then a live run.
-
-    Modes "<array|lima>-primed": a new daemon configured to rehearse a scan of this frame
-    size and motors at start-up (`[warmup]`), paused as in "-paused" once the rehearsal has
-    ended (its duration is reported): a new daemon's first scan, prepared for.
     """
     out = workdir / "maps"
     rng = np.random.default_rng(number)
     pool = rng.integers(90, 4000, size=(8, size, size), dtype=np.uint16)
     port = free_port()
     queued = mode.endswith("-queued")
-    primed = mode.endswith("-primed")
-    paused = mode.endswith("-paused") or primed
+    paused = mode.endswith("-paused")
     warm = mode.endswith("-paused") or mode.endswith("-warm")
     image_mode = mode.split("-")[0]
     specs, positions, title = scan_motors(n_frames, motors)
     names = [m[0] for m in specs]
-    extra = ("--config", str(write_warmup_config(workdir, size, names))) if primed else ()
-    daemon = None if queued else start_daemon(url, out, port, workdir, *extra)
+    daemon = None if queued else start_daemon(url, out, port, workdir)
     peak = 0
     before: dict[str, float] = {}
-    rehearsal: dict = {}
     try:
         if daemon is not None:
             wait_connected(port)
-        if primed:
-            rehearsal = wait_warmup(port)
-            peak = psutil.Process(daemon.pid).memory_info().rss
         if warm:
             warm_up(url, workdir, out, size, image_mode, pool, number, motors)
             before = metric_sums(scrape(port, "/metrics").decode())
@@ -397,7 +374,6 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
         sums = {k: v - before.get(k, 0.0) for k, v in sums.items()}
         return {
             "mode": mode, "size": size, "frames": n_frames, "motors": motors, "per_entry": block,
-            "rehearsal_s": rehearsal.get("seconds", float("nan")), "rehearsal": rehearsal.get("state", ""),
             "published_fps": n_frames / t_pub, "daemon_fps": counted / t_frames,
             "end_to_end_fps": n_frames / t_all, "final_maps_s": t_all - t_frames,
             "processed": int(process["frames_processed"]), "state": process["state"],
@@ -421,14 +397,12 @@ def watch_progress(path: str, timeout: float, conn) -> None:
     ("ready" first, once it watches; `time.monotonic`: one clock for every process).
 
     Every 2 ms it only stats the path (each published version is another inode: a
-    generation swapped in, or a new file renamed over), and reads the process fields when
+    new file renamed over the path), and reads the process fields when
     that changed. Opening the file every 5 ms instead cost ~4 ms of CPU per poll: from a
     thread of the bench (which also publishes the frames) the polls were up to 0.1 s
     apart, the publisher holding the GIL; from a process of its own they took CPU from
     the daemon. Either way the bench measured itself."""
     import h5py
-
-    from dfxm_online.publish.live_file import file_signature
 
     conn.send("ready")
     seen: list[tuple[float, int]] = []
@@ -436,7 +410,8 @@ def watch_progress(path: str, timeout: float, conn) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            signature = file_signature(Path(path))
+            stat = os.stat(path)
+            signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
             if signature != last:
                 t = time.monotonic()
                 with h5py.File(path, "r") as f:
@@ -455,7 +430,7 @@ def watch_progress(path: str, timeout: float, conn) -> None:
 
 
 def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float, number: int,
-                  in_service: bool = False, primed: bool = False, motors: int = 1, binning: int = 1,
+                  in_service: bool = False, motors: int = 1, binning: int = 1,
                   live_binning: int = 1) -> dict:
     """Frame-to-published-map latency at `rate` frames/s: for each frame, the time from its
     publication to the first maps file that includes it (watched by another process,
@@ -463,11 +438,9 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
 
     A new daemon's first scan, or with `in_service` a daemon that has processed a scan of
     the same size (published at full speed) just before: the start-up of a new daemon (its
-    fresh memory, first files) is most of a short scan's latency at 2048^2. With `primed`, a
-    new daemon that has rehearsed a scan of this size at start-up (`[warmup]`). `motors`: as
+    fresh memory, first files) is most of a short scan's latency at 2048^2. `motors`: as
     in `scan_motors` (two: a mesh, whose maps include the mosaicity colours). `binning` > 1:
-    the daemon bins the frames binning x binning before the accumulators (not with
-    `primed`). `live_binning` > 1: the daemon's `--live-binning` (running versions binned
+    the daemon bins the frames binning x binning before the accumulators. `live_binning` > 1: the daemon's `--live-binning` (running versions binned
     from the full-resolution accumulators, final maps full resolution).
 
     Besides p50 and p99 over every frame, `p99_steady` leaves out the first 10 and last 5
@@ -487,17 +460,14 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
         return dict(zip(names, positions[i].tolist()))
 
     port = free_port()
-    extra = ("--config", str(write_warmup_config(workdir, size, names))) if primed else ()
+    extra: tuple[str, ...] = ()
     if binning > 1:
         extra = ("--config", str(write_binning_config(workdir, binning)))
     if live_binning > 1:
         extra = (*extra, "--live-binning", str(live_binning))
     daemon = start_daemon(url, out, port, workdir, "--publish-period", "0.1", *extra)
-    rehearsal: dict = {}
     try:
         wait_connected(port)
-        if primed:
-            rehearsal = wait_warmup(port)
         from blissdata.redis_engine.store import DataStore
 
         desc = ScanDescription(
@@ -550,8 +520,7 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
         lat = np.array(latencies)
         peak_mb = peak_rss_of(daemon.pid) / 2**20
         return {"size": size, "rate": rate, "frames": n_frames, "motors": motors, "in_service": in_service,
-                "primed": primed, "binning": binning, "live_binning": live_binning,
-                "rehearsal_s": rehearsal.get("seconds", float("nan")), "rehearsal": rehearsal.get("state", ""),
+                "binning": binning, "live_binning": live_binning,
                 "p50": float(np.percentile(lat, 50)),
                 "p99": float(np.percentile(lat, 99)), "measured": len(lat), "peak_rss_mb": peak_mb,
                 "p99_steady": float(np.percentile(lat[10:-5], 99)) if len(lat) > 30 else float("nan"),
@@ -571,7 +540,7 @@ def main() -> None:
     parser.add_argument("--runs", help="e2e runs as mode:size:frames,... (with --only e2e)")
     parser.add_argument("--latency-runs",
                         help="latency runs as size:frames:daemon[:motors[:binning[:live]]],... with daemon "
-                             "new, warmed-up or in-service, motors 1 (default) or 2, binning a factor the daemon "
+                             "new or in-service, motors 1 (default) or 2, binning a factor the daemon "
                              "bins frames by (default 1: none), live the daemon's --live-binning (default 1) "
                              "(with --only latency)")
     parser.add_argument("--daemon-args", default="",
@@ -607,9 +576,7 @@ def main() -> None:
               "publishing maps (snapshot + write; count). `-queued`: the whole scan published "
               "before a new daemon starts (the daemon alone, its memory fresh); `-paused`: the same "
               "in a daemon that has processed a scan of that size before, paused while the scan is "
-              "published (a daemon in service); `-warm`: that daemon, live; `-primed`: a new daemon "
-              "that rehearsed a scan of that size and motors at start-up (`[warmup]`), paused like "
-              "`-paused` once the rehearsal ended. Peak RSS includes the rehearsal.", "",
+              "published (a daemon in service); `-warm`: that daemon, live.", "",
               "| image stream | frame | motors | frames | points per entry | published frames/s | daemon frames/s "
               "| end-to-end frames/s | final maps after last frame (s) | read / update / publish s (publishes) "
               "| processed | peak daemon RSS (MB) |",
@@ -621,10 +588,10 @@ def main() -> None:
             runs = [(512, 1000, "array", 1), (512, 3000, "array-queued", 1), (size, 100, "array", 1),
                     (size, 300, "array-queued", 1), (size, 100, "lima", 1), (size, 300, "lima", 1),
                     (size, 300, "lima-queued", 1), (size, 300, "lima-paused", 1), (size, 300, "lima-warm", 1),
-                    (size, 300, "lima-primed", 1), (size, 300, "lima", 2), (size, 300, "lima-queued", 2),
-                    (size, 300, "lima-paused", 2), (size, 300, "lima-primed", 2), (512, 3000, "array-paused", 1)]
+                    (size, 300, "lima", 2), (size, 300, "lima-queued", 2),
+                    (size, 300, "lima-paused", 2), (512, 3000, "array-paused", 1)]
             if args.quick:
-                runs = [(128, 100, "array", 1), (256, 60, "lima", 2), (256, 60, "lima-primed", 1)]
+                runs = [(128, 100, "array", 1), (256, 60, "lima", 2)]
             if args.runs:  # mode:size:frames[:motors]
                 runs = [(int(f[1]), int(f[2]), f[0], int(f[3]) if len(f) > 3 else 1)
                         for f in (r.split(":") for r in args.runs.split(","))]
@@ -634,20 +601,18 @@ def main() -> None:
                 r = bench_end_to_end(url, Path(tmp), sz, n, mode, number, motors)
                 clear_run(url, Path(tmp))
                 print(json.dumps(r), flush=True)
-                primed = f"; rehearsal {r['rehearsal_s']:.1f} s" if mode.endswith("-primed") else ""
                 lines.append(
                     f"| {mode} | {sz}x{sz} | {motors} | {n} | {r['per_entry']} | {r['published_fps']:.1f} | {r['daemon_fps']:.1f} "
                     f"| {r['end_to_end_fps']:.1f} | {r['final_maps_s']:.2f} "
                     f"| {r['read_s']:.2f} / {r['update_s']:.2f} / {r['publish_s']:.2f} ({r['publishes']}) "
-                    f"| {r['processed']} ({r['state']}{': ' + r['reason'] if r['reason'] else ''}{primed}) "
+                    f"| {r['processed']} ({r['state']}{': ' + r['reason'] if r['reason'] else ''}) "
                     f"| {r['peak_rss_mb']:.0f} |"
                 )
             lines += ["", "## Frame-to-published-map latency (publish period 0.1 s)", "",
                       "New daemon: the scan is the daemon's first. In service: the daemon has processed "
-                      "a scan of the same size just before. Warmed up: a new daemon that rehearsed a "
-                      "scan of that size at start-up (`[warmup]`). Peak RSS: the daemon's high-water mark "
-                      "(VmHWM) over its life, the in-service warm-up scan (published at full speed) or "
-                      "rehearsal included. Binned: the daemon bins each frame (sum) before the "
+                      "a scan of the same size just before. Peak RSS: the daemon's high-water mark "
+                      "(VmHWM) over its life, the in-service warm-up scan (published at full speed) "
+                      "included. Binned: the daemon bins each frame (sum) before the "
                       "accumulators, so its maps have that many times fewer pixels per side. Live maps "
                       "binned: `--live-binning`, the running versions binned from the full-resolution "
                       "accumulators, the final maps full resolution. p99 steady: without the first 10 "
@@ -655,11 +620,11 @@ def main() -> None:
                       "| frame | rate (frames/s) | frames | motors | daemon | p50 (s) | p99 (s) "
                       "| p99 steady (s) | peak daemon RSS (MB) |",
                       "|---|---|---|---|---|---|---|---|---|"]
-            lat_runs = [(512, 100, "new", 1, 1, 1), (2048, 60, "new", 1, 1, 1), (2048, 60, "warmed up", 1, 1, 1),
+            lat_runs = [(512, 100, "new", 1, 1, 1), (2048, 60, "new", 1, 1, 1), (2048, 60, "new", 2, 1, 1),
                         (2048, 60, "in service", 1, 1, 1), (2048, 200, "in service", 1, 1, 1),
                         (2048, 200, "in service", 2, 1, 1), (2048, 200, "in service", 2, 1, 2)]
             if args.quick:
-                lat_runs = [(128, 30, "new", 1, 1, 1), (128, 40, "warmed up", 2, 1, 1)]
+                lat_runs = [(128, 30, "new", 1, 1, 1), (128, 40, "new", 2, 1, 1)]
             if args.latency_runs:  # size:frames:daemon[:motors[:binning[:live]]]
                 lat_runs = [(int(f[0]), int(f[1]), f[2].replace("-", " "), int(f[3]) if len(f) > 3 else 1,
                              int(f[4]) if len(f) > 4 else 1, int(f[5]) if len(f) > 5 else 1)
@@ -667,12 +632,9 @@ def main() -> None:
             if part not in (None, "latency"):
                 lat_runs = []
             for k, (sz, n, daemon_kind, motors, binning, live) in enumerate(lat_runs, start=len(runs) + 1):
-                r = bench_latency(url, Path(tmp), sz, n, 10.0, k, daemon_kind == "in service",
-                                  daemon_kind == "warmed up", motors, binning, live)
+                r = bench_latency(url, Path(tmp), sz, n, 10.0, k, daemon_kind == "in service", motors, binning, live)
                 clear_run(url, Path(tmp))
                 print(json.dumps(r), flush=True)
-                if r["primed"]:
-                    daemon_kind += f" (rehearsal {r['rehearsal_s']:.1f} s)"
                 frame = f"{sz}x{sz}" + (f" binned {binning}x{binning}" if binning > 1 else "")
                 frame += f", live maps binned {live}x{live}" if live > 1 else ""
                 lines.append(f"| {frame} | 10 | {r['frames']} | {motors} | {daemon_kind} | {r['p50']:.3f} "

@@ -84,8 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="port for /metrics and /status (0: off)")
     p.add_argument("--dark-pattern", help="regex on title/name marking dark scans (default 'dark')")
     p.add_argument("--dark", help="dark scan FILE::SCAN used when a session has taken none")
-    p.add_argument("--warm-pool-mb", type=int,
-                   help="MiB of freed large arrays kept for reuse by the next publish (0: off; default 1280)")
     p.add_argument("--live-binning", type=int,
                    help="bin the running scan's maps N x N (the final maps stay full resolution; default 1)")
     _add_analysis_flags(p)
@@ -185,7 +183,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         config = load_config(
             args.config, publish_period=args.publish_period, metrics_port=args.metrics_port,
-            dark_pattern=args.dark_pattern, dark=args.dark, warm_pool_mb=args.warm_pool_mb,
+            dark_pattern=args.dark_pattern, dark=args.dark,
             live_binning=args.live_binning, **_analysis_overrides(args),
         )
         Daemon(args.redis, args.output_dir, config).run()

@@ -1,7 +1,7 @@
 """One typed configuration for the daemon and offline processing, validated with clear messages.
 
-A TOML file (see services/dfxm-online.toml) with top-level daemon keys, an `[analysis]`
-table and a `[warmup]` table; command-line flags override the file. Unknown keys are errors, not silent typos.
+A TOML file (see services/dfxm-online.toml) with top-level daemon keys and an `[analysis]`
+table; command-line flags override the file. Unknown keys are errors, not silent typos.
 """
 
 from __future__ import annotations
@@ -55,9 +55,7 @@ class AnalysisConfig:
     #: MiB of raw frames a batch may hold (0: no bound): fewer than `batch_size` frames per
     #: batch when the frames are large. A batch's frames are all in memory at once; at
     #: 2048^2 uint16 the default makes batches of 32 frames (256 MiB) instead of 64 (512 MiB),
-    #: which keeps a daemon on a two-motor scan under 2 GB with room for its warm memory
-    #: (bench/RESULTS.md: peak 1.87-1.93 -> 1.67 GiB, and 62-113 -> 114-161 frames/s from Lima
-    #: files in service, the first batch and snapshots of a scan now coming warm from the pool)
+    #: which keeps a daemon on a two-motor scan under 2 GB (bench/RESULTS.md)
     batch_mb: int = 256
     #: seconds a complete point may wait for its batch to fill (latency budget)
     batch_delay: float = 0.1
@@ -152,50 +150,6 @@ class AnalysisConfig:
 
 
 @dataclass
-class WarmupConfig:
-    """A scan the daemon rehearses when it starts (`[warmup]`), so that its first real scan
-    runs at the pace of a daemon in service.
-
-    Why: a new daemon's first 2048^2 scan paid ~2-4 s for memory and files it touches for
-    the first time (the pipeline's arrays, the first snapshot's, two new maps files); the
-    next scans of the same size reuse them (see warmup.py and docs/operations.md). The
-    rehearsal runs synthetic frames of this shape through the real pipeline and maps file
-    path, then keeps what they allocated: the pooled arrays and the spare generation files
-    of that layout. It is skipped or cut short as soon as a real scan starts.
-    """
-
-    #: [height, width] of the detector frames as they arrive (before binning or ROI);
-    #: empty: no rehearsal
-    frame_shape: list[int] = field(default_factory=list)
-    #: the motors of the scans to prepare for (their names are part of the maps' names);
-    #: empty: analysis.motors
-    motors: list[str] = field(default_factory=list)
-    #: points of the rehearsed scan (0: three batches); the per-frame maps of the pca and
-    #: nmf accumulators have one value per point, so with those, the scans' usual length
-    points: int = 0
-
-    def enabled(self) -> bool:
-        return bool(self.frame_shape)
-
-    def validate(self, analysis: AnalysisConfig) -> None:
-        if not self.frame_shape:
-            return
-        if len(self.frame_shape) != 2 or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in self.frame_shape
-        ):
-            raise ConfigError(f"warmup.frame_shape={self.frame_shape!r}: expected [height, width] in pixels")
-        if not all(isinstance(m, str) and m for m in self.motors):
-            raise ConfigError(f"warmup.motors={self.motors!r}: expected a list of motor names")
-        if not 1 <= len(self.motor_names(analysis)) <= 3:
-            raise ConfigError("warmup.motors (or analysis.motors) must name the 1 to 3 motors of the scans")
-        if self.points < 0:
-            raise ConfigError("warmup.points must be >= 0 (0: three batches)")
-
-    def motor_names(self, analysis: AnalysisConfig) -> list[str]:
-        return list(self.motors or analysis.motors or [])
-
-
-@dataclass
 class DaemonConfig:
     """The daemon's own settings plus the analysis settings."""
 
@@ -209,44 +163,20 @@ class DaemonConfig:
     metrics_port: int = 0
     #: seconds one blocking read of the live streams waits before checking for shutdown
     read_timeout: float = 0.2
-    #: MiB of freed large arrays the daemon keeps for reuse by the next publish (warm memory,
-    #: see online/warm_memory.py); 0 gives every free back to the system. 1280: with 768, a
-    #: 2048^2 two-motor scan's first snapshot and first batch of frames were fresh memory
-    #: (the pool held the previous scan's accumulators only): 1.1-1.6 s instead of ~0.4 s
-    warm_pool_mb: int = 1280
-    #: MiB of the daemon's resident memory above which the warm pool keeps nothing (and gives
-    #: its blocks back before the daemon grows); 0: no limit
-    warm_pool_rss_limit_mb: int = 1792
-    #: rewrite a running scan's maps file in place, through a symbolic link swapped between
-    #: two hidden generation files (local file systems only; see publish/live_file.py):
-    #: ~0.05 s instead of ~0.9 s per 2048^2 publish. False: a new file renamed each time
-    live_in_place: bool = True
-    #: generation files of finished scans kept (in <output-dir>/.dfxm-online-spares) for the
-    #: next scan of the same layout, so that a daemon in service rewrites warm files instead
-    #: of writing new ones (publish/spare_generations.py); each is the size of one maps
-    #: file. 0: none kept
-    live_spare_files: int = 2
     #: the running scan's maps over blocks of live_binning x live_binning pixels (block
     #: sums of the full-resolution accumulators, online/binned_maps.py); the final maps at
     #: scan end, and `process`, are at full resolution. 1: live maps at full resolution.
     #: 2 about halves the lag of two-motor 2048^2 live maps on 2 cores (docs/operations.md)
     live_binning: int = 1
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-    warmup: WarmupConfig = field(default_factory=WarmupConfig)
 
     def validate(self) -> None:
         if self.publish_period <= 0:
             raise ConfigError("publish_period must be > 0 seconds")
         if self.read_timeout <= 0:
             raise ConfigError("read_timeout must be > 0 seconds")
-        if self.warm_pool_mb < 0:
-            raise ConfigError("warm_pool_mb must be >= 0 (0 disables the pool)")
         if self.live_binning < 1:
             raise ConfigError("live_binning must be >= 1 (1: live maps at full resolution)")
-        if self.live_spare_files < 0:
-            raise ConfigError("live_spare_files must be >= 0 (0 keeps none)")
-        if self.warm_pool_rss_limit_mb < 0:
-            raise ConfigError("warm_pool_rss_limit_mb must be >= 0 (0: no limit)")
         if not 0 <= self.metrics_port < 65536:
             raise ConfigError("metrics_port must be a TCP port number (0 disables)")
         import re
@@ -256,19 +186,31 @@ class DaemonConfig:
         except re.error as exc:
             raise ConfigError(f"dark_pattern={self.dark_pattern!r} is not a regex: {exc}") from None
         self.analysis.validate()
-        self.warmup.validate(self.analysis)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
 
+#: settings that existed and were removed, with why: a config file that still names one gets
+#: this message instead of "unknown key"
+RETIRED = {
+    "warm_pool_mb": "the warm memory pool hid first-touch page faults of one VM; buffers are now allocated once per scan",
+    "warm_pool_rss_limit_mb": "the warm memory pool was removed with warm_pool_mb",
+    "live_in_place": "every live version is now a new file renamed over the scan's path",
+    "live_spare_files": "spare generation files were removed with live_in_place",
+    "warmup": "the start-up rehearsal scan was removed: the live maps' binning holds the latency budget instead",
+}
+
+
 def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
     known = {f.name: f for f in fields(obj)}
     for key, value in values.items():
+        if key in RETIRED and not where:
+            raise ConfigError(f"{key!r} was removed: {RETIRED[key]}; delete it from the configuration")
         if key not in known:
             raise ConfigError(f"unknown key {where}{key!r} (known: {', '.join(sorted(known))})")
         current = getattr(obj, key)
-        if isinstance(current, (AnalysisConfig, WarmupConfig)):
+        if isinstance(current, AnalysisConfig):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}{key} must be a table")
             _apply(current, value, f"{key}.")

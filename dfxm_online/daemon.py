@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -38,16 +37,12 @@ from .config import DaemonConfig
 from .images import load_images
 from .maps import default_map
 from .offline import mean_dark
-from .online import warm_memory
 from .online.accumulators.background import RunningMean
 from .online.pipeline import ScanPipeline
 from .publish.layout import PathClaims, maps_path, scan_folder
-from .publish.live_file import LiveMapsFile
 from .publish.metrics import Metrics, serve_http
-from .publish.nexus import ProcessInfo, file_dtype
-from .publish.provenance import LIVE_FIELDS, live_provenance
-from .publish.spare_generations import SpareGenerations
-from .warmup import rehearsal_batches, rehearsal_geometry
+from .publish.nexus import ProcessInfo, file_dtype, write_maps_file
+from .publish.provenance import live_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +53,10 @@ PROCESS_EXTRAS = {"end_reason": "", "background_rule": "", "moment_window": 0.0,
 
 #: finished scans kept in /status
 STATUS_HISTORY = 200
-#: folder (in the output directory) of the start-up rehearsal's maps file, removed after it
-REHEARSAL_FOLDER = ".dfxm-online-rehearsal"
-#: seconds a scan waits at most for the rehearsal to let go of its memory (it stops
-#: between two frames or after the publish in progress: well under a second at 2048^2)
-REHEARSAL_WAIT = 10.0
+#: /entry/process fields a live scan's files have besides the provenance, from the first
+#: version on (live and final files share one layout): filled in as the scan goes
+PROCESS_EXTRAS = {"end_reason": "", "background_rule": "", "moment_window": 0.0, "moment_window_passes": 0,
+                  "moment_window_reason": ""}
 
 
 @dataclass
@@ -119,7 +113,7 @@ class ScanWorker(threading.Thread):
         self._snapshot_cost = 0.0  # the worker's own time in the last publish
         self._oldest_unpublished: float | None = None
         self._writer: threading.Thread | None = None  # the background write in flight
-        self.maps_file: LiveMapsFile | None = None  # set with the status
+        self.path: Path | None = None  # the scan's maps file, set with the status
         #: what the maps come from (/entry/process fields: scan file, dataset, motors...)
         self.provenance: dict[str, object] = {}
         #: the scan's frames read again from its start, for the final windowed moments
@@ -196,11 +190,6 @@ class ScanWorker(threading.Thread):
             return self.d.config.publish_period
         return max(self.d.config.publish_period, 3.0 * self._snapshot_cost)
 
-    def _maps_file(self, path: Path) -> LiveMapsFile:
-        """The scan's maps file, rewritten in place unless configured off, with the
-        daemon's spare generations."""
-        return LiveMapsFile(path, in_place=None if self.d.config.live_in_place else False, spares=self.d.spares)
-
     def _writing(self) -> bool:
         return self._writer is not None and self._writer.is_alive()
 
@@ -247,16 +236,11 @@ class ScanWorker(threading.Thread):
         oldest, self._oldest_unpublished = self._oldest_unpublished, None
         job = (maps, info, self.pipeline.map_axes() if self.pipeline is not None and maps else {}, oldest, t0)
         if background and state == "running":
-            self._writer = threading.Thread(target=self._write_warm, args=job, name=f"write-{self.key[-8:]}",
+            self._writer = threading.Thread(target=self._write, args=job, name=f"write-{self.key[-8:]}",
                                             daemon=True)
             self._writer.start()
         else:
             self._write(*job)
-
-    def _write_warm(self, *job) -> None:
-        """The writer thread: what it allocates comes from the warm pool too."""
-        warm_memory.install()
-        self._write(*job)
 
     def _write(self, maps: dict[str, np.ndarray], info: ProcessInfo, axes: dict, oldest: float | None,
                t0: float) -> None:
@@ -265,16 +249,12 @@ class ScanWorker(threading.Thread):
         default = default_map(self.geometry.motor_names) if self.geometry else ("dark" if st.dark else None)
         t_write = time.perf_counter()
         try:
-            title = self.geometry.title if self.geometry else ""
-            rewrites = self.maps_file.rewrites
-            if info.state == "running":
-                self.maps_file.write(maps, info, default, title, axes)
-            else:
-                self.maps_file.finish(maps, info, default, title, axes, durable=True)
-            logger.debug("scan %s: %s version, %d frames: snapshot %.3f s, %s %.3f s", self.key, info.state,
-                         info.frames_processed, t_write - t0,
-                         "rewrite" if self.maps_file.rewrites > rewrites else "new file",
-                         time.perf_counter() - t_write)
+            # a complete new file renamed over the path: a reader never sees a torn one; the
+            # final version is fsync'ed first (it must survive a power cut), the live ones not
+            write_maps_file(self.path, maps, info, default, self.geometry.title if self.geometry else "", axes,
+                            durable=info.state != "running")
+            logger.debug("scan %s: %s version, %d frames: snapshot %.3f s, write %.3f s", self.key, info.state,
+                         info.frames_processed, t_write - t0, time.perf_counter() - t_write)
         except OSError as exc:
             self.metrics.publish_errors.inc()
             logger.error("scan %s: cannot write %s: %s", self.key, st.path, exc)
@@ -292,7 +272,6 @@ class ScanWorker(threading.Thread):
 
     # -- the scan --------------------------------------------------------------------------
     def run(self) -> None:
-        warm_memory.install()  # this scan's snapshots reuse the previous ones' buffers
         self.metrics.active.inc()
         try:
             self._run()
@@ -304,10 +283,6 @@ class ScanWorker(threading.Thread):
             self.metrics.active.dec()
             if self.status is not None:
                 self.metrics.scans.labels(self.status.state).inc()
-        if self.maps_file is not None and not self._stop_requested():
-            # the final file took one generation for good: copy a spare for the next scan
-            # now, while none of this scan's publishes waits
-            self.maps_file.replenish()
 
     def _run(self) -> None:
         try:
@@ -320,9 +295,8 @@ class ScanWorker(threading.Thread):
             self.d.output_dir, session, getattr(scan, "path", None) or scan.info.get("filename"),
             getattr(scan, "proposal", None), getattr(scan, "collection", None), getattr(scan, "dataset", None),
         )
-        path = self.d.claims.claim(maps_path(folder, scan.name, scan.number), self.key)
+        self.path = path = self.d.claims.claim(maps_path(folder, scan.name, scan.number), self.key)
         self.status = ScanStatus(self.key, session, scan.name, int(scan.number), str(path))
-        self.maps_file = self._maps_file(path)
         self.d.register(self.status)
         try:
             self._process(scan)
@@ -341,15 +315,25 @@ class ScanWorker(threading.Thread):
         self.publish("failed", reason)
         self.status.state, self.status.reason = "failed", reason
 
-    def _wait_prepared(self, scan) -> None:
+    def _wait_prepared(self, scan, timeout: float = 5.0):
+        """The scan once PREPARED, with its streams.
+
+        blissdata's `Scan._load` reads the scan's JSON model before its state: a prepare()
+        landing between the two reads gives a PREPARED scan whose model has no streams, and
+        `update()` never reads the model again. Such a scan is loaded again (for at most
+        `timeout` seconds) until its streams are there."""
         while scan.state < ScanState.PREPARED:
             if self._stop_requested():
                 raise ScanError("daemon stopped before the scan was prepared")
             scan.update(timeout=1.0)
+        deadline = time.monotonic() + timeout
+        while not scan.streams and time.monotonic() < deadline and not self._stop_requested():
+            time.sleep(0.05)
+            scan = self.d.store.load_scan(self.key)
+        return scan
 
     def _process(self, scan) -> None:
-        self._wait_prepared(scan)
-        self.d.wait_warmup()  # its arrays and files are this scan's once it has let go
+        scan = self._wait_prepared(scan)
         info = scan.info
         st = self.status
         st.frames_expected = int(info.get("npoints") or 0)
@@ -449,10 +433,8 @@ class ScanWorker(threading.Thread):
         if dark is not None and dark.total.size != shape[0] * shape[1]:
             logger.warning("scan %s: the session's dark has another frame size; not used", self.key)
             dark = None
-        pipeline = ScanPipeline(geometry, shape, self.d.config.analysis, dark, self.d.images,
-                                has_monitor=bool(geometry.monitor_stream))
-        pipeline.populate_in_background()
-        return pipeline
+        return ScanPipeline(geometry, shape, self.d.config.analysis, dark, self.d.images,
+                            has_monitor=bool(geometry.monitor_stream))
 
     def _end_reason(self, scan, timeout: float = 5.0) -> str:
         """The scan's end_reason (set at CLOSED, shortly after its streams are sealed)."""
@@ -460,90 +442,6 @@ class ScanWorker(threading.Thread):
         while scan.state < ScanState.CLOSED and time.monotonic() < deadline:
             scan.update(timeout=0.5)
         return str(scan.info.get("end_reason", "UNKNOWN" if scan.state < ScanState.CLOSED else "SUCCESS"))
-
-
-class Rehearsal(ScanWorker):
-    """The scan a new daemon rehearses at start-up (`[warmup]`; the why: warmup.py).
-
-    The scan worker's own code on synthetic frames: pipeline built and faulted in, batches
-    accumulated, a version of the maps published after each batch, the final version; then
-    the final file and the generation files go to the spare folder and the arrays to the
-    warm pool, where the first real scan of that layout finds them. It stops as soon as a
-    real scan starts (which waits for it to let go), and a failure only costs the warm
-    start (one log line). Its frames and publishes are not the daemon's: they count in a
-    private `Metrics`, and its maps file, in a hidden folder, is removed.
-    """
-
-    def __init__(self, daemon: Daemon) -> None:
-        super().__init__(daemon, "warmup")
-        self.name = "warmup"
-        self.metrics = Metrics()
-        #: pending, running, done, cut short (a scan started), skipped, failed
-        self.state = "pending"
-        self.reason = ""
-        self.seconds = 0.0
-        self.done = threading.Event()
-
-    def _stop_requested(self) -> bool:
-        return self.d.stop_event.is_set() or bool(self.d.workers)
-
-    def describe(self) -> dict:
-        return {"state": self.state, "reason": self.reason, "seconds": round(self.seconds, 3)}
-
-    def run(self) -> None:
-        warm_memory.install()  # what the rehearsal frees stays in the pool
-        t0 = time.monotonic()
-        folder = self.d.output_dir / REHEARSAL_FOLDER
-        outcome = "skipped"
-        try:
-            if not self._stop_requested():
-                self.state = "running"
-                self._rehearse(folder / "rehearsal.h5")
-                outcome = "cut short" if self._stop_requested() else "done"
-        except Exception as exc:
-            outcome, self.reason = "failed", " ".join(f"{type(exc).__name__}: {exc}".split())
-            logger.debug("warm-up traceback", exc_info=True)
-        finally:
-            self.pipeline = None
-            if self.maps_file is not None:
-                self.maps_file.discard()
-            shutil.rmtree(folder, ignore_errors=True)
-            # the outcome only once everything is in place: /status readers wait for it
-            self.seconds = time.monotonic() - t0
-            self.state = outcome
-            self.done.set()
-        if self.state == "failed":
-            logger.warning("warm-up failed after %.1f s: %s; the first scan starts cold", self.seconds,
-                           self.reason)
-        else:
-            logger.info("warm-up %s after %.1f s (warm pool: %d MiB)", self.state, self.seconds,
-                        warm_memory.stats().pooled_bytes >> 20)
-
-    def _rehearse(self, path: Path) -> None:
-        warmup, analysis = self.d.config.warmup, self.d.config.analysis
-        batch_size = analysis.frames_per_batch(warmup.frame_shape, np.uint16)  # a real scan's batches
-        geometry = rehearsal_geometry(warmup.frame_shape, warmup.motor_names(analysis),
-                                      warmup.points or 3 * batch_size, analysis.monitor)
-        self.geometry = geometry
-        self.status = ScanStatus(self.key, "", "rehearsal", 0, str(path), frames_expected=geometry.npoints)
-        self.provenance = {**dict.fromkeys(LIVE_FIELDS, ""), **PROCESS_EXTRAS}  # a real scan's layout
-        self.maps_file = self._maps_file(path)
-        self.pipeline = self._new_pipeline(geometry, geometry.frame_shape)
-        self.publish("running")  # no maps yet, as a real scan's first version
-        for batch in rehearsal_batches(geometry, batch_size, self._stop_requested):
-            self.pipeline.update(batch.frames, batch.positions, batch.monitor)
-            self.status.frames_processed += len(batch.frames)
-            if self._stop_requested():
-                return
-            self.publish("running")
-        if self._stop_requested():
-            return
-        self.pipeline.finish()
-        self.publish("complete")
-        if self.status.state != "complete":
-            raise OSError(self.status.reason or "the final maps file was not written")
-        self.maps_file.replenish()  # the spares of this layout up to their capacity
-        path.unlink(missing_ok=True)
 
 
 class Daemon:
@@ -554,11 +452,9 @@ class Daemon:
         self.output_dir = Path(output_dir)
         self.config = config or DaemonConfig()
         self.config.validate()
-        warm_memory.set_cap(self.config.warm_pool_mb << 20, self.config.warm_pool_rss_limit_mb << 20)
         self.images = load_images(self.config.analysis.images)  # once, not per scan
         self.metrics = Metrics()
         self.darks = DarkRegistry(mean_dark(self.config.dark) if self.config.dark else None)
-        self.spares = SpareGenerations(self.output_dir, self.config.live_spare_files)
         self.claims = PathClaims()  # one maps file per scan, never another scan's
         self.stop_event = threading.Event()
         self.workers: dict[str, ScanWorker] = {}
@@ -568,7 +464,6 @@ class Daemon:
         self._http = None
         self.store: DataStore | None = None
         self.ready = threading.Event()  # set once the listener follows the store
-        self.rehearsal: Rehearsal | None = None  # the start-up warm-up, when configured
 
     # -- status ----------------------------------------------------------------------------
     def register(self, status: ScanStatus) -> None:
@@ -583,9 +478,8 @@ class Daemon:
     def status(self) -> dict:
         with self._lock:
             scans = {k: vars(v).copy() for k, v in self._status.items()}
-        warmup = self.rehearsal.describe() if self.rehearsal is not None else {"state": "off"}
         return {"redis_url": self.redis_url, "output_dir": str(self.output_dir),
-                "store_connected": self.ready.is_set(), "warmup": warmup, "scans": scans}
+                "store_connected": self.ready.is_set(), "scans": scans}
 
     def scan_status(self, key: str) -> ScanStatus | None:
         with self._lock:
@@ -596,9 +490,6 @@ class Daemon:
         """Run the listener in a background thread (tests, demo); see also `run`."""
         if self.config.metrics_port:
             self._http = serve_http(self.config.metrics_port, self.metrics, self.status)
-        if self.config.warmup.enabled():
-            self.rehearsal = Rehearsal(self)
-            self.rehearsal.start()
         self._thread = threading.Thread(target=self._listen, name="dfxm-listener", daemon=True)
         self._thread.start()
         return self
@@ -618,19 +509,12 @@ class Daemon:
         self.stop_event.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        workers = [*self.workers.values(), *([self.rehearsal] if self.rehearsal else [])]
-        for worker in workers:
+        for worker in list(self.workers.values()):
             worker.join(timeout)
-        if not any(w.is_alive() for w in workers):
-            self.spares.clear()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
-
-    def wait_warmup(self, timeout: float = REHEARSAL_WAIT) -> bool:
-        """Wait until the start-up rehearsal (if any) has ended; False if it still runs."""
-        return self.rehearsal is None or self.rehearsal.done.wait(timeout)
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Wait until every started scan worker has finished (tests, demo)."""

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from dfxm_online.acquisition.geometry import MotorAxis
 from dfxm_online.acquisition.simulate import REFERENCE_CURRENT, SimulationSpec, simulate
 from dfxm_online.config import AnalysisConfig, DaemonConfig
 from dfxm_online.maps import signal_mask
@@ -220,13 +221,20 @@ def test_live_lima_scan_with_accumulators_that_keep_frames(make_daemon, redis_ur
 def test_float32_snapshot_is_the_float64_one_rounded(motors):
     """The daemon's snapshots (float32, what the file stores) hold the float64 maps' values
     rounded; KAM and mosaicity are made from the rounded COM maps."""
-    from dfxm_online.warmup import rehearsal_batches, rehearsal_geometry
+    from dfxm_online.acquisition.geometry import ScanGeometry
+    from dfxm_online.acquisition.model import CrystalModel, scan_positions
 
     shape = (70, 64)
-    geometry = rehearsal_geometry(shape, motors, 100)
+    axes = tuple(MotorAxis(name, -1.0, 1.0, 5) for name in motors)
+    geometry = ScanGeometry(motors=axes, npoints=5 ** len(axes), detector="d", frame_shape=shape)
+    model = CrystalModel.make(shape, axes, seed=2)
+    positions = scan_positions(axes)
+    rng = np.random.default_rng(2)
     pipeline = ScanPipeline(geometry, shape, AnalysisConfig(accumulators=["projections", "minimum"]))
-    for batch in rehearsal_batches(geometry, 32):
-        pipeline.update(batch.frames, batch.positions)
+    for start in range(0, len(positions), 32):
+        chunk = positions[start : start + 32]
+        frames = np.stack([model.frame(p, rng) for p in chunk])
+        pipeline.update(frames, {a.name: chunk[:, i] for i, a in enumerate(axes)})
     wide, single = pipeline.snapshot(), pipeline.snapshot(np.float32)
     assert wide.keys() == single.keys() and {"kam", "sum", "background", "minimum"} <= set(single)
     coms = [single[f"com_{m}"] for m in motors]

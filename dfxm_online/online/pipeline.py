@@ -7,7 +7,6 @@ one implementation of every algorithm. It does no I/O.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,7 @@ from ..acquisition.geometry import ScanError, ScanGeometry
 from ..config import AnalysisConfig
 from ..maps import moment_maps_of_sums
 from ..orientation import KEY_SIZE, kam, mosaicity_rgb
-from . import optional, warm_memory
+from . import optional
 from .accumulators.background import EdgeBaseline, RunningMean
 from .accumulators.moments import PowerSums
 from .binned_maps import block_sums
@@ -107,30 +106,6 @@ class ScanPipeline:
     @property
     def frames_processed(self) -> int:
         return self.moments.count
-
-    def state_arrays(self) -> list[np.ndarray]:
-        """The accumulators' arrays of 1 MiB or more (the bulk of their memory)."""
-        arrays = []
-        for acc in (self.moments, self.edges, *self.extras.values()):
-            arrays += [v for v in vars(acc).values() if isinstance(v, np.ndarray) and v.nbytes >= 1 << 20]
-        return arrays
-
-    def populate_in_background(self) -> threading.Thread:
-        """Fault the accumulators' memory in on another thread, values untouched (see
-        `warm_memory.populate`): the daemon builds a scan's pipeline when the scan is
-        announced and this runs while the first frames are read, not in the first update."""
-        arrays = self.state_arrays()
-
-        def run() -> None:
-            for array in arrays:
-                # the pool's RSS limit sees allocations, not faults: keep within it here
-                warm_memory.make_room(array.nbytes)
-                if not warm_memory.populate(array):
-                    return
-
-        thread = threading.Thread(target=run, name="populate", daemon=True)
-        thread.start()
-        return thread
 
     def set_dark(self, dark: RunningMean | np.ndarray) -> None:
         """Subtract this dark at snapshot time from now on (so it may arrive late), until

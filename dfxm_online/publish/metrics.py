@@ -23,8 +23,6 @@ from prometheus_client import (
     generate_latest,
 )
 
-from ..online import warm_memory
-
 logger = logging.getLogger(__name__)
 
 
@@ -55,14 +53,6 @@ class Metrics:
         )
         self.publish_errors = Counter("dfxm_publish_errors", "Failed writes of a maps file", registry=r)
         self.store_errors = Counter("dfxm_store_errors", "Errors talking to the data store", registry=r)
-        pool = Gauge("dfxm_warm_pool_bytes", "Bytes of freed large arrays kept for reuse", registry=r)
-        pool.set_function(lambda: warm_memory.stats().pooled_bytes)
-        hits = Gauge("dfxm_warm_pool_hits", "Large array allocations served from the warm pool since start",
-                     registry=r)
-        hits.set_function(lambda: warm_memory.stats().hits)
-        misses = Gauge("dfxm_warm_pool_misses",
-                       "Large array allocations the warm pool could not serve since start", registry=r)
-        misses.set_function(lambda: warm_memory.stats().misses)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

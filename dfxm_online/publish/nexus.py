@@ -116,30 +116,6 @@ def _write(path: Path, maps: Mapping[str, np.ndarray], info: ProcessInfo, defaul
             process[key] = value
 
 
-def rewrite_maps_file(path: str | Path, maps: Mapping[str, np.ndarray], info: ProcessInfo,
-                      axes: AxesSpec | None = None, title: str | None = None) -> None:
-    """Overwrite the values of a maps file written by `_write` with the same layout (same
-    maps, shapes, axes and process fields, a title or none): no dataset is created, so the
-    file's pages are rewritten where they are. `title` (when the file has one) is rewritten
-    too: the file may be another scan's (`publish/spare_generations.py`). The caller makes
-    sure no reader has the file open (`publish/live_file.py`); this is not atomic for a
-    reader that has."""
-    with h5py.File(path, "r+") as f:
-        if title and "title" in f["entry"]:
-            f["entry/title"][()] = title
-        group = f["entry/maps"]
-        for name, values in maps.items():
-            group[name][name].write_direct(file_array(values))
-        for name, spec in (axes or {}).items():
-            if name not in maps:  # as _write: axes of maps that are not written are ignored
-                continue
-            for axis_name, values in spec:
-                group[name][axis_name].write_direct(np.ascontiguousarray(values))
-        process = f["entry/process"]
-        for key, value in process_fields(info).items():
-            process[key][()] = value
-
-
 def write_maps_file(
     path: str | Path,
     maps: Mapping[str, np.ndarray],
