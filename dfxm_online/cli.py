@@ -65,6 +65,15 @@ def _json_list(text: str) -> list:
     return value
 
 
+def _binning(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected 'auto' or an integer >= 1") from None
+
+
 def _motor_spec(values: list[str]) -> tuple[str, float, float, int]:
     name, start, stop, points = values
     return name, float(start), float(stop), int(points)
@@ -84,8 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="port for /metrics and /status (0: off)")
     p.add_argument("--dark-pattern", help="regex on title/name marking dark scans (default 'dark')")
     p.add_argument("--dark", help="dark scan FILE::SCAN used when a session has taken none")
-    p.add_argument("--live-binning", type=int,
-                   help="bin the running scan's maps N x N (the final maps stay full resolution; default 1)")
+    p.add_argument("--live-binning", type=_binning,
+                   help="bin the running scan's maps N x N, or 'auto' (default): the smallest binning that "
+                        "holds --latency-budget (the final maps stay full resolution)")
+    p.add_argument("--latency-budget", type=float,
+                   help="frame-to-map latency (p99, s) the live maps hold (default 0.5)")
     _add_analysis_flags(p)
 
     p = sub.add_parser("simulate", help="publish a simulated DFXM scan through blissdata")
@@ -184,7 +196,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = load_config(
             args.config, publish_period=args.publish_period, metrics_port=args.metrics_port,
             dark_pattern=args.dark_pattern, dark=args.dark,
-            live_binning=args.live_binning, **_analysis_overrides(args),
+            live_binning=args.live_binning, latency_budget=args.latency_budget, **_analysis_overrides(args),
         )
         Daemon(args.redis, args.output_dir, config).run()
         return 0

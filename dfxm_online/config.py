@@ -163,11 +163,15 @@ class DaemonConfig:
     metrics_port: int = 0
     #: seconds one blocking read of the live streams waits before checking for shutdown
     read_timeout: float = 0.2
+    #: frame-to-published-map latency (p99, seconds) the live maps hold: their binning is
+    #: chosen for it (live_binning "auto")
+    latency_budget: float = 0.5
     #: the running scan's maps over blocks of live_binning x live_binning pixels (block
     #: sums of the full-resolution accumulators, online/binned_maps.py); the final maps at
-    #: scan end, and `process`, are at full resolution. 1: live maps at full resolution.
-    #: 2 about halves the lag of two-motor 2048^2 live maps on 2 cores (docs/operations.md)
-    live_binning: int = 1
+    #: scan end, and `process`, are at full resolution. "auto": the smallest binning whose
+    #: cycle holds `latency_budget`, following the measured latencies (live_binning.py);
+    #: an integer forces it (1: live maps at full resolution)
+    live_binning: int | str = "auto"
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def validate(self) -> None:
@@ -175,8 +179,13 @@ class DaemonConfig:
             raise ConfigError("publish_period must be > 0 seconds")
         if self.read_timeout <= 0:
             raise ConfigError("read_timeout must be > 0 seconds")
-        if self.live_binning < 1:
-            raise ConfigError("live_binning must be >= 1 (1: live maps at full resolution)")
+        if self.live_binning != "auto" and (
+            isinstance(self.live_binning, bool) or not isinstance(self.live_binning, int) or self.live_binning < 1
+        ):
+            raise ConfigError(f"live_binning={self.live_binning!r}: expected \"auto\" or an integer >= 1 "
+                              "(1: live maps at full resolution)")
+        if not self.latency_budget > 0:
+            raise ConfigError(f"latency_budget={self.latency_budget}: must be > 0 seconds")
         if not 0 <= self.metrics_port < 65536:
             raise ConfigError("metrics_port must be a TCP port number (0 disables)")
         import re
@@ -215,7 +224,9 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
                 raise ConfigError(f"{where}{key} must be a table")
             _apply(current, value, f"{key}.")
             continue
-        if current is not None:
+        if key == "live_binning":
+            pass  # "auto" or an integer: checked by validate()
+        elif current is not None:
             if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             elif not isinstance(value, type(current)):

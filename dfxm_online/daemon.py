@@ -35,6 +35,7 @@ from .acquisition.geometry import (
 )
 from .config import DaemonConfig
 from .images import load_images
+from .live_binning import BinningController
 from .maps import default_map
 from .offline import mean_dark
 from .online.accumulators.background import RunningMean
@@ -74,6 +75,7 @@ class ScanStatus:
     frames_expected: int = 0
     dark: bool = False
     started: float = field(default_factory=time.time)
+    map_binning: int = 1  # the live maps' binning now (live_binning.py)
 
 
 class DarkRegistry:
@@ -118,6 +120,7 @@ class ScanWorker(threading.Thread):
         self.provenance: dict[str, object] = {}
         #: the scan's frames read again from its start, for the final windowed moments
         self._reread: Callable[[], Iterable[Batch]] | None = None
+        self._binning_control: BinningController | None = None  # made with the pipeline
         self.metrics = daemon.metrics
 
     # -- helpers ---------------------------------------------------------------------------
@@ -170,13 +173,16 @@ class ScanWorker(threading.Thread):
         return maps
 
     def _binning(self, live: bool) -> int:
-        """The binning of a version's maps: `live_binning` while the scan runs, else 1; and
-        1 for maps smaller than a block (a setting meant for a large detector must not fail
-        the scans of a small one or of a narrow ROI)."""
-        factor = self.d.config.live_binning
-        if not live or self.pipeline is None or min(self.pipeline.frame_shape) < factor:
+        """The binning of a version's maps: the controller's while the scan runs (the
+        latency budget), 1 for the final maps."""
+        if not live or self.pipeline is None:
             return 1
-        return factor
+        if self._binning_control is None or self._binning_control.frame_shape != self.pipeline.frame_shape:
+            config = self.d.config
+            forced = None if config.live_binning == "auto" else int(config.live_binning)
+            self._binning_control = BinningController(self.pipeline.frame_shape, len(self.pipeline.geometry.motors),
+                                                      config.latency_budget, forced)
+        return self._binning_control.current
 
     def _publish_interval(self, behind: bool) -> float:
         """`publish_period`; when frames are waiting (the worker is behind), stretched so
@@ -218,7 +224,7 @@ class ScanWorker(threading.Thread):
         # the period runs from start to start: with a publish costing about a period,
         # counting from its end would halve the cadence
         self._last_publish = time.monotonic()
-        binning = self._binning(state == "running")
+        binning = st.map_binning = self._binning(state == "running")
         try:
             final = state in ("complete", "aborted")
             maps = self._maps(binning, final) if state != "failed" or self.pipeline is not None else {}
@@ -265,7 +271,10 @@ class ScanWorker(threading.Thread):
         finally:
             self.metrics.publish_seconds.observe(time.perf_counter() - t0)
         if oldest is not None:
-            self.metrics.latency_seconds.observe(time.monotonic() - oldest)
+            latency = time.monotonic() - oldest
+            self.metrics.latency_seconds.observe(latency)
+            if info.state == "running" and self._binning_control is not None:
+                st.map_binning = self._binning_control.observe(latency)
         st.state, st.reason = info.state, info.reason
         if info.state != "running":  # while running, the worker's own count is ahead of this one
             st.frames_processed = info.frames_processed
@@ -453,7 +462,7 @@ class Daemon:
         self.config = config or DaemonConfig()
         self.config.validate()
         self.images = load_images(self.config.analysis.images)  # once, not per scan
-        self.metrics = Metrics()
+        self.metrics = Metrics(self.config.latency_budget)
         self.darks = DarkRegistry(mean_dark(self.config.dark) if self.config.dark else None)
         self.claims = PathClaims()  # one maps file per scan, never another scan's
         self.stop_event = threading.Event()

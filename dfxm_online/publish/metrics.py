@@ -29,7 +29,9 @@ logger = logging.getLogger(__name__)
 class Metrics:
     """The daemon's counters, gauges and histograms."""
 
-    def __init__(self) -> None:
+    def __init__(self, latency_budget: float = 0.5) -> None:
+        """`latency_budget`: a bucket boundary of `dfxm_frame_to_map_seconds`, so that the
+        fraction of frames published within it can be read off the histogram."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.frames = Counter("dfxm_frames_processed", "Frames added to the accumulators", registry=r)
@@ -49,7 +51,7 @@ class Metrics:
         )
         self.latency_seconds = Histogram(
             "dfxm_frame_to_map_seconds", "Time from a frame's arrival to the maps that include it",
-            registry=r, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+            registry=r, buckets=sorted({0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, float(latency_budget)}),
         )
         self.publish_errors = Counter("dfxm_publish_errors", "Failed writes of a maps file", registry=r)
         self.store_errors = Counter("dfxm_store_errors", "Errors talking to the data store", registry=r)

@@ -1,0 +1,95 @@
+"""The live maps' binning that holds the latency budget (`live_binning = "auto"`).
+
+Live maps are a preview; final maps are exact. While a scan runs, the daemon publishes its
+maps over blocks of b x b pixels (block sums of the full-resolution accumulators,
+`ScanPipeline.snapshot(binning=b)`), b chosen so that the frame-to-map latency stays within
+`latency_budget` at p99; at the scan's end it publishes the full-resolution final maps.
+
+How b is chosen: a frame waits for the publish cycle in progress and then its own, so its
+latency is about two cycles. The first guess comes from the frame size and the number of
+motors (the cost of a cycle grows with the pixels of the maps and with the moments per
+pixel); then every published version reports its latency, and b moves to the next coarser
+value as soon as the recent latencies exceed the budget, or to the next finer value when
+they have stayed under a third of it. It moves at most once every `hold` seconds (each
+change is logged, shown in /status and in every file's `entry/process/map_binning`), so
+that one slow cycle (a file system hiccup) does not make the maps flicker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+#: binnings the controller chooses from (a block of b x b pixels; 1 = full resolution)
+STEPS = (1, 2, 3, 4, 6, 8, 12, 16)
+#: map pixels x moments per pixel that one cycle handles within about 0.1 s on one core of
+#: a machine like the development one (2048^2 one motor: ~0.08 s snapshot; two motors:
+#: ~0.19 s): the first guess only, the measured latencies decide after that
+PIXELS_PER_TENTH = 4.0e6
+
+
+def moments_per_pixel(motors: int) -> int:
+    """Monomials up to 4th order of `motors` motors: 5, 15, 35 (what a snapshot reads)."""
+    return math.comb(motors + 4, 4)
+
+
+def initial_binning(frame_shape: tuple[int, int], motors: int, budget: float) -> int:
+    """The smallest step whose estimated cycle (half the budget) fits, from the frame size
+    and the number of motors."""
+    work = frame_shape[0] * frame_shape[1] * moments_per_pixel(motors) / moments_per_pixel(1)
+    for step in STEPS:
+        if work / step**2 / PIXELS_PER_TENTH * 0.1 <= 0.5 * budget:
+            return step
+    return STEPS[-1]
+
+
+class BinningController:
+    """Chooses a running scan's live binning from its measured frame-to-map latencies."""
+
+    def __init__(self, frame_shape: tuple[int, int], motors: int, budget: float, forced: int | None = None,
+                 hold: float = 3.0, window: int = 8, clock: Callable[[], float] = time.monotonic) -> None:
+        self.frame_shape = frame_shape
+        self.budget = budget
+        self.forced = forced
+        self.hold = hold
+        self.clock = clock
+        self._recent: deque[float] = deque(maxlen=window)
+        self._largest = max(s for s in STEPS if s <= max(1, min(frame_shape)))
+        start = forced if forced is not None else initial_binning(frame_shape, motors, budget)
+        self.binning = min(start, self._largest) if forced is None else start
+        self._changed = clock()
+
+    def _usable(self, step: int) -> int:
+        """A forced or chosen binning never larger than the frame (a setting for a large
+        detector must not fail the scans of a small one or of a narrow ROI)."""
+        return step if step <= min(self.frame_shape) else 1
+
+    @property
+    def current(self) -> int:
+        return self._usable(self.binning)
+
+    def observe(self, latency: float) -> int:
+        """Record one published version's frame-to-map latency; return the binning to use
+        from now on (changed at most once per `hold` seconds, never when forced)."""
+        self._recent.append(latency)
+        if self.forced is not None or self.clock() - self._changed < self.hold:
+            return self.current
+        worst = max(self._recent)
+        index = STEPS.index(self.binning) if self.binning in STEPS else 0
+        new = self.binning
+        if worst > self.budget and self.binning < self._largest:
+            new = STEPS[index + 1]
+        elif len(self._recent) == self._recent.maxlen and worst < self.budget / 3 and index > 0:
+            new = STEPS[index - 1]
+        if new != self.binning:
+            logger.info("live maps binned %dx%d instead of %dx%d: frame-to-map latency %.2f s (budget %.2f s)",
+                        new, new, self.binning, self.binning, worst, self.budget)
+            self.binning = new
+            self._changed = self.clock()
+            self._recent.clear()
+        return self.current

@@ -1,0 +1,117 @@
+"""The live maps' binning under a latency budget (live_binning.py) and the retired settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from dfxm_online.config import ConfigError, load_config
+from dfxm_online.live_binning import STEPS, BinningController, initial_binning
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_first_guess_grows_with_pixels_and_motors():
+    assert initial_binning((128, 128), 1, 0.5) == 1
+    assert initial_binning((2048, 2048), 1, 0.5) == 1
+    assert initial_binning((2048, 2048), 2, 0.5) == 2
+    assert initial_binning((4096, 4096), 3, 0.5) > initial_binning((4096, 4096), 1, 0.5)
+    assert initial_binning((2048, 2048), 2, 0.1) > initial_binning((2048, 2048), 2, 0.5)
+    assert initial_binning((100000, 100000), 3, 0.01) == STEPS[-1]
+
+
+def test_coarser_when_over_budget_finer_when_well_under_at_most_once_per_hold():
+    clock = Clock()
+    control = BinningController((2048, 2048), 1, 0.5, hold=3.0, window=4, clock=clock)
+    assert control.current == 1
+    assert control.observe(0.9) == 1  # within the hold time of its start: no change yet
+    clock.t = 3.5
+    assert control.observe(0.9) == 2  # over the budget: the next coarser step
+    assert control.observe(0.3) == 2  # held
+    clock.t = 7.0
+    assert control.observe(0.4) == 2  # the window was cleared at the change: within budget
+    for _ in range(3):
+        control.observe(0.1)
+    assert control.current == 2  # 0.4 still in the window: not under a third of the budget
+    control.observe(0.1)
+    assert control.current == 1  # four in a row under a third of the budget: finer again
+    clock.t = 8.0
+    for _ in range(8):
+        assert control.observe(0.1) == 1  # at full resolution: nothing finer
+
+
+def test_forced_binning_never_moves_and_never_exceeds_the_frame():
+    clock = Clock()
+    control = BinningController((2048, 2048), 2, 0.5, forced=4, clock=clock)
+    clock.t = 100.0
+    assert control.observe(5.0) == 4 and control.observe(0.01) == 4
+    assert BinningController((3, 3), 1, 0.5, forced=4).current == 1  # a narrow ROI: full resolution
+    assert BinningController((6, 6), 3, 1e-6, clock=clock).current <= 6
+
+
+def test_live_binning_and_budget_settings():
+    assert load_config().live_binning == "auto" and load_config().latency_budget == 0.5
+    assert load_config(None, live_binning=3).live_binning == 3
+    for bad in ("fast", 0, True):
+        with pytest.raises(ConfigError, match="live_binning"):
+            load_config(None, live_binning=bad)
+    with pytest.raises(ConfigError, match="latency_budget"):
+        load_config(None, latency_budget=0.0)
+
+
+@pytest.mark.parametrize("key", ["warm_pool_mb", "live_in_place", "live_spare_files", "warm_pool_rss_limit_mb"])
+def test_a_retired_setting_gets_one_clear_line(tmp_path, key):
+    path = tmp_path / "old.toml"
+    path.write_text(f"{key} = 1\n")
+    with pytest.raises(ConfigError, match=f"'{key}' was removed: .*delete it from the configuration"):
+        load_config(path)
+
+
+def test_the_retired_warmup_table_too(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text("[warmup]\nframe_shape = [2048, 2048]\n")
+    with pytest.raises(ConfigError, match="'warmup' was removed"):
+        load_config(path)
+
+
+def test_daemon_bins_live_maps_to_hold_a_tight_budget_and_ends_at_full_resolution(make_daemon, redis_url, tmp_path):
+    """A budget no full-resolution cycle can hold: the running versions are binned from the
+    first one on (map_binning > 1 in the file and /status), the final maps are not."""
+    import time
+
+    from dfxm_online.acquisition.simulate import SimulationSpec, simulate
+    from dfxm_online.config import DaemonConfig
+    from dfxm_online.publish.nexus import read_maps_file
+
+    from .conftest import wait_done
+
+    daemon = make_daemon(DaemonConfig(publish_period=0.05, latency_budget=1e-6))
+    spec = SimulationSpec(kind="rocking", points=41, frame_shape=(48, 40), frame_rate=40, scan_dir=tmp_path / "s",
+                          session="budget", peak_counts=3000.0)
+    seen: set[int] = set()
+    import threading
+
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(r=simulate(redis_url, spec)))
+    thread.start()
+    path = tmp_path / "maps" / "budget" / "sample_0001" / "ascan_1.h5"
+    while thread.is_alive():
+        try:
+            maps, process = read_maps_file(path)
+            if process["state"] == "running" and "com_mu" in maps:
+                seen.add(int(process["map_binning"]))
+                assert maps["com_mu"].shape == (48 // process["map_binning"], 40 // process["map_binning"])
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.01)
+    thread.join()
+    status = wait_done(daemon, result["r"].scan_key)
+    assert seen and min(seen) > 1, seen
+    final, process = read_maps_file(status.path)
+    assert process["state"] == "complete" and process["map_binning"] == 1 and final["com_mu"].shape == (48, 40)
+    assert daemon.status()["scans"][result["r"].scan_key]["map_binning"] == 1
