@@ -18,10 +18,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dfxm_online.acquisition.model import FWHM_PER_SIGMA  # noqa: E402
 from dfxm_online.acquisition.simulate import SimulationSpec, simulate  # noqa: E402
 from dfxm_online.config import AnalysisConfig, DaemonConfig  # noqa: E402
 from dfxm_online.daemon import Daemon  # noqa: E402
+from dfxm_online.gaussian import FWHM_PER_SIGMA  # noqa: E402
 from dfxm_online.offline import process_scan  # noqa: E402
 from dfxm_online.publish.nexus import read_maps_file  # noqa: E402
 from dfxm_online.store import EmbeddedStore  # noqa: E402

@@ -1,17 +1,22 @@
-"""One typed configuration for the daemon and offline processing, validated with clear messages.
+"""One typed configuration for the daemon, offline processing and the ewoks tasks.
 
 A TOML file (see services/dfxm-online.toml) with top-level daemon keys and an `[analysis]`
-table; command-line flags override the file. Unknown keys are errors, not silent typos.
+table; command-line flags override the file. The models are pydantic models: unknown keys
+and bad values are rejected with one line that names the key, the value and what is
+allowed. This module imports nothing from `online/`: the names it accepts for the
+accumulators and the preprocessing steps are declared here, and the registries in
+`online/` are checked against them (tests/test_config.py).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 try:  # Python >= 3.11
     import tomllib
@@ -19,75 +24,111 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 BACKGROUND_MODES = ("auto", "dark", "edges", "none")
+#: the optional accumulators, by the name `analysis.accumulators` gives them
+#: (`online/registry.py` builds each)
+AccumulatorName = Literal["projections", "median_background", "rolling_median", "minimum", "low_quantile",
+                          "sums_along", "pca", "nmf"]
+ACCUMULATOR_NAMES: tuple[str, ...] = get_args(AccumulatorName)
+#: the preprocessing steps, by the name `analysis.preprocess` gives them (their parameters
+#: are checked by `online/preprocess.py`, which builds them)
+PREPROCESS_STEPS = ("dark", "hot_pixels", "threshold", "mask", "roi", "binning", "flatfield", "monitor", "cornice")
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message says which key and why."""
 
 
-@dataclass
-class AnalysisConfig:
+class _Model(BaseModel):
+    """Strict models: no unknown key, no silent conversion ("2" is not a number)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class AnalysisConfig(_Model):
     """How one scan is analysed; the same for the daemon, `process` and the ewoks tasks."""
 
     #: detector name (e.g. "pco"); None picks the scan's 2D image stream automatically
     detector: str | None = None
     #: motors to use (e.g. ["mu", "chi"]); None uses the motors that move
-    motors: list[str] | None = None
+    motors: list[str] | None = Field(None, min_length=1, max_length=3)
     #: background before moments: "auto" = the scan-edge baseline (it holds the dark and
     #: the diffuse pedestal above it that a dark scan does not record), the session's dark
     #: scan alone only until the first edge frame; or "dark" (dark only), "edges" (edges
     #: only), "none". See docs/science.md.
-    background: str = "auto"
+    background: Literal["auto", "dark", "edges", "none"] = "auto"
     #: final moment maps within this many standard deviations (Mahalanobis) of each
     #: pixel's centre of mass, corrected for a Gaussian's loss to the cut: the tails' noise
     #: stays out of the moments (online/moment_window.py). Needs the frames a second time
     #: (offline: the file; daemon: the scan, at its end). 0: moments over the whole scan
     moment_window: float = 3.0
     #: times the window is re-centred from the windowed moments (each reads the frames)
-    moment_window_passes: int = 2
+    moment_window_passes: int = Field(2, ge=1)
     #: fraction of each motor's range at each end whose frames estimate the edge baseline
-    edge_fraction: float = 0.2
+    edge_fraction: float = Field(0.2, gt=0, lt=0.5)
     #: pixels whose integrated intensity is below this fraction of the bright pixels'
     #: (99.5th percentile) get NaN maps
-    min_intensity_fraction: float = 0.05
+    min_intensity_fraction: float = Field(0.05, ge=0, lt=1)
     #: frames per accumulator update (one matrix product per batch)
-    batch_size: int = 64
+    batch_size: int = Field(64, ge=1)
     #: MiB of raw frames a batch may hold (0: no bound): fewer than `batch_size` frames per
     #: batch when the frames are large. A batch's frames are all in memory at once; at
     #: 2048^2 uint16 the default makes batches of 32 frames (256 MiB) instead of 64 (512 MiB),
     #: which keeps a daemon on a two-motor scan under 2 GB (bench/RESULTS.md)
-    batch_mb: int = 256
+    batch_mb: int = Field(256, ge=0)
     #: seconds a complete point may wait for its batch to fill (latency budget)
-    batch_delay: float = 0.1
+    batch_delay: float = Field(0.1, ge=0)
     #: per-frame preprocessing, in order: [{"step": "hot_pixels", "k": 8}, ...]
     #: (steps: dark, hot_pixels, threshold, mask, roi, binning, flatfield, monitor, cornice)
-    preprocess: list[dict] = field(default_factory=list)
+    preprocess: list[dict[str, Any]] = []
     #: images the steps refer to by name: {"mask": "mask.h5::/mask", "flatfield": "flat.edf"}
-    images: dict[str, str] = field(default_factory=dict)
+    images: dict[str, str] = {}
     #: counter normalising each frame when the chain has a "monitor" step and the scan
     #: records it (e.g. "mon", "srcur"); scans without it are not normalised (warning)
     monitor: str | None = None
     #: KAM neighbourhood radius in pixels (8-connected)
-    kam_radius: int = 1
+    kam_radius: int = Field(1, ge=1)
     #: optional accumulators besides the moments and the edge baseline: projections (sum,
     #: max, half sums), median_background, rolling_median, minimum, low_quantile,
     #: sums_along (one summed image per value of a motor), pca, nmf
-    accumulators: list[str] = field(default_factory=lambda: ["projections"])
+    accumulators: list[AccumulatorName] = ["projections"]
     #: MedianByStep: every k-th frame
-    median_step: int = 10
+    median_step: int = Field(10, ge=1)
     #: RollingMedian window (odd)
-    rolling_window: int = 9
+    rolling_window: int = Field(9, ge=1)
     #: LowQuantile's q
-    low_quantile: float = 0.1
+    low_quantile: float = Field(0.1, ge=0, le=1)
     #: motor of the per-value sums (topo-tomo: omega); default the slowest scanned motor
     sums_along_motor: str | None = None
     #: components of the incremental PCA / chunked NMF, and their spatial binning
-    pca_components: int = 5
-    nmf_components: int = 3
-    decomposition_binning: int = 4
+    pca_components: int = Field(5, ge=1)
+    nmf_components: int = Field(3, ge=1)
+    decomposition_binning: int = Field(4, ge=1)
     #: "float64": moment sums exact to ~1e-12; "float32": each batch's product in float32
     #: (faster, ~1e-7 relative error), the sums still accumulated in float64
-    precision: str = "float64"
+    precision: Literal["float64", "float32"] = "float64"
+
+    @field_validator("moment_window")
+    @classmethod
+    def _window(cls, value: float) -> float:
+        if not (value == 0 or 1.0 <= value <= 10.0):
+            raise ValueError("0 (off) or 1 to 10 standard deviations")
+        return value
+
+    @field_validator("rolling_window")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("must be odd")
+        return value
+
+    @field_validator("preprocess")
+    @classmethod
+    def _steps(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for position, entry in enumerate(value):
+            name = entry.get("step")
+            if name not in PREPROCESS_STEPS:
+                raise ValueError(f"unknown preprocess step {name!r} (entry {position}); known: {', '.join(PREPROCESS_STEPS)}")
+        return value
 
     def frames_per_batch(self, frame_shape: tuple[int, ...] | None, dtype: np.dtype | str | None) -> int:
         """Frames per batch for frames of this shape and dtype: `batch_size`, or fewer so that
@@ -98,106 +139,52 @@ class AnalysisConfig:
         frame_bytes = int(np.prod([int(n) for n in frame_shape])) * np.dtype(dtype).itemsize
         return max(1, min(self.batch_size, (self.batch_mb << 20) // frame_bytes))
 
-    def validate(self) -> None:
-        if self.background not in BACKGROUND_MODES:
-            raise ConfigError(
-                f"analysis.background={self.background!r}: expected one of {', '.join(BACKGROUND_MODES)}"
-            )
-        if not 0 < self.edge_fraction < 0.5:
-            raise ConfigError(f"analysis.edge_fraction={self.edge_fraction}: must be in (0, 0.5)")
-        if not 0 <= self.min_intensity_fraction < 1:
-            raise ConfigError("analysis.min_intensity_fraction must be in [0, 1)")
-        if not (self.moment_window == 0 or 1.0 <= self.moment_window <= 10.0):
-            raise ConfigError(f"analysis.moment_window={self.moment_window}: 0 (off) or 1 to 10 standard deviations")
-        if self.moment_window_passes < 1:
-            raise ConfigError("analysis.moment_window_passes must be >= 1")
-        if self.batch_size < 1:
-            raise ConfigError("analysis.batch_size must be >= 1")
-        if self.batch_mb < 0:
-            raise ConfigError("analysis.batch_mb must be >= 0 (0: no bound)")
-        if self.batch_delay < 0:
-            raise ConfigError("analysis.batch_delay must be >= 0 seconds")
-        if self.motors is not None and not 1 <= len(self.motors) <= 3:
-            raise ConfigError("analysis.motors must name 1 to 3 motors")
-        if self.precision not in ("float64", "float32"):
-            raise ConfigError(f"analysis.precision={self.precision!r}: expected float64 or float32")
-        from .online.optional import NAMES
-
-        unknown = [a for a in self.accumulators if a not in NAMES]
-        if unknown:
-            raise ConfigError(f"analysis.accumulators: unknown {unknown}; known: {', '.join(NAMES)}")
-        if self.median_step < 1 or self.rolling_window < 1 or self.rolling_window % 2 == 0:
-            raise ConfigError("analysis.median_step must be >= 1 and rolling_window odd and >= 1")
-        if not 0 <= self.low_quantile <= 1:
-            raise ConfigError("analysis.low_quantile must be in [0, 1]")
-        if min(self.pca_components, self.nmf_components, self.decomposition_binning) < 1:
-            raise ConfigError("analysis.pca_components, nmf_components, decomposition_binning must be >= 1")
-        if self.kam_radius < 1:
-            raise ConfigError("analysis.kam_radius must be >= 1")
-        from .online.preprocess import PreprocessChain
-
-        # step names and parameters only: stand-in images of the right kind (a boolean mask);
-        # the real images and their shapes are checked when a scan's chain is built
-        stand_ins: dict[str, np.ndarray] = {}
-        for entry in self.preprocess:
-            if isinstance(entry, dict) and isinstance(entry.get("image", entry.get("step")), str):
-                kind = bool if entry.get("step") == "mask" else np.float64
-                stand_ins[entry.get("image", entry.get("step"))] = np.ones((1, 1), dtype=kind)
-        try:
-            PreprocessChain.from_config(self.preprocess, stand_ins)
-        except ValueError as exc:
-            raise ConfigError(f"analysis.preprocess: {exc}") from None
 
 
-@dataclass
-class DaemonConfig:
+class DaemonConfig(_Model):
     """The daemon's own settings plus the analysis settings."""
 
     #: seconds between two rewrites of a scan's maps file while it runs
-    publish_period: float = 1.0
+    publish_period: float = Field(1.0, gt=0)
     #: regular expression (case-insensitive) on a scan's title or name marking a dark scan
     dark_pattern: str = "dark"
     #: a dark scan to use when the session has none before a scan: "FILE::SCAN"
     dark: str | None = None
     #: port of the HTTP server giving /metrics (prometheus) and /status; 0 disables it
-    metrics_port: int = 0
+    metrics_port: int = Field(0, ge=0, lt=65536)
     #: seconds one blocking read of the live streams waits before checking for shutdown
-    read_timeout: float = 0.2
+    read_timeout: float = Field(0.2, gt=0)
     #: frame-to-published-map latency (p99, seconds) the live maps hold: their binning is
     #: chosen for it (live_binning "auto")
-    latency_budget: float = 0.5
+    latency_budget: float = Field(0.5, gt=0)
     #: the running scan's maps over blocks of live_binning x live_binning pixels (block
     #: sums of the full-resolution accumulators, online/binned_maps.py); the final maps at
     #: scan end, and `process`, are at full resolution. "auto": the smallest binning whose
     #: cycle holds `latency_budget`, following the measured latencies (live_binning.py);
     #: an integer forces it (1: live maps at full resolution)
-    live_binning: int | str = "auto"
-    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    live_binning: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
 
-    def validate(self) -> None:
-        if self.publish_period <= 0:
-            raise ConfigError("publish_period must be > 0 seconds")
-        if self.read_timeout <= 0:
-            raise ConfigError("read_timeout must be > 0 seconds")
-        if self.live_binning != "auto" and (
-            isinstance(self.live_binning, bool) or not isinstance(self.live_binning, int) or self.live_binning < 1
-        ):
-            raise ConfigError(f"live_binning={self.live_binning!r}: expected \"auto\" or an integer >= 1 "
-                              "(1: live maps at full resolution)")
-        if not self.latency_budget > 0:
-            raise ConfigError(f"latency_budget={self.latency_budget}: must be > 0 seconds")
-        if not 0 <= self.metrics_port < 65536:
-            raise ConfigError("metrics_port must be a TCP port number (0 disables)")
-        import re
-
+    @field_validator("dark_pattern")
+    @classmethod
+    def _regex(cls, value: str) -> str:
         try:
-            re.compile(self.dark_pattern)
+            re.compile(value)
         except re.error as exc:
-            raise ConfigError(f"dark_pattern={self.dark_pattern!r} is not a regex: {exc}") from None
-        self.analysis.validate()
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key in RETIRED:
+                    raise ValueError(f"{key!r} was removed: {RETIRED[key]}; delete it from the configuration")
+        return data
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.model_dump(), sort_keys=True)
 
 
 #: settings that existed and were removed, with why: a config file that still names one gets
@@ -211,40 +198,45 @@ RETIRED = {
 }
 
 
-def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
-    known = {f.name: f for f in fields(obj)}
-    for key, value in values.items():
-        if key in RETIRED and not where:
-            raise ConfigError(f"{key!r} was removed: {RETIRED[key]}; delete it from the configuration")
-        if key not in known:
-            raise ConfigError(f"unknown key {where}{key!r} (known: {', '.join(sorted(known))})")
-        current = getattr(obj, key)
-        if isinstance(current, AnalysisConfig):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}{key} must be a table")
-            _apply(current, value, f"{key}.")
-            continue
-        if key == "live_binning":
-            pass  # "auto" or an integer: checked by validate()
-        elif current is not None:
-            if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            elif not isinstance(value, type(current)):
-                raise ConfigError(f"{where}{key}={value!r}: expected {type(current).__name__}")
-        elif key == "motors" and not (
-            isinstance(value, list) and all(isinstance(v, str) for v in value)
-        ):
-            raise ConfigError(f"{where}motors={value!r}: expected a list of motor names")
-        elif key in ("monitor", "sums_along_motor", "dark") and not isinstance(value, str):
-            raise ConfigError(f"{where}monitor={value!r}: expected a counter name")
-        elif key == "detector" and not isinstance(value, str):
-            raise ConfigError(f"{where}detector={value!r}: expected a name")
-        setattr(obj, key, value)
+
+def _message(exc: ValidationError) -> str:
+    """One line for the first problem: the key, the value given, and what is allowed."""
+    errors = exc.errors(include_url=False)
+
+    def where(error: dict) -> str:
+        # union members ("literal['auto']", "constrained-int") are not keys
+        return ".".join(str(p) for p in error["loc"] if not re.match(r"(function-|literal\[|constrained|int$|str$)", str(p)))
+
+    error = errors[0]
+    loc = where(error)
+    kind, given = error["type"], error.get("input")
+    alternatives = [e["msg"] for e in errors[1:] if where(e) == loc]
+    if alternatives:  # a value of a union: every member's condition
+        error = {**error, "msg": " or ".join([error["msg"], *alternatives])}
+    if kind == "extra_forbidden":
+        *parent, key = loc.split(".") if loc else [""]
+        where = ".".join(parent) + "." if parent else ""
+        return f"unknown key {where}{key!r}"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        message = f"expected {kind.split('_')[0]}: {message}"
+    if not loc:  # a model-level check (a retired key)
+        return message
+    return f"{loc}={given!r}: {message}"
+
+
+def analysis_config(**values: Any) -> AnalysisConfig:
+    """An `AnalysisConfig` from keyword values, with a `ConfigError` naming the key."""
+    try:
+        return AnalysisConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError(_message(exc)) from None
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> DaemonConfig:
-    """Read a TOML file (optional), apply non-None `overrides`, validate, return."""
-    config = DaemonConfig()
+    """Read a TOML file (optional), apply the non-None `overrides` (daemon or analysis keys:
+    flags), validate, return."""
+    data: dict[str, Any] = {}
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text())
@@ -252,14 +244,19 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> DaemonConfi
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
-        _apply(config, data, "")
-    analysis_keys = {f.name for f in fields(AnalysisConfig)}
+    analysis = dict(data.pop("analysis", {}) or {})
     for key, value in overrides.items():
         if value is None:
             continue
-        if key in analysis_keys:
-            _apply(config.analysis, {key: value}, "analysis.")
+        if key in AnalysisConfig.model_fields:
+            analysis[key] = value
         else:
-            _apply(config, {key: value}, "")
-    config.validate()
-    return config
+            data[key] = value
+    try:
+        return DaemonConfig(**data, analysis=AnalysisConfig(**analysis))
+    except ValidationError as exc:
+        message = _message(exc)
+        in_analysis = exc.title == "AnalysisConfig" and not message.startswith("unknown key")
+        raise ConfigError(f"analysis.{message}" if in_analysis else
+                          message.replace("unknown key ", "unknown key analysis.", 1)
+                          if exc.title == "AnalysisConfig" else message) from None

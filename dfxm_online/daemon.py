@@ -36,10 +36,11 @@ from .acquisition.geometry import (
 from .config import DaemonConfig
 from .images import load_images
 from .live_binning import BinningController
-from .maps import default_map
 from .offline import mean_dark
 from .online.accumulators.background import RunningMean
+from .online.maps import default_map
 from .online.pipeline import ScanPipeline
+from .online.preprocess import PreprocessChain
 from .publish.layout import PathClaims, maps_path, scan_folder
 from .publish.metrics import Metrics, serve_http
 from .publish.nexus import ProcessInfo, file_dtype, write_maps_file
@@ -460,7 +461,7 @@ class Daemon:
         self.redis_url = redis_url
         self.output_dir = Path(output_dir)
         self.config = config or DaemonConfig()
-        self.config.validate()
+        PreprocessChain.check(self.config.analysis.preprocess)  # parameters, before any scan
         self.images = load_images(self.config.analysis.images)  # once, not per scan
         self.metrics = Metrics(self.config.latency_budget)
         self.darks = DarkRegistry(mean_dark(self.config.dark) if self.config.dark else None)

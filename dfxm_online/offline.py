@@ -22,8 +22,8 @@ from .acquisition.frames import Batch
 from .acquisition.geometry import ScanError, ScanGeometry
 from .config import AnalysisConfig
 from .images import load_images
-from .maps import default_map
 from .online.accumulators.background import RunningMean
+from .online.maps import default_map
 from .online.pipeline import ScanPipeline
 from .publish.nexus import ProcessInfo, write_maps_file
 
@@ -110,15 +110,12 @@ def process_to_file(
     dark: str | RunningMean | np.ndarray | None = None, progress: bool = True,
 ) -> Path:
     """`dfxm-online process`: maps of a recorded scan written in the daemon's layout."""
-    import json
-    from dataclasses import asdict
-
     config = config or AnalysisConfig()
     provenance: dict = {}
     maps, axes, geometry, frames = process_scan(path, scan, config, dark, progress, provenance)
     info = ProcessInfo(
         state="complete", frames_processed=frames, frames_expected=geometry.npoints,
         scan_key=f"{Path(path).resolve()}::{provenance['raw_entry']}",
-        config=json.dumps(asdict(config), sort_keys=True), extra=provenance,
+        config=config.model_dump_json(), extra=provenance,
     )
     return write_maps_file(out, maps, info, default_map(geometry.motor_names), geometry.title, axes)

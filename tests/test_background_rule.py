@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dfxm_online.acquisition.model import FWHM_PER_SIGMA
 from dfxm_online.acquisition.simulate import SimulationSpec, simulate
 from dfxm_online.config import AnalysisConfig, DaemonConfig
+from dfxm_online.gaussian import FWHM_PER_SIGMA
 from dfxm_online.offline import process_scan, process_to_file
 from dfxm_online.publish.nexus import read_maps_file
 

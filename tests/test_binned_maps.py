@@ -136,12 +136,12 @@ def test_binned_snapshot_with_the_edge_baseline_bins_the_full_resolution_one():
 
 
 def test_live_binning_is_validated_and_read_from_the_command_line_names(tmp_path):
-    assert load_config().live_binning == 1
+    assert load_config().live_binning == "auto"
     assert load_config(live_binning=2).live_binning == 2
     path = tmp_path / "c.toml"
     path.write_text("live_binning = 4\n")
     assert load_config(path).live_binning == 4
-    with pytest.raises(ConfigError, match="live_binning must be >= 1"):
+    with pytest.raises(ConfigError, match="live_binning=0"):
         load_config(live_binning=0)
 
 
@@ -153,7 +153,8 @@ def test_live_binning_applies_to_running_versions_of_maps_at_least_one_block_wid
 
     worker = ScanWorker(SimpleNamespace(config=DaemonConfig(live_binning=4), metrics=None), "scan")
     assert worker._binning(True) == 1  # no pipeline yet (a dark scan, or before the first frame)
-    worker.pipeline = SimpleNamespace(frame_shape=(2048, 2048))
+    geometry = SimpleNamespace(motors=("mu",))
+    worker.pipeline = SimpleNamespace(frame_shape=(2048, 2048), geometry=geometry)
     assert worker._binning(True) == 4 and worker._binning(False) == 1  # the final maps: full resolution
-    worker.pipeline = SimpleNamespace(frame_shape=(3, 2048))  # a narrow ROI: not one block high
+    worker.pipeline = SimpleNamespace(frame_shape=(3, 2048), geometry=geometry)  # a narrow ROI: not one block high
     assert worker._binning(True) == 1

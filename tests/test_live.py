@@ -15,7 +15,7 @@ import silx.io
 from dfxm_online.acquisition.geometry import MotorAxis
 from dfxm_online.acquisition.simulate import SimulationSpec, simulate
 from dfxm_online.config import AnalysisConfig, DaemonConfig
-from dfxm_online.maps import signal_mask
+from dfxm_online.online.maps import signal_mask
 from dfxm_online.publish.nexus import read_maps_file
 
 from . import brute

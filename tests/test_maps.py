@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dfxm_online import maps as maps_module
-from dfxm_online.acquisition.model import FWHM_PER_SIGMA
-from dfxm_online.maps import moment_maps, signal_mask
+from dfxm_online.gaussian import FWHM_PER_SIGMA
+from dfxm_online.online import maps as maps_module
 from dfxm_online.online.accumulators.moments import MomentSnapshot
+from dfxm_online.online.maps import moment_maps, signal_mask
 
 SHAPE = (7, 9)
 NAMES = ("mu", "chi", "omega")
@@ -126,10 +126,10 @@ def test_maps_of_sums_range_by_range_equal_maps_of_the_whole_snapshot(n_motors, 
     # bit-identical to the maps of the whole snapshot, over several pixel ranges on the
     # tile threads and a last partial one, with and without an offset, pixels without
     # signal included
-    from dfxm_online import maps
     from dfxm_online.acquisition.geometry import MotorAxis
-    from dfxm_online.maps import moment_maps_of_sums
+    from dfxm_online.online import maps
     from dfxm_online.online.accumulators.moments import PowerSums
+    from dfxm_online.online.maps import moment_maps_of_sums
 
     monkeypatch.setattr(maps, "SNAPSHOT_PIXELS", 32768)
     shape = (190, 401)  # > 2 ranges, not a multiple of one

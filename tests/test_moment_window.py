@@ -8,8 +8,8 @@ import pytest
 from scipy.stats import chi2, norm
 
 from dfxm_online.acquisition.geometry import MotorAxis
-from dfxm_online.acquisition.model import FWHM_PER_SIGMA
 from dfxm_online.config import AnalysisConfig
+from dfxm_online.gaussian import FWHM_PER_SIGMA
 from dfxm_online.online.accumulators.moments import PowerSums
 from dfxm_online.online.moment_window import (
     MAX_CORRELATION,
@@ -107,7 +107,7 @@ def test_windowed_moments_of_gaussians_give_their_parameters_back():
     # loose one-pass moments (what the window starts from: COM off, widths 30 % too large)
     maps = {"com_mu": c[0] + 0.3 * s[0], "com_chi": c[1] - 0.3 * s[1], "fwhm_mu": 1.3 * FWHM_PER_SIGMA * s[0],
             "fwhm_chi": 1.3 * FWHM_PER_SIGMA * s[1], "cov_mu_chi": r * s[0] * s[1]}
-    from dfxm_online.maps import moment_maps_of_sums
+    from dfxm_online.online.maps import moment_maps_of_sums
 
     for _ in range(4):
         window = MomentWindow.from_maps(maps, axes, 3.0)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from dfxm_online.acquisition.geometry import MotorAxis, ScanGeometry
-from dfxm_online.acquisition.model import FWHM_PER_SIGMA, CrystalModel, scan_positions
+from dfxm_online.acquisition.model import CrystalModel, scan_positions
 from dfxm_online.config import AnalysisConfig
+from dfxm_online.gaussian import FWHM_PER_SIGMA
 from dfxm_online.online.accumulators.background import EdgeBaseline, RunningMean
 from dfxm_online.online.accumulators.moments import PowerSums, monomial_exponents
 from dfxm_online.online.pipeline import ScanPipeline

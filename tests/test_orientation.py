@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from dfxm_online.orientation import kam, mosaicity_rgb, orientation_gradient
+from dfxm_online.online.orientation import kam, mosaicity_rgb, orientation_gradient
 
 RED = (1.0, 0.0, 0.0)
 YELLOW_GREEN = (0.5, 1.0, 0.0)  # hue 0.25
@@ -135,7 +135,7 @@ def test_compiled_pass_from_raw_maps_equals_matplotlib(monkeypatch):
     on many pixel tiles over the threads: the float64 reference rounded to float32."""
     from matplotlib.colors import hsv_to_rgb
 
-    from dfxm_online import orientation
+    from dfxm_online.online import orientation
 
     rng = np.random.default_rng(21)
     a = rng.normal(3.0, 0.2, (37, 41))
@@ -415,8 +415,7 @@ def test_compiled_kam_equals_brute_force_on_all_shapes(dtype, n_maps, radius, co
 def test_kam_row_tiles_on_threads_equal_one_pass(monkeypatch):
     """Rows spread over the tile threads (here one row per tile) give the one-pass result,
     bit for bit: each row only reads its neighbours and writes itself."""
-    from dfxm_online import orientation
-    from dfxm_online.online import _pixelmaps
+    from dfxm_online.online import _pixelmaps, orientation
 
     maps = holey_maps((23, 17), 2, np.float64, seed=9)
     offsets = orientation._offsets(2, "eight")
@@ -483,7 +482,7 @@ def test_orientation_gradient_equals_forward_differences():
 def test_closed_form_colour_equals_matplotlib_hsv_to_rgb():
     from matplotlib.colors import hsv_to_rgb
 
-    from dfxm_online.orientation import _colour
+    from dfxm_online.online.orientation import _colour
 
     rng = np.random.default_rng(11)
     u, v = rng.normal(size=(2, 4000)) * 0.8

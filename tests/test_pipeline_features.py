@@ -9,11 +9,11 @@ import pytest
 from dfxm_online.acquisition.geometry import MotorAxis
 from dfxm_online.acquisition.simulate import REFERENCE_CURRENT, SimulationSpec, simulate
 from dfxm_online.config import AnalysisConfig, DaemonConfig
-from dfxm_online.maps import signal_mask
 from dfxm_online.offline import process_scan, process_to_file
+from dfxm_online.online.maps import signal_mask
+from dfxm_online.online.orientation import kam, mosaicity_rgb
 from dfxm_online.online.pipeline import ScanPipeline
 from dfxm_online.online.preprocess import PreprocessChain
-from dfxm_online.orientation import kam, mosaicity_rgb
 from dfxm_online.publish.nexus import read_maps_file
 
 from . import brute

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..gaussian import FWHM_PER_SIGMA
 from .geometry import MotorAxis
-
-FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))  # 2.3548
 
 
 @dataclass

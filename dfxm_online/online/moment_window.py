@@ -36,7 +36,7 @@ import numpy as np
 from scipy.special import gammainc
 
 from ..acquisition.geometry import MotorAxis
-from ..acquisition.model import FWHM_PER_SIGMA
+from ..gaussian import FWHM_PER_SIGMA
 from .tiles import TILE_PIXELS, for_each_tile
 
 

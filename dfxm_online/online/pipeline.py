@@ -14,15 +14,16 @@ import numpy as np
 
 from ..acquisition.geometry import ScanError, ScanGeometry
 from ..config import AnalysisConfig
-from ..maps import moment_maps_of_sums
-from ..orientation import KEY_SIZE, kam, mosaicity_rgb
-from . import optional
+from . import registry
 from .accumulators.background import EdgeBaseline, RunningMean
 from .accumulators.moments import PowerSums
 from .binned_maps import block_sums
 from .framesums import accumulate
+from .maps import moment_maps_of_sums
 from .moment_window import MomentWindow, correct_truncation
+from .orientation import KEY_SIZE, kam, mosaicity_rgb
 from .preprocess import DarkStep, MonitorStep, PreprocessChain, binned_shape
+from .registry import REGISTRY
 
 if TYPE_CHECKING:
     from ..acquisition.frames import Batch
@@ -56,7 +57,7 @@ class ScanPipeline:
         n_pixels = self.frame_shape[0] * self.frame_shape[1]
         self.moments = PowerSums(geometry.motors, n_pixels, precision=self.config.precision)
         self.edges = EdgeBaseline(geometry.motors, n_pixels, self.config.edge_fraction)
-        self.extras = optional.build(self.config, geometry, self.frame_shape, first_index)
+        self.extras = registry.build(self.config, geometry, self.frame_shape, first_index)
         self.dark: np.ndarray | None = None
         self.mosaicity_extent: tuple[float, float, float, float] | None = None
         self._extra_axes: dict = {}
@@ -101,7 +102,7 @@ class ScanPipeline:
         """Whether an accumulator may keep references to the frames it is given (those
         updated frame by frame rather than through the shared pass: medians, PCA/NMF
         pending rows...), so that a batch's buffer must not be reused for later frames."""
-        return any(getattr(acc, "sums_plan", None) is None for acc in self.extras.values())
+        return any(not REGISTRY[name].shares_pass for name in self.extras)
 
     @property
     def frames_processed(self) -> int:
@@ -142,16 +143,21 @@ class ScanPipeline:
         n = frames.shape[0]
         plans = [self.moments.sums_plan(positions, n), self.edges.sums_plan(positions, n)]
         others = []
-        for acc in self.extras.values():
-            plan_of = getattr(acc, "sums_plan", None)
-            if plan_of is not None:
-                plans.append(plan_of(positions, n))
+        for name, acc in self.extras.items():
+            if REGISTRY[name].shares_pass:
+                plans.append(acc.sums_plan(positions, n))
             else:
                 others.append(acc)
         accumulate(frames, plans)
         for acc in others:
             acc.update(frames, positions)
-        optional.after_update(self.extras)
+        self._after_update()
+
+    def _after_update(self) -> None:
+        for name, acc in self.extras.items():
+            housekeeping = REGISTRY[name].after_update
+            if housekeeping is not None:
+                housekeeping(acc)
 
     def preprocessed(
         self, frames: np.ndarray, positions: Mapping[str, np.ndarray], monitor: np.ndarray | None = None
@@ -178,11 +184,10 @@ class ScanPipeline:
     def finish(self) -> None:
         """The scan has ended: accumulators that hold frames back (rolling median window,
         PCA batches smaller than its number of components) take them into account."""
-        for acc in self.extras.values():
-            finish = getattr(acc, "finish", None)
-            if finish is not None:
-                finish()
-        optional.after_update(self.extras)
+        for name, acc in self.extras.items():
+            if REGISTRY[name].finishes:
+                acc.finish()
+        self._after_update()
 
     def merge(self, other: ScanPipeline) -> None:
         """Add another part of the same scan (raises for accumulators that cannot merge
@@ -271,7 +276,7 @@ class ScanPipeline:
         if offset is not None:
             maps["background"] = offset.reshape(shape).astype(dtype, copy=False)
         del offset
-        extra_maps, self._extra_axes = optional.maps_of(self.extras, self.frame_shape, dtype)
+        extra_maps, self._extra_axes = registry.maps_of(self.extras, self.frame_shape, dtype)
         for name in list(extra_maps):  # one at a time: a float64 map is dropped once rounded
             values = extra_maps.pop(name)
             if binning > 1 and _over_pixels(name, values, self.frame_shape):

@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..config import PREPROCESS_STEPS, ConfigError
 from . import _pixelmaps
 from .framesums import NATIVE_TYPES
 from .tiles import for_each_tile
@@ -683,11 +684,29 @@ STEPS: dict[str, type[PreprocessStep]] = {
 }
 
 
+assert tuple(STEPS) == PREPROCESS_STEPS, "config.PREPROCESS_STEPS and the steps here differ"
+
+
 @dataclass
 class PreprocessChain:
     """An ordered list of steps applied to every batch: ``chain(frames, monitor)``."""
 
     steps: list[PreprocessStep] = field(default_factory=list)
+
+    @classmethod
+    def check(cls, config: Sequence[Mapping[str, Any]]) -> None:
+        """Check step names and parameters without the images (stand-ins of the right kind:
+        a boolean mask), as a daemon does when it starts; the real images and their shapes
+        are checked when a scan's chain is built. Raises ConfigError naming the step."""
+        stand_ins: dict[str, np.ndarray] = {}
+        for entry in config:
+            if isinstance(entry, Mapping) and isinstance(entry.get("image", entry.get("step")), str):
+                kind = bool if entry.get("step") == "mask" else np.float64
+                stand_ins[entry.get("image", entry.get("step"))] = np.ones((1, 1), dtype=kind)
+        try:
+            cls.from_config(config, stand_ins)
+        except ValueError as exc:
+            raise ConfigError(f"analysis.preprocess: {exc}") from None
 
     @classmethod
     def from_config(

@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .acquisition.model import FWHM_PER_SIGMA
-from .online import _pixelmaps, selection
-from .online.accumulators.moments import MomentSnapshot, PowerSums
-from .online.tiles import SNAPSHOT_PIXELS, for_each_tile
+from ..gaussian import FWHM_PER_SIGMA
+from . import _pixelmaps, selection
+from .accumulators.moments import MomentSnapshot, PowerSums
+from .tiles import SNAPSHOT_PIXELS, for_each_tile
 
 
 def signal_mask(intensity: np.ndarray, min_fraction: float) -> np.ndarray:

@@ -23,8 +23,8 @@ from typing import Literal
 
 import numpy as np
 
-from .online import _pixelmaps, selection
-from .online.tiles import SNAPSHOT_PIXELS, for_each_tile
+from . import _pixelmaps, selection
+from .tiles import SNAPSHOT_PIXELS, for_each_tile
 
 KEY_SIZE = 128
 SCALE_PERCENTILE = 99.0
