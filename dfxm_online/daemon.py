@@ -38,7 +38,7 @@ from .images import load_images
 from .live_binning import BinningController
 from .offline import mean_dark
 from .online.accumulators.background import RunningMean
-from .online.maps import default_map
+from .online.maps import Maps, default_map
 from .online.pipeline import ScanPipeline
 from .online.preprocess import PreprocessChain
 from .publish.layout import PathClaims, maps_path, scan_folder
@@ -145,7 +145,7 @@ class ScanWorker(threading.Thread):
                 # the window from float64 maps: the one-pass maps rounded to float32 would
                 # move window edges by their rounding (offline `process` uses float64 too)
                 maps = self._windowed(self.pipeline.snapshot(np.float64, binning))
-                return {k: v.astype(file_dtype(v.dtype), copy=False) for k, v in maps.items()}
+                return Maps({k: v.astype(file_dtype(v.dtype), copy=False) for k, v in maps.items()}, axes=maps.axes)
             # float32: what the file stores
             return self.pipeline.snapshot(file_dtype(np.float64), binning)
         if self.dark_mean is not None and self.dark_mean.count:
@@ -241,7 +241,7 @@ class ScanWorker(threading.Thread):
             extra={"map_binning": binning, **self.provenance},
         )
         oldest, self._oldest_unpublished = self._oldest_unpublished, None
-        job = (maps, info, self.pipeline.map_axes() if self.pipeline is not None and maps else {}, oldest, t0)
+        job = (maps, info, maps.axes if isinstance(maps, Maps) else {}, oldest, t0)
         if background and state == "running":
             self._writer = threading.Thread(target=self._write, args=job, name=f"write-{self.key[-8:]}",
                                             daemon=True)

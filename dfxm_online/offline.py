@@ -94,7 +94,7 @@ def process_scan(
             provenance.update(background_rule=rule, dark_scan=str(dark) if isinstance(dark, str) else "",
                               moment_window=float(config.moment_window) if passes else 0.0,
                               moment_window_passes=passes)
-        return maps, pipeline.map_axes(), geometry, pipeline.frames_processed
+        return maps, maps.axes, geometry, pipeline.frames_processed
 
 
 def _progress(batches: Iterable[Batch], total: int, desc: str, enabled: bool) -> Iterator[Batch]:

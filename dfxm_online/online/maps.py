@@ -16,6 +16,17 @@ from .accumulators.moments import MomentSnapshot, PowerSums
 from .tiles import SNAPSHOT_PIXELS, for_each_tile
 
 
+class Maps(dict):
+    """Named maps (name -> array) with the axes of those that have physical ones: `axes`
+    maps a map's name to its [(axis name, values), ...] (the mosaicity key's motor values,
+    the PCA variance's component index, a per-motor-value stack's motor values). One
+    object, so that a map and its axes cannot come from two different snapshots."""
+
+    def __init__(self, maps=(), axes: dict | None = None) -> None:
+        super().__init__(maps)
+        self.axes: dict[str, list[tuple[str, np.ndarray]]] = dict(axes or {})
+
+
 def signal_mask(intensity: np.ndarray, min_fraction: float) -> np.ndarray:
     """Pixels with enough integrated intensity to give meaningful moments.
 

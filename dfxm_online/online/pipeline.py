@@ -19,7 +19,7 @@ from .accumulators.background import EdgeBaseline, RunningMean
 from .accumulators.moments import PowerSums
 from .binned_maps import block_sums
 from .framesums import accumulate
-from .maps import moment_maps_of_sums
+from .maps import Maps, moment_maps_of_sums
 from .moment_window import MomentWindow, correct_truncation
 from .orientation import KEY_SIZE, kam, mosaicity_rgb
 from .preprocess import DarkStep, MonitorStep, PreprocessChain, binned_shape
@@ -59,8 +59,6 @@ class ScanPipeline:
         self.edges = EdgeBaseline(geometry.motors, n_pixels, self.config.edge_fraction)
         self.extras = registry.build(self.config, geometry, self.frame_shape, first_index)
         self.dark: np.ndarray | None = None
-        self.mosaicity_extent: tuple[float, float, float, float] | None = None
-        self._extra_axes: dict = {}
         if dark is not None and not self.dark_in_chain:
             self.set_dark(dark)
 
@@ -248,8 +246,8 @@ class ScanPipeline:
             return self.dark, "dark"
         return self.edges.snapshot(), "edges"
 
-    def snapshot(self, dtype: np.dtype | type = np.float64, binning: int = 1) -> dict[str, np.ndarray]:
-        """The current maps (read-only on the accumulators).
+    def snapshot(self, dtype: np.dtype | type = np.float64, binning: int = 1) -> Maps:
+        """The current maps, with their axes (`.axes`; read-only on the accumulators).
 
         `dtype` float32: every floating map rounded to float32 as it is made, for a maps
         file (which stores float32): the daemon's live snapshots. A 2048^2 two-motor
@@ -276,7 +274,8 @@ class ScanPipeline:
         if offset is not None:
             maps["background"] = offset.reshape(shape).astype(dtype, copy=False)
         del offset
-        extra_maps, self._extra_axes = registry.maps_of(self.extras, self.frame_shape, dtype)
+        extra_maps, extra_axes = registry.maps_of(self.extras, self.frame_shape, dtype)
+        maps = Maps(maps, axes=extra_axes)
         for name in list(extra_maps):  # one at a time: a float64 map is dropped once rounded
             values = extra_maps.pop(name)
             if binning > 1 and _over_pixels(name, values, self.frame_shape):
@@ -285,8 +284,9 @@ class ScanPipeline:
         self._orientation_maps(maps, dtype)
         return maps
 
-    def _orientation_maps(self, maps: dict[str, np.ndarray], dtype: np.dtype | type) -> None:
-        """KAM and the mosaicity colour map (with its key) of the COM maps, into `maps`."""
+    def _orientation_maps(self, maps: Maps, dtype: np.dtype | type) -> None:
+        """KAM and the mosaicity colour map with its key (and the key's axes, in motor
+        units) of the COM maps, into `maps`."""
         names = self.geometry.motor_names
         coms = [maps[f"com_{m}"] for m in names]
         maps["kam"] = kam(coms, radius=self.config.kam_radius).astype(dtype, copy=False)
@@ -294,12 +294,12 @@ class ScanPipeline:
             rgb, key, extent = mosaicity_rgb(coms[0], coms[1])
             maps["mosaicity"] = rgb
             maps["mosaicity_key"] = key
-            self.mosaicity_extent = extent
+            a = np.linspace(extent[0], extent[1], KEY_SIZE + 1)
+            b = np.linspace(extent[2], extent[3], KEY_SIZE + 1)
+            # cell centres, rows = second motor, columns = first motor (the key's layout)
+            maps.axes["mosaicity_key"] = [(names[1], 0.5 * (b[1:] + b[:-1])), (names[0], 0.5 * (a[1:] + a[:-1]))]
 
-    def windowed_maps(
-        self, maps: dict[str, np.ndarray], reread: Callable[[], Iterable[Batch]],
-        dtype: np.dtype | type = np.float64,
-    ) -> dict[str, np.ndarray]:
+    def windowed_maps(self, maps: Maps, reread: Callable[[], Iterable[Batch]]) -> Maps:
         """The final maps: `maps` (this pipeline's full-resolution `snapshot`) with the
         moment maps made again within each pixel's window (`moment_window` standard
         deviations around its centre of mass, `moment_window_passes` times), from the
@@ -328,25 +328,12 @@ class ScanPipeline:
             current = moment_maps_of_sums(sums, None, names, self.frame_shape, 0.0)
             del sums
             correct_truncation(current, names, rho)
-        out = dict(maps)
+        out = Maps(maps, axes=dict(maps.axes))
         for name, values in current.items():
             if name != "intensity":
                 out[name] = np.where(masked, np.nan, values).astype(maps[name].dtype, copy=False)
         self._orientation_maps(out, maps[f"com_{names[0]}"].dtype)
         return out
-
-    def map_axes(self) -> dict[str, list[tuple[str, np.ndarray]]]:
-        """Axes of the maps that have physical ones (the mosaicity key: motor values)."""
-        axes = dict(self._extra_axes)
-        extent = self.mosaicity_extent
-        if extent is None:
-            return axes
-        names = self.geometry.motor_names
-        a = np.linspace(extent[0], extent[1], KEY_SIZE + 1)
-        b = np.linspace(extent[2], extent[3], KEY_SIZE + 1)
-        # cell centres, rows = second motor, columns = first motor (the key's layout)
-        axes["mosaicity_key"] = [(names[1], 0.5 * (b[1:] + b[:-1])), (names[0], 0.5 * (a[1:] + a[:-1]))]
-        return axes
 
 
 def _over_pixels(name: str, values: np.ndarray, frame_shape: tuple[int, int]) -> bool:
