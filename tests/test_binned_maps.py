@@ -149,12 +149,10 @@ def test_live_binning_applies_to_running_versions_of_maps_at_least_one_block_wid
     from types import SimpleNamespace
 
     from dfxm_online.config import DaemonConfig
-    from dfxm_online.daemon import ScanWorker
+    from dfxm_online.map_publisher import MapPublisher
 
-    worker = ScanWorker(SimpleNamespace(config=DaemonConfig(live_binning=4), metrics=None), "scan")
-    assert worker._binning(True) == 1  # no pipeline yet (a dark scan, or before the first frame)
-    geometry = SimpleNamespace(motors=("mu",))
-    worker.pipeline = SimpleNamespace(frame_shape=(2048, 2048), geometry=geometry)
-    assert worker._binning(True) == 4 and worker._binning(False) == 1  # the final maps: full resolution
-    worker.pipeline = SimpleNamespace(frame_shape=(3, 2048), geometry=geometry)  # a narrow ROI: not one block high
-    assert worker._binning(True) == 1
+    publisher = MapPublisher("scan", SimpleNamespace(), None, DaemonConfig(live_binning=4), None)
+    assert publisher.binning(None, 1, True) == 1  # no frame shape yet (a dark scan, or before the first frame)
+    assert publisher.binning((2048, 2048), 1, True) == 4
+    assert publisher.binning((2048, 2048), 1, False) == 1  # the final maps: full resolution
+    assert publisher.binning((3, 2048), 1, True) == 1  # a narrow ROI: not one block high

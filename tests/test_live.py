@@ -211,11 +211,11 @@ def test_frames_are_published_while_the_scan_pauses_after_a_write_in_flight(make
     pauses). Writes are slowed down so that the second frame lands during the first one."""
     from blissdata.redis_engine.store import DataStore
 
-    import dfxm_online.daemon as daemon_module
+    import dfxm_online.map_publisher as publisher_module
     from dfxm_online.acquisition.publisher import ScanDescription, ScanPublisher
 
     writing = threading.Event()
-    original = daemon_module.write_maps_file
+    original = publisher_module.write_maps_file
 
     def slow_write(path, maps, info, *args, **kwargs):
         if info.frames_processed and info.state == "running":
@@ -223,7 +223,7 @@ def test_frames_are_published_while_the_scan_pauses_after_a_write_in_flight(make
             time.sleep(1.0)
         return original(path, maps, info, *args, **kwargs)
 
-    monkeypatch.setattr(daemon_module, "write_maps_file", slow_write)
+    monkeypatch.setattr(publisher_module, "write_maps_file", slow_write)
     daemon = make_daemon(DaemonConfig(publish_period=0.01))
     desc = ScanDescription(
         session="pause", number=1, name="ascan", title="ascan mu -1 1 3 0.1", filename=tmp_path / "scans" / "p.h5",
@@ -357,7 +357,7 @@ def test_large_frames_are_batched_within_batch_mb(make_daemon, redis_url, tmp_pa
     integer (Poisson) frames of this size some pixels' edge groups sit exactly on the 3-sigma
     rejection threshold, where rounding decides (brute.edge_baseline, two-pass, and the
     compiled one-pass statistics then differ by one group at ~0.07 % of the pixels)."""
-    import dfxm_online.daemon as daemon_module
+    import dfxm_online.scan_worker as worker_module
     from dfxm_online.acquisition.frames import LiveFrameSource
     from dfxm_online.config import AnalysisConfig
 
@@ -369,7 +369,7 @@ def test_large_frames_are_batched_within_batch_mb(make_daemon, redis_url, tmp_pa
             sizes.append(len(batch.frames))
             return batch
 
-    monkeypatch.setattr(daemon_module, "LiveFrameSource", Recording)
+    monkeypatch.setattr(worker_module, "LiveFrameSource", Recording)
     # moment_window 0: one read of the scan (the windowed final moments read it again)
     daemon = make_daemon(DaemonConfig(publish_period=0.2, analysis=AnalysisConfig(batch_mb=3, moment_window=0)))
     spec = spec_for(tmp_path, kind="rocking", image_mode="lima", frame_shape=(1024, 512), points=21, seed=12)
@@ -398,12 +398,12 @@ def test_live_binning_publishes_binned_maps_and_full_resolution_final_ones(make_
 
     from dfxm_online.acquisition.model import CrystalModel, scan_positions
     from dfxm_online.acquisition.publisher import ScanDescription, ScanPublisher
-    from dfxm_online.daemon import ScanWorker
+    from dfxm_online.map_publisher import MapPublisher
 
     held_back = threading.Event()
-    monkeypatch.setattr(ScanWorker, "_publish_interval", lambda self, behind: 1e9 if held_back.is_set() else 0.01)
+    monkeypatch.setattr(MapPublisher, "interval", lambda self, behind: 1e9 if held_back.is_set() else 0.01)
 
-    caplog.set_level(logging.DEBUG, logger="dfxm_online.daemon")
+    caplog.set_level(logging.DEBUG, logger="dfxm_online.map_publisher")
     axes = [MotorAxis("mu", -0.4, 0.4, 7), MotorAxis("chi", -1.0, 1.0, 5)]
     model = CrystalModel.make(SHAPE, axes, seed=4)
     positions = scan_positions(axes)

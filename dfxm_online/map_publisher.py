@@ -1,0 +1,165 @@
+"""One scan's maps file: when a version goes out, at which binning, on which thread.
+
+The scan worker accumulates; this decides when its maps are published (`due`), takes the
+snapshot on the worker's thread through the callable it is given (the accumulators must not
+change under it), and writes the file on a writer thread while the worker goes on, as a
+complete new file renamed over the path (a reader never sees a torn one). It measures each
+version's frame-to-map latency for the metrics and for the live binning
+(live_binning.py), and records the scan's state and reason in its /status entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .acquisition.geometry import ScanError, ScanGeometry
+from .config import DaemonConfig
+from .live_binning import BinningController
+from .online.maps import Maps, default_map
+from .publish.metrics import Metrics
+from .publish.nexus import ProcessInfo, write_maps_file
+
+logger = logging.getLogger(__name__)
+
+#: /entry/process fields a live scan's files have besides the provenance, from the first
+#: version on (live and final files share one layout): filled in as the scan goes
+PROCESS_EXTRAS = {"end_reason": "", "background_rule": "", "moment_window": 0.0, "moment_window_passes": 0,
+                  "moment_window_reason": ""}
+
+#: the maps of a version: (binning, final) -> maps (a `Maps` carries its axes)
+MapsOf = Callable[[int, bool], dict[str, np.ndarray]]
+
+
+class MapPublisher:
+    """Publishes the versions of one scan's maps file (see the module docstring)."""
+
+    def __init__(self, key: str, status, path: Path, config: DaemonConfig, metrics: Metrics) -> None:
+        self.key = key
+        self.status = status  # the scan's /status entry (daemon.ScanStatus)
+        self.path = path
+        self.config = config
+        self.metrics = metrics
+        self.geometry: ScanGeometry | None = None  # the maps' title and default plot
+        #: what the maps come from (/entry/process fields: scan file, dataset, motors...)
+        self.provenance: dict[str, object] = {}
+        self.last = 0.0  # when the last version started (the period runs start to start)
+        self._snapshot_cost = 0.0  # the worker's own time in the last publish
+        self._oldest: float | None = None  # arrival of the oldest frame not yet published
+        self._writer: threading.Thread | None = None  # the background write in flight
+        self._binning: BinningController | None = None  # made with the first frame shape
+
+    def frames_arrived(self) -> None:
+        """Frames just arrived: the latency of the next version counts from the first."""
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+
+    @property
+    def unpublished(self) -> bool:
+        return self._oldest is not None
+
+    def interval(self, behind: bool) -> float:
+        """`publish_period`; when frames are waiting (the worker is behind), stretched so
+        that snapshots take at most a quarter of the worker's time: on full frames a
+        snapshot costs a few tenths of a second, and taking one every period would starve
+        the accumulators. Only the snapshot counts, not the file write, which runs on the
+        writer thread while the worker accumulates. When the worker keeps up, maps go out
+        every period (latency)."""
+        if not behind:
+            return self.config.publish_period
+        return max(self.config.publish_period, 3.0 * self._snapshot_cost)
+
+    def due(self, behind: bool) -> bool:
+        return time.monotonic() - self.last >= self.interval(behind)
+
+    def binning(self, frame_shape: tuple[int, int] | None, motors: int, live: bool) -> int:
+        """The binning of a version's maps: the controller's while the scan runs (the
+        latency budget), 1 for the final maps and before the frame shape is known."""
+        if not live or frame_shape is None:
+            return 1
+        if self._binning is None or self._binning.frame_shape != frame_shape:
+            forced = None if self.config.live_binning == "auto" else int(self.config.live_binning)
+            self._binning = BinningController(frame_shape, motors, self.config.latency_budget, forced)
+        return self._binning.current
+
+    def _writing(self) -> bool:
+        return self._writer is not None and self._writer.is_alive()
+
+    def publish(self, maps_of: MapsOf, frames: int, binning: int, state: str = "running", reason: str = "",
+                background: bool = False, behind: bool = True) -> None:
+        """Write a version of the maps file; a failed write is logged and retried next period.
+
+        With `background` the file is written on a writer thread while the worker goes on
+        reading and accumulating (h5py releases the GIL while it writes). At most one write
+        is in flight. A background publish due meanwhile is skipped when frames are waiting
+        (`behind`: the worker's time goes to them), else it waits for the write: skipped,
+        the frames just processed would stay unpublished until the next frame arrives, which
+        a slow or paused scan (a beam refill) may not send for minutes. Any other publish
+        waits for it, so the final file is always last."""
+        st = self.status
+        if background and behind and self._writing():
+            return
+        self.join()
+        t0 = time.perf_counter()
+        self.last = time.monotonic()
+        st.map_binning = binning
+        try:
+            maps = maps_of(binning, state in ("complete", "aborted")) if state != "failed" else {}
+        except ScanError as exc:
+            maps, state, reason = {}, "failed", str(exc)
+        except Exception as exc:  # snapshot problems must not lose the scan's status
+            maps, state, reason = {}, "failed", f"maps could not be computed: {exc}"
+        self._snapshot_cost = time.perf_counter() - t0
+        info = ProcessInfo(
+            state=state, reason=reason, frames_processed=frames, frames_expected=st.frames_expected,
+            scan_key=self.key, config=self.config.to_json(), extra={"map_binning": binning, **self.provenance},
+        )
+        oldest, self._oldest = self._oldest, None
+        job = (maps, info, oldest, t0)
+        if background and state == "running":
+            self._writer = threading.Thread(target=self._write, args=job, name=f"write-{self.key[-8:]}", daemon=True)
+            self._writer.start()
+        else:
+            self._write(*job)
+
+    def join(self) -> None:
+        """Wait for the write in flight, if any."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+
+    def _write(self, maps: dict[str, np.ndarray], info: ProcessInfo, oldest: float | None, t0: float) -> None:
+        """Write one version (worker or writer thread)."""
+        st = self.status
+        geometry = self.geometry
+        default = default_map(geometry.motor_names) if geometry else ("dark" if st.dark else None)
+        axes = maps.axes if isinstance(maps, Maps) else {}
+        t_write = time.perf_counter()
+        try:
+            # the final version is fsync'ed first (it must survive a power cut), the live ones not
+            write_maps_file(self.path, maps, info, default, geometry.title if geometry else "", axes,
+                            durable=info.state != "running")
+            logger.debug("scan %s: %s version, %d frames: snapshot %.3f s, write %.3f s", self.key, info.state,
+                         info.frames_processed, t_write - t0, time.perf_counter() - t_write)
+        except OSError as exc:
+            self.metrics.publish_errors.inc()
+            logger.error("scan %s: cannot write %s: %s", self.key, st.path, exc)
+            if info.state != "running":
+                st.reason = f"maps file could not be written: {exc}"
+                st.state = "failed"
+            return
+        finally:
+            self.metrics.publish_seconds.observe(time.perf_counter() - t0)
+        if oldest is not None:
+            latency = time.monotonic() - oldest
+            self.metrics.latency_seconds.observe(latency)
+            if info.state == "running" and self._binning is not None:
+                st.map_binning = self._binning.observe(latency)
+        st.state, st.reason = info.state, info.reason
+        if info.state != "running":  # while running, the worker's own count is ahead of this one
+            st.frames_processed = info.frames_processed

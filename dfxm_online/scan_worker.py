@@ -1,0 +1,327 @@
+"""One scan's life in the daemon: from its announcement to its final maps file.
+
+A :class:`ScanWorker` thread loads the scan, works out what it is (a dark scan, or the
+detector and motors of a scan to analyse), reads its frames and positions in batches into
+the scan's pipeline (or a dark scan's running mean), has its :class:`MapPublisher` publish
+the maps while it runs, and at its end makes the final maps (the moments within each
+pixel's window, from the frames read again) and publishes them. Any error marks the scan
+failed with a one-line reason (in the log, /status and the file); it never reaches the
+daemon's other scans.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import redis
+from blissdata.exceptions import IndexNoMoreThereError
+from blissdata.redis_engine.scan import ScanState
+
+from .acquisition.frames import Batch, LiveFrameSource
+from .acquisition.geometry import (
+    ScanError,
+    ScanGeometry,
+    geometry_from_scan_info,
+    select_image_stream,
+)
+from .map_publisher import PROCESS_EXTRAS, MapPublisher
+from .online.accumulators.background import RunningMean
+from .online.maps import Maps
+from .online.pipeline import ScanPipeline
+from .publish.layout import maps_path, scan_folder
+from .publish.nexus import file_dtype
+from .publish.provenance import live_provenance
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScanStatus:
+    """What /status says about one scan."""
+
+    key: str
+    session: str
+    name: str
+    number: int
+    path: str
+    state: str = "running"
+    reason: str = ""
+    frames_processed: int = 0
+    frames_expected: int = 0
+    dark: bool = False
+    started: float = field(default_factory=time.time)
+    map_binning: int = 1  # the live maps' binning now (live_binning.py)
+
+
+class ScanWorker(threading.Thread):
+    """Processes one scan from its first frame to its final maps file."""
+
+    def __init__(self, daemon: Daemon, key: str) -> None:
+        super().__init__(name=f"scan-{key[-8:]}", daemon=True)
+        self.d = daemon
+        self.key = key
+        self.status: ScanStatus | None = None
+        self.publisher: MapPublisher | None = None
+        self.pipeline: ScanPipeline | None = None
+        self.dark_mean: RunningMean | None = None
+        self.dark_shape: tuple[int, ...] = ()
+        self.geometry: ScanGeometry | None = None
+        #: the scan's frames read again from its start, for the final windowed moments
+        self._reread: Callable[[], Iterable[Batch]] | None = None
+        self.metrics = daemon.metrics
+
+    def _stop_requested(self) -> bool:
+        return self.d.stop_event.is_set()
+
+    # -- the scan --------------------------------------------------------------------------
+    def run(self) -> None:
+        self.metrics.active.inc()
+        try:
+            self._run()
+        finally:
+            # the daemon keeps its workers (their status, their key against a second
+            # worker for the scan), not their accumulators: ~0.4-0.8 GB per 2048^2 scan
+            self.pipeline = None
+            self.dark_mean = None
+            self.metrics.active.dec()
+            if self.status is not None:
+                self.metrics.scans.labels(self.status.state).inc()
+
+    def _run(self) -> None:
+        try:
+            scan = self.d.store.load_scan(self.key)
+        except Exception as exc:
+            logger.error("scan %s cannot be loaded: %s", self.key, exc)
+            return
+        session = getattr(scan, "session", None) or "no_session"
+        folder = scan_folder(
+            self.d.output_dir, session, getattr(scan, "path", None) or scan.info.get("filename"),
+            getattr(scan, "proposal", None), getattr(scan, "collection", None), getattr(scan, "dataset", None),
+        )
+        path = self.d.claims.claim(maps_path(folder, scan.name, scan.number), self.key)
+        self.status = ScanStatus(self.key, session, scan.name, int(scan.number), str(path))
+        self.publisher = MapPublisher(self.key, self.status, path, self.d.config, self.metrics)
+        self.d.register(self.status)
+        try:
+            self._process(scan)
+        except ScanError as exc:
+            self._fail(str(exc))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.metrics.store_errors.inc()
+            self._fail(f"data store unreachable: {exc}")
+        except Exception as exc:
+            logger.debug("scan %s traceback", self.key, exc_info=True)
+            self._fail(f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, reason: str) -> None:
+        reason = " ".join(reason.split())  # one line
+        logger.error("scan %s (%s #%s) failed: %s", self.key, self.status.name, self.status.number, reason)
+        self.publish("failed", reason)
+        self.status.state, self.status.reason = "failed", reason
+
+    def _wait_prepared(self, scan, timeout: float = 5.0):
+        """The scan once PREPARED, with its streams.
+
+        blissdata's `Scan._load` reads the scan's JSON model before its state: a prepare()
+        landing between the two reads gives a PREPARED scan whose model has no streams, and
+        `update()` never reads the model again. Such a scan is loaded again (for at most
+        `timeout` seconds) until its streams are there."""
+        while scan.state < ScanState.PREPARED:
+            if self._stop_requested():
+                raise ScanError("daemon stopped before the scan was prepared")
+            scan.update(timeout=1.0)
+        deadline = time.monotonic() + timeout
+        while not scan.streams and time.monotonic() < deadline and not self._stop_requested():
+            time.sleep(0.05)
+            scan = self.d.store.load_scan(self.key)
+        return scan
+
+    def _process(self, scan) -> None:
+        scan = self._wait_prepared(scan)
+        geometry = self._describe(scan)
+        config = self.d.config
+        image_dtype = getattr(scan.streams[geometry.image_stream], "dtype", None)
+        batch_size = config.analysis.frames_per_batch(geometry.frame_shape, image_dtype)
+        source = LiveFrameSource(scan, geometry, batch_size, config.read_timeout, config.analysis.batch_delay)
+        if not self.status.dark and geometry.frame_shape and all(s > 0 for s in geometry.frame_shape):
+            try:  # built now, before the first frame
+                self.pipeline = self._new_pipeline(geometry, tuple(geometry.frame_shape))
+            except ScanError as exc:  # e.g. a "dark" step whose dark scan is still finishing
+                logger.debug("scan %s: pipeline built at the first frames instead: %s", self.key, exc)
+        self.publish("running")
+        self._accumulate(source, geometry)
+        if self._stop_requested():
+            self.publish("aborted", "daemon stopped during the scan")
+            return
+        self._finish(scan, geometry, batch_size)
+
+    def _describe(self, scan) -> ScanGeometry:
+        """What the scan is: a dark scan (its image stream only) or the detector and motors
+        of a scan to analyse; logged, and its provenance set for the maps file."""
+        info, st, config = scan.info, self.status, self.d.config
+        st.frames_expected = int(info.get("npoints") or 0)
+        streams = {name: (tuple(stream.shape) if getattr(stream, "kind", None) == "array" else None)
+                   for name, stream in scan.streams.items()}
+        if re.search(config.dark_pattern, f"{info.get('title', '')} {scan.name}", re.IGNORECASE):
+            st.dark = True
+            image = select_image_stream(streams, config.analysis.detector)
+            geometry = ScanGeometry(
+                motors=(), npoints=st.frames_expected, detector=image.split(":")[0],
+                scan_type=str(info.get("type", "")), title=str(info.get("title", "")),
+                image_stream=image, frame_shape=streams[image],
+            )
+        else:
+            geometry = geometry_from_scan_info(
+                info, streams, config.analysis.detector, config.analysis.motors, config.analysis.monitor
+            )
+            self.geometry = self.publisher.geometry = geometry
+        logger.info(
+            "scan %s (%s #%s, %s): detector %s, motors %s, %d points%s",
+            self.key, scan.name, scan.number, geometry.title, geometry.detector,
+            geometry.motor_names, st.frames_expected, " [dark]" if st.dark else "",
+        )
+        self.publisher.provenance = {**live_provenance(scan, geometry), **PROCESS_EXTRAS}
+        return geometry
+
+    def _accumulate(self, source: LiveFrameSource, geometry: ScanGeometry) -> None:
+        """Every batch of the scan into the accumulators, publishing as they go."""
+        t_read = time.perf_counter()
+        for batch in source.batches(self._stop_requested):
+            t0 = time.perf_counter()
+            self.metrics.read_seconds.observe(t0 - t_read)
+            self.publisher.frames_arrived()
+            self._add(batch, geometry)
+            n = batch.frames.shape[0]
+            self.metrics.frames.inc(n)
+            self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+            self.status.frames_processed += n
+            if self.pipeline is None or not self.pipeline.retains_frames:
+                source.recycle(batch.frames)  # the next read reuses the memory
+            del batch  # its frames are free before the snapshot and the next read
+            if self.publisher.due(source.behind):
+                self.publish("running", background=True, behind=source.behind)
+            t_read = time.perf_counter()
+
+    def _add(self, batch: Batch, geometry: ScanGeometry) -> None:
+        """One batch into the dark scan's running mean or the scan's pipeline."""
+        if self.status.dark:
+            if self.dark_mean is None:
+                self.dark_shape = tuple(batch.frames.shape[1:])
+                self.dark_mean = RunningMean(batch.frames[0].size)
+            self.dark_mean.update(batch.frames)
+            return
+        shape = tuple(batch.frames.shape[1:])
+        if self.pipeline is None or (not self.pipeline.frames_processed and self.pipeline.raw_shape != shape):
+            self.pipeline = self._new_pipeline(geometry, shape)  # the announced shape was not the frames'
+        self.pipeline.update(batch.frames, batch.positions, batch.monitor)
+
+    def _finish(self, scan, geometry: ScanGeometry, batch_size: int) -> None:
+        """The scan has ended: its final maps (windowed moments from the frames read again)."""
+        st, config = self.status, self.d.config
+        if self.publisher.unpublished and self.publisher.binning(self._frame_shape(), len(geometry.motors), True) > 1:
+            # the final maps are full resolution (a snapshot and a file several times the
+            # live ones'), so the last frames go out binned first, as every other frame did
+            self.publish("running")
+        end_reason = self._end_reason(scan)
+        self.publisher.provenance.update(end_time=str(scan.info.get("end_time", "")), end_reason=end_reason)
+        if self.pipeline is not None:
+            self.pipeline.finish()
+            if geometry.motors and config.analysis.moment_window > 0:
+                def reread() -> Iterator[Batch]:
+                    again = LiveFrameSource(scan, geometry, batch_size, config.read_timeout, 0.0)
+                    return again.batches(self._stop_requested)
+
+                self._reread = reread
+        if st.dark and self.dark_mean is not None and self.dark_mean.count:
+            self.d.darks.add(st.session, st.number, self.dark_mean)
+        processed = st.frames_processed
+        if processed == 0:
+            raise ScanError(f"scan ended ({end_reason}) without any complete point")
+        if end_reason == "SUCCESS" and (st.frames_expected in (0, processed)):
+            self.publish("complete")
+        else:
+            self.publish("aborted", f"scan ended with {end_reason} after {processed} of {st.frames_expected} points")
+        logger.info("scan %s done: %s, %d frames", self.key, self.status.state, processed)
+
+    # -- maps ------------------------------------------------------------------------------
+    def _frame_shape(self) -> tuple[int, int] | None:
+        return self.pipeline.frame_shape if self.pipeline is not None else None
+
+    def publish(self, state: str = "running", reason: str = "", background: bool = False,
+                behind: bool = True) -> None:
+        """A version of the maps file (`MapPublisher.publish`), at the binning of the moment."""
+        motors = len(self.geometry.motors) if self.geometry else 0
+        binning = self.publisher.binning(self._frame_shape(), motors, state == "running")
+        frames = self.pipeline.frames_processed if self.pipeline else (self.dark_mean.count if self.dark_mean else 0)
+        maps_of = self._maps if state != "failed" or self.pipeline is not None else (lambda b, f: {})
+        self.publisher.publish(maps_of, frames, binning, state, reason, background, behind)
+
+    def _maps(self, binning: int, final: bool = False) -> dict[str, np.ndarray]:
+        """The maps to publish, the pipeline's over blocks of `binning` x `binning` pixels;
+        `final`: the scan's final maps, the moments within each pixel's window from the
+        scan's frames read again (`_reread`), when that is configured and possible."""
+        if self.pipeline is not None and self.pipeline.frames_processed:
+            st = self.status
+            if self.pipeline.dark is None and self.pipeline.takes_snapshot_dark:
+                # a dark scan that finished after this scan started is still used
+                dark = self.d.darks.latest_before(st.session, st.number)
+                raw = self.pipeline.raw_shape
+                if dark is not None and dark.total.size == raw[0] * raw[1]:
+                    self.pipeline.set_dark(dark)
+            self.publisher.provenance["background_rule"] = self.pipeline.background()[1]
+            if final and self._reread is not None:
+                # the window from float64 maps: the one-pass maps rounded to float32 would
+                # move window edges by their rounding (offline `process` uses float64 too)
+                maps = self._windowed(self.pipeline.snapshot(np.float64, binning))
+                return Maps({k: v.astype(file_dtype(v.dtype), copy=False) for k, v in maps.items()}, axes=maps.axes)
+            return self.pipeline.snapshot(file_dtype(np.float64), binning)  # float32: what the file stores
+        if self.dark_mean is not None and self.dark_mean.count:
+            return {"dark": self.dark_mean.snapshot().reshape(self.dark_shape)}
+        return {}
+
+    def _windowed(self, maps: Maps) -> Maps:
+        """`maps` with windowed moments (`ScanPipeline.windowed_maps`), or as they are, with
+        the reason in the file, when the frames cannot be read again (a store that trimmed
+        a plain array stream, a Lima file gone)."""
+        config, provenance = self.d.config.analysis, self.publisher.provenance
+        t0 = time.perf_counter()
+        try:
+            maps = self.pipeline.windowed_maps(maps, self._reread)
+        except (ScanError, IndexNoMoreThereError, OSError, redis.RedisError) as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            logger.warning("scan %s: final moments over the whole scan, not windowed: %s", self.key, reason)
+            provenance.update(moment_window=0.0, moment_window_passes=0, moment_window_reason=f"not applied: {reason}")
+            return maps
+        if self._stop_requested():
+            raise ScanError("daemon stopped while the final maps were made")
+        provenance.update(moment_window=config.moment_window, moment_window_passes=config.moment_window_passes)
+        logger.info("scan %s: windowed moments (%g sigma, %d passes over the frames) in %.2f s", self.key,
+                    config.moment_window, config.moment_window_passes, time.perf_counter() - t0)
+        return maps
+
+    def _new_pipeline(self, geometry: ScanGeometry, shape: tuple[int, ...]) -> ScanPipeline:
+        """The scan's pipeline for raw frames of `shape`, with the session's latest dark."""
+        st = self.status
+        dark = self.d.darks.latest_before(st.session, st.number)
+        if dark is not None and dark.total.size != shape[0] * shape[1]:
+            logger.warning("scan %s: the session's dark has another frame size; not used", self.key)
+            dark = None
+        return ScanPipeline(geometry, shape, self.d.config.analysis, dark, self.d.images,
+                            has_monitor=bool(geometry.monitor_stream))
+
+    def _end_reason(self, scan, timeout: float = 5.0) -> str:
+        """The scan's end_reason (set at CLOSED, shortly after its streams are sealed)."""
+        deadline = time.monotonic() + timeout
+        while scan.state < ScanState.CLOSED and time.monotonic() < deadline:
+            scan.update(timeout=0.5)
+        return str(scan.info.get("end_reason", "UNKNOWN" if scan.state < ScanState.CLOSED else "SUCCESS"))
