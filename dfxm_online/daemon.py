@@ -13,6 +13,8 @@ resumes where it was.
 from __future__ import annotations
 
 import logging
+import re
+import signal
 import threading
 import time
 from collections import OrderedDict
@@ -33,6 +35,11 @@ from .publish.metrics import Metrics, serve_http
 from .scan_worker import ScanStatus, ScanWorker
 
 logger = logging.getLogger(__name__)
+
+
+def redact(url: str) -> str:
+    """`url` without its password (redis://user:secret@host -> redis://user:***@host)."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 #: finished scans kept in /status
 STATUS_HISTORY = 200
@@ -63,6 +70,7 @@ class Daemon:
 
     def __init__(self, redis_url: str, output_dir: str | Path, config: DaemonConfig | None = None) -> None:
         self.redis_url = redis_url
+        self.shown_url = redact(redis_url)  # what logs and /status show: no password
         self.output_dir = Path(output_dir)
         self.config = config or DaemonConfig()
         PreprocessChain.check(self.config.analysis.preprocess)  # parameters, before any scan
@@ -92,7 +100,7 @@ class Daemon:
     def status(self) -> dict:
         with self._lock:
             scans = {k: vars(v).copy() for k, v in self._status.items()}
-        return {"redis_url": self.redis_url, "output_dir": str(self.output_dir),
+        return {"redis_url": self.shown_url, "output_dir": str(self.output_dir),
                 "store_connected": self.ready.is_set(), "scans": scans}
 
     def scan_status(self, key: str) -> ScanStatus | None:
@@ -109,7 +117,11 @@ class Daemon:
         return self
 
     def run(self) -> None:
-        """Run in the foreground until `stop()` (or KeyboardInterrupt)."""
+        """Run in the foreground until `stop()`, Ctrl-C or SIGTERM (what systemd sends on
+        stop; handled even when the daemon was started with SIGINT ignored): the running
+        scans are marked aborted, "daemon stopped during the scan", and `run` returns."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._terminate)
         self.start()
         try:
             while not self.stop_event.wait(0.5):
@@ -118,6 +130,10 @@ class Daemon:
             logger.info("interrupted")
         finally:
             self.stop()
+
+    def _terminate(self, signum: int, frame) -> None:
+        logger.info("%s received: stopping", signal.Signals(signum).name)
+        self.stop_event.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         self.stop_event.set()
@@ -143,6 +159,14 @@ class Daemon:
         worker = ScanWorker(self, key)
         self.workers[key] = worker
         worker.start()
+        self._prune()
+
+    def _prune(self) -> None:
+        """Forget finished workers beyond STATUS_HISTORY (their scans' /status entries go
+        the same way): a daemon in service must not grow with every scan it has seen."""
+        finished = [k for k, w in self.workers.items() if not w.is_alive()]
+        for key in finished[: max(0, len(self.workers) - STATUS_HISTORY)]:
+            del self.workers[key]
 
     def _connect(self) -> str:
         """Connect to the store and start the scans already running; returns the cursor."""
@@ -162,7 +186,7 @@ class Daemon:
             try:
                 if since is None:
                     since = self._connect()
-                    logger.info("following scans on %s (output in %s)", self.redis_url, self.output_dir)
+                    logger.info("following scans on %s (output in %s)", self.shown_url, self.output_dir)
                 try:
                     since, key = self.store.get_next_scan(since=since, timeout=0.5)
                 except NoScanAvailable:
@@ -175,7 +199,7 @@ class Daemon:
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 self.metrics.store_errors.inc()
                 if self.ready.is_set():
-                    logger.error("data store %s unreachable: %s; retrying", self.redis_url, exc)
+                    logger.error("data store %s unreachable: %s; retrying", self.shown_url, exc)
                 self.ready.clear()
                 # keep the same cursor: no scan is missed once the store is back
                 self.stop_event.wait(backoff)

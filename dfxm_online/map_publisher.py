@@ -146,8 +146,9 @@ class MapPublisher:
                             durable=info.state != "running")
             logger.debug("scan %s: %s version, %d frames: snapshot %.3f s, write %.3f s", self.key, info.state,
                          info.frames_processed, t_write - t0, time.perf_counter() - t_write)
-        except OSError as exc:
+        except Exception as exc:  # OSError, and h5py's RuntimeError/ValueError on a full disk
             self.metrics.publish_errors.inc()
+            exc = " ".join(str(exc).split())  # HDF5's error stacks are several lines
             logger.error("scan %s: cannot write %s: %s", self.key, st.path, exc)
             if info.state != "running":
                 st.reason = f"maps file could not be written: {exc}"
