@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 #: /entry/process fields a live scan's files have besides the provenance, from the first
 #: version on (live and final files share one layout): filled in as the scan goes
 PROCESS_EXTRAS = {"end_reason": "", "background_rule": "", "moment_window": 0.0, "moment_window_passes": 0,
-                  "moment_window_reason": ""}
+                  "moment_window_reason": "", "points_dropped": 0}
 
 #: the maps of a version: (binning, final) -> maps (a `Maps` carries its axes)
 MapsOf = Callable[[int, bool], dict[str, np.ndarray]]

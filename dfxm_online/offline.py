@@ -93,7 +93,7 @@ def process_scan(
             provenance.update(scan_provenance(rec))
             provenance.update(background_rule=rule, dark_scan=str(dark) if isinstance(dark, str) else "",
                               moment_window=float(config.moment_window) if passes else 0.0,
-                              moment_window_passes=passes)
+                              moment_window_passes=passes, points_dropped=pipeline.points_dropped)
         return maps, maps.axes, geometry, pipeline.frames_processed
 
 

@@ -278,7 +278,8 @@ class ScanWorker(threading.Thread):
                 raw = self.pipeline.raw_shape
                 if dark is not None and dark.total.size == raw[0] * raw[1]:
                     self.pipeline.set_dark(dark)
-            self.publisher.provenance["background_rule"] = self.pipeline.background()[1]
+            self.publisher.provenance.update(background_rule=self.pipeline.background()[1],
+                                             points_dropped=self.pipeline.points_dropped)
             if final and self._reread is not None:
                 # the window from float64 maps: the one-pass maps rounded to float32 would
                 # move window edges by their rounding (offline `process` uses float64 too)

@@ -59,6 +59,8 @@ class ScanPipeline:
         self.edges = EdgeBaseline(geometry.motors, n_pixels, self.config.edge_fraction)
         self.extras = registry.build(self.config, geometry, self.frame_shape, first_index)
         self.dark: np.ndarray | None = None
+        #: points left out for a non-finite motor position (`update`)
+        self.points_dropped = 0
         if dark is not None and not self.dark_in_chain:
             self.set_dark(dark)
 
@@ -134,7 +136,10 @@ class ScanPipeline:
     def update(
         self, frames: np.ndarray, positions: Mapping[str, np.ndarray], monitor: np.ndarray | None = None
     ) -> None:
-        """Add a batch of raw frames (B, H, W) recorded at `positions` (motor -> (B,))."""
+        """Add a batch of raw frames (B, H, W) recorded at `positions` (motor -> (B,));
+        points whose recorded position is not a number (a NaN or infinite encoder reading)
+        are left out and counted (`points_dropped`), not allowed to blank every map."""
+        frames, positions, monitor = self._finite_points(frames, positions, monitor)
         frames = self.preprocessed(frames, positions, monitor)
         # the moments, the edge baseline and the accumulators that can (projections) share
         # one pass over the frames; the others take the batch in turn
@@ -156,6 +161,24 @@ class ScanPipeline:
             housekeeping = REGISTRY[name].after_update
             if housekeeping is not None:
                 housekeeping(acc)
+
+    def _finite_points(
+        self, frames: np.ndarray, positions: Mapping[str, np.ndarray], monitor: np.ndarray | None
+    ) -> tuple[np.ndarray, Mapping[str, np.ndarray], np.ndarray | None]:
+        """The batch without its points whose position along a scanned motor is not finite."""
+        finite = np.ones(len(frames), dtype=bool)
+        for axis in self.geometry.motors:
+            values = positions.get(axis.name)
+            if values is not None and len(values) == len(frames):
+                finite &= np.isfinite(np.asarray(values, dtype=np.float64))
+        if finite.all():
+            return frames, positions, monitor
+        if not self.points_dropped:
+            logger.warning("points with a non-finite motor position are left out of the maps (first at index %d "
+                           "of a batch)", int(np.flatnonzero(~finite)[0]))
+        self.points_dropped += int((~finite).sum())
+        kept = {k: np.asarray(v)[finite] for k, v in positions.items()}
+        return frames[finite], kept, None if monitor is None else np.asarray(monitor)[finite]
 
     def preprocessed(
         self, frames: np.ndarray, positions: Mapping[str, np.ndarray], monitor: np.ndarray | None = None
@@ -320,9 +343,12 @@ class ScanPipeline:
             window = MomentWindow.from_maps(current, self.geometry.motors, rho)
             window.without(masked.reshape(-1))
             sums = PowerSums(self.geometry.motors, window.n_pixels, precision=self.config.precision)
+            dropped = self.points_dropped  # counted once, by `update`
             for batch in reread():
-                frames = self.preprocessed(batch.frames, batch.positions, batch.monitor)
-                sums.update(window.apply(frames, batch.positions, offset), batch.positions)
+                frames, positions, monitor = self._finite_points(batch.frames, batch.positions, batch.monitor)
+                frames = self.preprocessed(frames, positions, monitor)
+                sums.update(window.apply(frames, positions, offset), positions)
+            self.points_dropped = dropped
             if sums.count == 0:
                 raise ScanError("the scan's frames could not be read again for the windowed moments")
             current = moment_maps_of_sums(sums, None, names, self.frame_shape, 0.0)
