@@ -242,6 +242,11 @@ class ScanWorker(threading.Thread):
                     return again.batches(self._stop_requested)
 
                 self._reread = reread
+                # every frame is in: the full-resolution one-pass maps go out now, while the
+                # window reads the frames again (tens of seconds for a large scan)
+                self.publisher.provenance["moment_window_reason"] = "windowed final moments in progress"
+                self.publish("running", full_resolution=True)
+                self.publisher.provenance["moment_window_reason"] = ""
         if st.dark and self.dark_mean is not None and self.dark_mean.count:
             self.d.darks.add(st.session, st.number, self.dark_mean)
         processed = st.frames_processed
@@ -258,10 +263,12 @@ class ScanWorker(threading.Thread):
         return self.pipeline.frame_shape if self.pipeline is not None else None
 
     def publish(self, state: str = "running", reason: str = "", background: bool = False,
-                behind: bool = True) -> None:
-        """A version of the maps file (`MapPublisher.publish`), at the binning of the moment."""
+                behind: bool = True, full_resolution: bool = False) -> None:
+        """A version of the maps file (`MapPublisher.publish`), at the binning of the moment
+        (`full_resolution`: a running version at full resolution, the scan's last frames in)."""
         motors = len(self.geometry.motors) if self.geometry else 0
-        binning = self.publisher.binning(self._frame_shape(), motors, state == "running")
+        live = state == "running" and not full_resolution
+        binning = self.publisher.binning(self._frame_shape(), motors, live)
         frames = self.pipeline.frames_processed if self.pipeline else (self.dark_mean.count if self.dark_mean else 0)
         maps_of = self._maps if state != "failed" or self.pipeline is not None else (lambda b, f: {})
         self.publisher.publish(maps_of, frames, binning, state, reason, background, behind)

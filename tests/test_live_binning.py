@@ -115,3 +115,34 @@ def test_daemon_bins_live_maps_to_hold_a_tight_budget_and_ends_at_full_resolutio
     final, process = read_maps_file(status.path)
     assert process["state"] == "complete" and process["map_binning"] == 1 and final["com_mu"].shape == (48, 40)
     assert daemon.status()["scans"][result["r"].scan_key]["map_binning"] == 1
+
+
+def test_full_resolution_one_pass_maps_go_out_before_the_window_reads_the_frames_again(make_daemon, redis_url,
+                                                                                        tmp_path, monkeypatch):
+    """Every version the daemon writes, in order: binned running ones (a tight budget), then
+    with every frame in the full-resolution one-pass maps (still "running", the window in
+    progress), then the final windowed maps."""
+    import dfxm_online.map_publisher as publisher_module
+    from dfxm_online.acquisition.simulate import SimulationSpec, simulate
+    from dfxm_online.config import DaemonConfig
+
+    from .conftest import wait_done
+
+    versions = []
+    original = publisher_module.write_maps_file
+
+    def recording(path, maps, info, *args, **kwargs):
+        shape = maps["com_mu"].shape if "com_mu" in maps else None
+        versions.append((info.state, info.frames_processed, shape, info.extra["moment_window_reason"]))
+        return original(path, maps, info, *args, **kwargs)
+
+    monkeypatch.setattr(publisher_module, "write_maps_file", recording)
+    daemon = make_daemon(DaemonConfig(publish_period=0.05, latency_budget=1e-6))
+    spec = SimulationSpec(kind="rocking", points=31, frame_shape=(48, 40), frame_rate=60, scan_dir=tmp_path / "s",
+                          session="order", peak_counts=3000.0)
+    result = simulate(redis_url, spec)
+    assert wait_done(daemon, result.scan_key).state == "complete"
+    running = [v for v in versions if v[0] == "running" and v[2] is not None]
+    assert any(v[2] != (48, 40) for v in running[:-1])  # binned while the scan ran
+    assert running[-1] == ("running", 31, (48, 40), "windowed final moments in progress")
+    assert versions[-1] == ("complete", 31, (48, 40), "")
