@@ -25,8 +25,9 @@ from blissdata.exceptions import NoScanAvailable
 from blissdata.redis_engine.scan import ScanState
 from blissdata.redis_engine.store import DataStore
 
-from .config import DaemonConfig
+from .config import ConfigError, DaemonConfig
 from .images import load_images
+from .logtext import one_line
 from .offline import mean_dark
 from .online.accumulators.background import RunningMean
 from .online.preprocess import PreprocessChain
@@ -35,6 +36,15 @@ from .publish.metrics import Metrics, serve_http
 from .scan_worker import ScanStatus, ScanWorker
 
 logger = logging.getLogger(__name__)
+
+
+def check_url(url: str) -> None:
+    """A ConfigError (one line; `serve` exits with code 2) for a URL redis cannot use, at
+    start, instead of a traceback from the listener every second."""
+    try:
+        redis.connection.parse_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"--redis {redact(url)!r}: {exc}") from None
 
 
 def redact(url: str) -> str:
@@ -71,6 +81,7 @@ class Daemon:
     def __init__(self, redis_url: str, output_dir: str | Path, config: DaemonConfig | None = None) -> None:
         self.redis_url = redis_url
         self.shown_url = redact(redis_url)  # what logs and /status show: no password
+        check_url(redis_url)
         self.output_dir = Path(output_dir)
         self.config = config or DaemonConfig()
         PreprocessChain.check(self.config.analysis.preprocess)  # parameters, before any scan
@@ -180,8 +191,11 @@ class Daemon:
         return since
 
     def _listen(self) -> None:
+        """Follow the store; an unreachable store (never reached yet, or gone) is logged
+        once, and so is its return; the cursor is kept, so no scan is missed meanwhile."""
         backoff = 0.5
         since: str | None = None
+        down = False
         while not self.stop_event.is_set():
             try:
                 if since is None:
@@ -192,18 +206,21 @@ class Daemon:
                 except NoScanAvailable:
                     key = None
                 if not self.ready.is_set():
+                    if down:
+                        logger.info("data store %s reachable again", self.shown_url)
                     self.ready.set()
-                    backoff = 0.5
+                    down, backoff = False, 0.5
                 if key is not None:
                     self._spawn(key)
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, OSError) as exc:
                 self.metrics.store_errors.inc()
-                if self.ready.is_set():
-                    logger.error("data store %s unreachable: %s; retrying", self.shown_url, exc)
+                if not down:
+                    logger.error("data store %s unreachable: %s; retrying", self.shown_url, one_line(exc))
+                down = True
                 self.ready.clear()
-                # keep the same cursor: no scan is missed once the store is back
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
-            except Exception:
-                logger.exception("listener error; continuing")
+            except Exception as exc:
+                logger.error("listener error (%s): %s; continuing", type(exc).__name__, one_line(exc))
+                logger.debug("listener traceback", exc_info=True)
                 self.stop_event.wait(1.0)

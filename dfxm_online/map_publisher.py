@@ -21,6 +21,7 @@ import numpy as np
 from .acquisition.geometry import ScanError, ScanGeometry
 from .config import DaemonConfig
 from .live_binning import BinningController
+from .logtext import one_line
 from .online.maps import Maps, default_map
 from .publish.metrics import Metrics
 from .publish.nexus import ProcessInfo, write_maps_file
@@ -148,7 +149,7 @@ class MapPublisher:
                          info.frames_processed, t_write - t0, time.perf_counter() - t_write)
         except Exception as exc:  # OSError, and h5py's RuntimeError/ValueError on a full disk
             self.metrics.publish_errors.inc()
-            exc = " ".join(str(exc).split())  # HDF5's error stacks are several lines
+            exc = one_line(exc)  # HDF5's error stacks are several lines
             logger.error("scan %s: cannot write %s: %s", self.key, st.path, exc)
             if info.state != "running":
                 st.reason = f"maps file could not be written: {exc}"

@@ -31,6 +31,7 @@ from .acquisition.geometry import (
     geometry_from_scan_info,
     select_image_stream,
 )
+from .logtext import one_line
 from .map_publisher import PROCESS_EXTRAS, MapPublisher
 from .online.accumulators.background import RunningMean
 from .online.maps import Maps
@@ -124,8 +125,8 @@ class ScanWorker(threading.Thread):
             self._fail(f"{type(exc).__name__}: {exc}")
 
     def _fail(self, reason: str) -> None:
-        reason = " ".join(reason.split())  # one line
-        logger.error("scan %s (%s #%s) failed: %s", self.key, self.status.name, self.status.number, reason)
+        reason = one_line(reason)
+        logger.error("scan %s (%s #%s) failed: %s", self.key, one_line(self.status.name), self.status.number, reason)
         self.publish("failed", reason)
         self.status.state, self.status.reason = "failed", reason
 
@@ -187,8 +188,8 @@ class ScanWorker(threading.Thread):
             self.geometry = self.publisher.geometry = geometry
         logger.info(
             "scan %s (%s #%s, %s): detector %s, motors %s, %d points%s",
-            self.key, scan.name, scan.number, geometry.title, geometry.detector,
-            geometry.motor_names, st.frames_expected, " [dark]" if st.dark else "",
+            self.key, one_line(scan.name), scan.number, one_line(geometry.title), one_line(geometry.detector),
+            [one_line(m) for m in geometry.motor_names], st.frames_expected, " [dark]" if st.dark else "",
         )
         self.publisher.provenance = {**live_provenance(scan, geometry), **PROCESS_EXTRAS}
         return geometry
@@ -306,7 +307,7 @@ class ScanWorker(threading.Thread):
         try:
             maps = self.pipeline.windowed_maps(maps, self._reread)
         except (ScanError, IndexNoMoreThereError, OSError, redis.RedisError) as exc:
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            reason = one_line(f"{type(exc).__name__}: {exc}")
             logger.warning("scan %s: final moments over the whole scan, not windowed: %s", self.key, reason)
             provenance.update(moment_window=0.0, moment_window_passes=0, moment_window_reason=f"not applied: {reason}")
             return maps

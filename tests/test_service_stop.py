@@ -57,3 +57,46 @@ def test_passwords_are_redacted(make_daemon, redis_url):
     assert redact("redis://host:6379") == "redis://host:6379"
     daemon = make_daemon()
     assert daemon.status()["redis_url"] == redact(redis_url)
+
+
+def test_a_malformed_store_url_is_one_line_and_exit_code_2(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "dfxm_online.cli", "serve", "--redis", "http://user:pw@host",
+                          "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Redis URL must specify one of the following schemes" in lines[0]
+    assert "pw" not in run.stderr and "***" in run.stderr
+
+
+def test_an_unreachable_store_is_logged_once_and_its_return_once(tmp_path, caplog):
+    import logging
+
+    from dfxm_online.daemon import Daemon
+    from dfxm_online.store import EmbeddedStore, free_port
+
+    port = free_port()
+    daemon = Daemon(f"redis://127.0.0.1:{port}", tmp_path / "maps")
+    with caplog.at_level(logging.INFO, logger="dfxm_online.daemon"):
+        daemon.start()
+        try:
+            time.sleep(3.0)  # several retries
+            store = EmbeddedStore(tmp_path / "store")
+            store.start(port=port)
+            try:
+                assert daemon.ready.wait(30)
+            finally:
+                daemon.stop()
+                store.stop()
+        finally:
+            daemon.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum(m.startswith("data store") and "unreachable:" in m for m in messages) == 1, messages
+    assert sum("reachable again" in m for m in messages) == 1, messages
+
+
+def test_control_characters_from_outside_stay_on_one_line():
+    from dfxm_online.logtext import one_line
+
+    assert one_line("ascan mu 0 1\nFAKE ERROR scan x failed") == "ascan mu 0 1 FAKE ERROR scan x failed"
+    assert one_line("red\x1b[31m") == "red\\x1b[31m"
+    assert len(one_line("x" * 10000)) == 500
