@@ -36,6 +36,7 @@ from .map_publisher import PROCESS_EXTRAS, MapPublisher
 from .online.accumulators.background import RunningMean
 from .online.maps import Maps
 from .online.pipeline import ScanPipeline
+from .online.preprocess import PreprocessChain, _ImageStep
 from .publish.layout import maps_path, scan_folder
 from .publish.nexus import file_dtype
 from .publish.provenance import live_provenance
@@ -154,12 +155,7 @@ class ScanWorker(threading.Thread):
         image_dtype = getattr(scan.streams[geometry.image_stream], "dtype", None)
         batch_size = config.analysis.frames_per_batch(geometry.frame_shape, image_dtype)
         source = LiveFrameSource(scan, geometry, batch_size, config.read_timeout, config.analysis.batch_delay)
-        if not self.status.dark and geometry.frame_shape and all(s > 0 for s in geometry.frame_shape):
-            try:  # built now, before the first frame
-                self.pipeline = self._new_pipeline(geometry, tuple(geometry.frame_shape))
-            except ScanError as exc:  # e.g. a "dark" step whose dark scan is still finishing
-                logger.debug("scan %s: pipeline built at the first frames instead: %s", self.key, exc)
-        self.publish("running")
+        self.publish("running")  # the pipeline is built at the first frame: memory on a promise is not taken
         self._accumulate(source, geometry)
         if self._stop_requested():
             self.publish("aborted", "daemon stopped during the scan")
@@ -319,8 +315,21 @@ class ScanWorker(threading.Thread):
         return maps
 
     def _new_pipeline(self, geometry: ScanGeometry, shape: tuple[int, ...]) -> ScanPipeline:
-        """The scan's pipeline for raw frames of `shape`, with the session's latest dark."""
+        """The scan's pipeline for raw frames of `shape`, with the session's latest dark;
+        a ScanError when its accumulators would exceed the daemon's memory budget."""
         st = self.status
+        budget = self.d.config.memory_budget_mb
+        analysis = self.d.config.analysis
+        maps_shape = tuple(shape)
+        for step in PreprocessChain.check(analysis.preprocess).steps:  # the steps that resize: ROI, binning
+            if not isinstance(step, _ImageStep):
+                maps_shape = step.output_shape(maps_shape)
+        needed = ScanPipeline.memory_bytes(geometry, maps_shape, analysis)
+        if budget and needed > budget << 20:
+            raise ScanError(
+                f"frames of {shape[0]}x{shape[1]} over {len(geometry.motors)} motors need ~{needed / 2**30:.1f} GiB "
+                f"of accumulators, more than memory_budget_mb={budget}: bin the frames (a binning step) or "
+                "raise the budget")
         dark = self.d.darks.latest_before(st.session, st.number)
         if dark is not None and dark.total.size != shape[0] * shape[1]:
             logger.warning("scan %s: the session's dark has another frame size; not used", self.key)

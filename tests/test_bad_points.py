@@ -60,3 +60,23 @@ def test_daemon_reports_the_dropped_points_in_the_file(make_daemon, redis_url, t
     maps, process = read_maps_file(status.path)
     assert status.state == "complete" and process["points_dropped"] == 1
     assert np.isfinite(maps["com_mu"]).sum() > 50
+
+
+def test_a_scan_beyond_the_memory_budget_fails_at_its_first_frame_with_the_reason(make_daemon, redis_url, tmp_path):
+    from dfxm_online.acquisition.simulate import SimulationSpec, simulate
+    from dfxm_online.online.pipeline import ScanPipeline
+
+    # 48 x 40 frames, two motors: ~0.7 MiB of accumulators; a budget of 0.5 MiB refuses them
+    geometry = ScanGeometry(motors=(MotorAxis("mu", -1, 1, 5), MotorAxis("chi", -1, 1, 5)), npoints=25,
+                            detector="d")
+    assert 0.5 * 2**20 < ScanPipeline.memory_bytes(geometry, (48, 40), AnalysisConfig()) < 2**20
+    config = DaemonConfig(publish_period=0.2, memory_budget_mb=1)
+    daemon = make_daemon(config)
+    small = simulate(redis_url, SimulationSpec(kind="mosaicity", points=5, frame_shape=(24, 20), session="mem",
+                                               scan_dir=tmp_path / "a"))
+    assert wait_done(daemon, small.scan_key).state == "complete"
+    big = simulate(redis_url, SimulationSpec(kind="mosaicity", points=5, frame_shape=(256, 128), session="mem",
+                                             scan_dir=tmp_path / "b"))
+    status = wait_done(daemon, big.scan_key)
+    assert status.state == "failed" and "more than memory_budget_mb=1" in status.reason
+    assert "bin the frames" in status.reason

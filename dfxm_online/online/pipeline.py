@@ -16,7 +16,7 @@ from ..acquisition.geometry import ScanError, ScanGeometry
 from ..config import AnalysisConfig
 from . import registry
 from .accumulators.background import EdgeBaseline, RunningMean
-from .accumulators.moments import PowerSums
+from .accumulators.moments import PowerSums, monomial_exponents
 from .binned_maps import block_sums
 from .framesums import accumulate
 from .maps import Maps, moment_maps_of_sums
@@ -63,6 +63,22 @@ class ScanPipeline:
         self.points_dropped = 0
         if dark is not None and not self.dark_in_chain:
             self.set_dark(dark)
+
+    @staticmethod
+    def memory_bytes(geometry: ScanGeometry, frame_shape: tuple[int, int], config: AnalysisConfig) -> int:
+        """The main arrays a scan's pipeline holds for frames of `frame_shape` (after the
+        chain's binning or ROI, if any): the moment sums, the edge baseline's band sums and
+        squares, four images per projections accumulator, and the window's second set of
+        moment sums at the scan's end. What the daemon checks against its memory budget
+        before it allocates anything."""
+        pixels = frame_shape[0] * frame_shape[1]
+        motors = len(geometry.motors)
+        monomials = len(monomial_exponents(motors, 4)) if motors else 1
+        rows = monomials + 4 * motors  # moments; edge groups x (sums, squares)
+        rows += 4 * config.accumulators.count("projections")
+        if config.moment_window > 0 and motors:
+            rows += monomials
+        return 8 * rows * pixels
 
     # -- preprocessing ---------------------------------------------------------------------
     def _build_chain(

@@ -694,17 +694,18 @@ class PreprocessChain:
     steps: list[PreprocessStep] = field(default_factory=list)
 
     @classmethod
-    def check(cls, config: Sequence[Mapping[str, Any]]) -> None:
+    def check(cls, config: Sequence[Mapping[str, Any]]) -> PreprocessChain:
         """Check step names and parameters without the images (stand-ins of the right kind:
         a boolean mask), as a daemon does when it starts; the real images and their shapes
-        are checked when a scan's chain is built. Raises ConfigError naming the step."""
+        are checked when a scan's chain is built. Raises ConfigError naming the step;
+        returns the chain of stand-ins (its `output_shape` is the real chain's)."""
         stand_ins: dict[str, np.ndarray] = {}
         for entry in config:
             if isinstance(entry, Mapping) and isinstance(entry.get("image", entry.get("step")), str):
                 kind = bool if entry.get("step") == "mask" else np.float64
                 stand_ins[entry.get("image", entry.get("step"))] = np.ones((1, 1), dtype=kind)
         try:
-            cls.from_config(config, stand_ins)
+            return cls.from_config(config, stand_ins)
         except ValueError as exc:
             raise ConfigError(f"analysis.preprocess: {exc}") from None
 
