@@ -163,6 +163,9 @@ class DaemonConfig(_Model):
     #: cycle holds `latency_budget`, following the measured latencies (live_binning.py);
     #: an integer forces it (1: live maps at full resolution)
     live_binning: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
+    #: seconds without a new point after which a scan that is not closed is marked aborted
+    #: (its publisher died: such a scan would otherwise stay "running" for ever); 0: never
+    scan_idle_timeout: float = Field(600.0, ge=0)
     #: MiB the accumulators of one scan may take (`ScanPipeline.memory_bytes`): a scan that
     #: would need more fails at its first frame with the reason, instead of taking the
     #: machine's memory (a 2048^2 two-motor scan needs ~1.2 GB; 0: no limit)

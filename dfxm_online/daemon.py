@@ -33,7 +33,8 @@ from .online.accumulators.background import RunningMean
 from .online.preprocess import PreprocessChain
 from .publish.layout import PathClaims
 from .publish.metrics import Metrics, serve_http
-from .scan_worker import ScanStatus, ScanWorker
+from .publish.recovery import abandon_running_files, final_process_fields
+from .scan_worker import ScanStatus, ScanWorker, maps_file_of
 
 logger = logging.getLogger(__name__)
 
@@ -180,15 +181,34 @@ class Daemon:
             del self.workers[key]
 
     def _connect(self) -> str:
-        """Connect to the store and start the scans already running; returns the cursor."""
+        """Connect to the store and reconcile with what is on disk; returns the cursor.
+
+        Every scan the store holds that has no final maps file yet is processed from its
+        first point: those still running, and those that ended while the daemon was down.
+        A scan whose file is final (complete, aborted, failed, an inactivity timeout
+        included) is not adopted again. Then every maps file still "running" whose scan the
+        store no longer holds is marked aborted, with the reason."""
         self.store = DataStore(self.redis_url)
         since, keys = self.store.search_existing_scans()
         states = self.store.get_scans_state(keys) if keys else {}
-        running = [k for k, s in states.items() if s < ScanState.CLOSED]
-        for key in running:
-            logger.info("scan %s was already running: processing it from its first point", key)
+        for key, state in states.items():
+            if self._final_file(key):
+                continue
+            ended = "ended while the daemon was down" if state >= ScanState.CLOSED else "was already running"
+            logger.info("scan %s %s: processing it from its first point", key, ended)
             self._spawn(key)
+        abandon_running_files(self.output_dir, set(keys))
         return since
+
+    def _final_file(self, key: str) -> bool:
+        """Whether the scan `key` already has its final maps file (any final state)."""
+        try:
+            scan = self.store.load_scan(key)
+        except Exception as exc:  # a scan the store cannot load: the worker reports it
+            logger.debug("scan %s not loaded for the start-up check: %s", key, exc)
+            return False
+        process = final_process_fields(maps_file_of(self.output_dir, scan), key)
+        return process is not None
 
     def _listen(self) -> None:
         """Follow the store; an unreachable store (never reached yet, or gone) is logged

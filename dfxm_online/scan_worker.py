@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,7 +25,7 @@ import redis
 from blissdata.exceptions import IndexNoMoreThereError
 from blissdata.redis_engine.scan import ScanState
 
-from .acquisition.frames import Batch, LiveFrameSource
+from .acquisition.frames import Batch, LiveFrameSource, ScanIdle
 from .acquisition.geometry import (
     ScanError,
     ScanGeometry,
@@ -63,6 +64,15 @@ class ScanStatus:
     dark: bool = False
     started: float = field(default_factory=time.time)
     map_binning: int = 1  # the live maps' binning now (live_binning.py)
+
+
+def maps_file_of(output_dir: Path, scan) -> Path:
+    """Where a scan's maps file goes by its identity (publish/layout.py), before any claim."""
+    folder = scan_folder(
+        output_dir, getattr(scan, "session", None) or "no_session", getattr(scan, "path", None) or scan.info.get("filename"),
+        getattr(scan, "proposal", None), getattr(scan, "collection", None), getattr(scan, "dataset", None),
+    )
+    return maps_path(folder, scan.name, scan.number)
 
 
 class ScanWorker(threading.Thread):
@@ -106,11 +116,7 @@ class ScanWorker(threading.Thread):
             logger.error("scan %s cannot be loaded: %s", self.key, exc)
             return
         session = getattr(scan, "session", None) or "no_session"
-        folder = scan_folder(
-            self.d.output_dir, session, getattr(scan, "path", None) or scan.info.get("filename"),
-            getattr(scan, "proposal", None), getattr(scan, "collection", None), getattr(scan, "dataset", None),
-        )
-        path = self.d.claims.claim(maps_path(folder, scan.name, scan.number), self.key)
+        path = self.d.claims.claim(maps_file_of(self.d.output_dir, scan), self.key)
         self.status = ScanStatus(self.key, session, scan.name, int(scan.number), str(path))
         self.publisher = MapPublisher(self.key, self.status, path, self.d.config, self.metrics)
         self.d.register(self.status)
@@ -154,9 +160,15 @@ class ScanWorker(threading.Thread):
         config = self.d.config
         image_dtype = getattr(scan.streams[geometry.image_stream], "dtype", None)
         batch_size = config.analysis.frames_per_batch(geometry.frame_shape, image_dtype)
-        source = LiveFrameSource(scan, geometry, batch_size, config.read_timeout, config.analysis.batch_delay)
+        source = LiveFrameSource(scan, geometry, batch_size, config.read_timeout, config.analysis.batch_delay,
+                                 idle_timeout=config.scan_idle_timeout)
         self.publish("running")  # the pipeline is built at the first frame: memory on a promise is not taken
-        self._accumulate(source, geometry)
+        try:
+            self._accumulate(source, geometry)
+        except ScanIdle as exc:
+            logger.warning("scan %s: %s", self.key, exc)
+            self.publish("aborted", str(exc))
+            return
         if self._stop_requested():
             self.publish("aborted", "daemon stopped during the scan")
             return

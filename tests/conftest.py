@@ -23,6 +23,14 @@ def store(tmp_path_factory) -> Iterator[EmbeddedStore]:
 
 @pytest.fixture()
 def redis_url(store: EmbeddedStore) -> str:
+    """The store, emptied: a daemon adopts every scan the store holds without a final maps
+    file in its output folder (a restart's reconciliation), so each test starts from an
+    empty store, as a beamline's daemon starts from its own history."""
+    import redis
+    from blissdata.redis_engine.store import DataStore
+
+    redis.Redis.from_url(store.url).flushall()
+    DataStore(store.url, init_db=True)
     return store.url
 
 

@@ -282,6 +282,10 @@ class ArrayFrameReader:
             self._resp = None
 
 
+class ScanIdle(ScanError):
+    """A scan that stopped sending points without being closed."""
+
+
 class LiveFrameSource:
     """Batches of a live scan's frames and positions, in acquisition order.
 
@@ -295,8 +299,11 @@ class LiveFrameSource:
     """
 
     def __init__(self, scan, geometry: ScanGeometry, batch_size: int = 64, read_timeout: float = 0.2,
-                 max_delay: float = 0.1, read_ahead: int | None = None) -> None:
+                 max_delay: float = 0.1, read_ahead: int | None = None, idle_timeout: float = 0.0) -> None:
+        """`idle_timeout` > 0: a ScanError after that many seconds without a new point in a
+        scan that is not closed (a publisher that died leaves its scan open for ever)."""
         self.scan = scan
+        self.idle_timeout = idle_timeout
         self.geometry = geometry
         self.batch_size = batch_size
         self.read_ahead = max(1, read_ahead if read_ahead is not None else batch_size)
@@ -544,6 +551,7 @@ class LiveFrameSource:
 
     def _batches(self, stop_requested) -> Iterator[Batch]:
         wait = True
+        last_data = time.monotonic()
         while not self._sealed:
             if stop_requested():
                 return
@@ -552,6 +560,13 @@ class LiveFrameSource:
             except Exception:
                 yield from self._drain()
                 raise
+            now = time.monotonic()
+            if views:
+                last_data = now
+            elif self.idle_timeout and now - last_data > self.idle_timeout:
+                yield from self._drain()
+                raise ScanIdle(f"no new point for {self.idle_timeout:g} s and the scan is not closed: "
+                               "its publisher stopped (scan_idle_timeout)")
             while self._ready() >= self.batch_size:
                 yield self._pop(self.batch_size)
             if self._ready() > 0:
