@@ -31,6 +31,7 @@ from .logtext import one_line
 from .offline import mean_dark
 from .online.accumulators.background import RunningMean
 from .online.preprocess import PreprocessChain
+from .publish.announce import Announcer
 from .publish.layout import PathClaims
 from .publish.metrics import Metrics, serve_http
 from .publish.recovery import abandon_running_files, final_process_fields
@@ -90,6 +91,7 @@ class Daemon:
         self.metrics = Metrics(self.config.latency_budget)
         self.darks = DarkRegistry(mean_dark(self.config.dark) if self.config.dark else None)
         self.claims = PathClaims()  # one maps file per scan, never another scan's
+        self.announcer = Announcer(redis_url)  # publish/announce.py: the viewers' stream
         self.stop_event = threading.Event()
         self.workers: dict[str, ScanWorker] = {}
         self._status: OrderedDict[str, ScanStatus] = OrderedDict()

@@ -23,6 +23,7 @@ from .config import DaemonConfig
 from .live_binning import BinningController
 from .logtext import one_line
 from .online.maps import Maps, default_map
+from .publish.announce import Announcer
 from .publish.metrics import Metrics
 from .publish.nexus import ProcessInfo, write_maps_file
 
@@ -40,8 +41,11 @@ MapsOf = Callable[[int, bool], dict[str, np.ndarray]]
 class MapPublisher:
     """Publishes the versions of one scan's maps file (see the module docstring)."""
 
-    def __init__(self, key: str, status, path: Path, config: DaemonConfig, metrics: Metrics) -> None:
+    def __init__(self, key: str, status, path: Path, config: DaemonConfig, metrics: Metrics,
+                 announcer: Announcer | None = None) -> None:
         self.key = key
+        self.announcer = announcer  # each version written is announced on the store's stream
+        self.versions = 0
         self.status = status  # the scan's /status entry (daemon.ScanStatus)
         self.path = path
         self.config = config
@@ -165,3 +169,7 @@ class MapPublisher:
         st.state, st.reason = info.state, info.reason
         if info.state != "running":  # while running, the worker's own count is ahead of this one
             st.frames_processed = info.frames_processed
+        self.versions += 1
+        if self.announcer is not None:
+            self.announcer.announce(self.key, str(Path(self.path).resolve()), self.versions, info.state,
+                                    info.frames_processed, info.frames_expected, int(info.extra["map_binning"]))

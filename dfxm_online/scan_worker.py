@@ -118,7 +118,7 @@ class ScanWorker(threading.Thread):
         session = getattr(scan, "session", None) or "no_session"
         path = self.d.claims.claim(maps_file_of(self.d.output_dir, scan), self.key)
         self.status = ScanStatus(self.key, session, scan.name, int(scan.number), str(path))
-        self.publisher = MapPublisher(self.key, self.status, path, self.d.config, self.metrics)
+        self.publisher = MapPublisher(self.key, self.status, path, self.d.config, self.metrics, self.d.announcer)
         self.d.register(self.status)
         try:
             self._process(scan)

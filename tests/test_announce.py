@@ -1,0 +1,43 @@
+"""Every published version is announced on the store's `dfxm-online:maps` stream (JSON-free
+plain fields), so a viewer blocked on XREAD repaints when a version is out."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from dfxm_online.acquisition.simulate import SimulationSpec, simulate
+from dfxm_online.config import DaemonConfig
+from dfxm_online.publish.announce import STREAM
+
+from .conftest import wait_done
+
+
+def test_versions_are_announced_in_order_and_a_blocked_reader_wakes_up(make_daemon, redis_url, tmp_path):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    woken: list[float] = []
+
+    def reader() -> None:  # what a viewer does: block on the stream from now on
+        reply = client.xread({STREAM: "$"}, block=30000, count=1)
+        if reply:
+            woken.append(time.monotonic())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    time.sleep(0.2)
+    daemon = make_daemon(DaemonConfig(publish_period=0.1))
+    result = simulate(redis_url, SimulationSpec(kind="rocking", points=21, frame_shape=(16, 12), frame_rate=30,
+                                                scan_dir=tmp_path / "s", session="ann", peak_counts=3000.0))
+    status = wait_done(daemon, result.scan_key)
+    thread.join(30)
+    assert woken, "a reader blocked on the stream was never woken"
+    entries = [fields for _, fields in client.xrange(STREAM) if fields["scan_key"] == result.scan_key]
+    assert len(entries) >= 3
+    assert [int(e["version"]) for e in entries] == list(range(1, len(entries) + 1))
+    assert all(e["path"] == str(Path(status.path).resolve()) for e in entries)
+    assert entries[0]["state"] == "running" and entries[-1]["state"] == "complete"
+    assert entries[-1]["frames"] == "21/21" and entries[-1]["map_binning"] == "1"
+    assert set(entries[-1]) == {"scan_key", "path", "version", "state", "frames", "map_binning", "time"}
