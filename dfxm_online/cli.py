@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--config", type=Path, help="TOML configuration file ([analysis] table)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-quicklook", action="store_true", help="no PNG of the maps beside the output file")
     _add_analysis_flags(p)
 
     p = sub.add_parser("store", help="the embedded blissdata store")
@@ -236,7 +237,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         config = load_config(args.config, **_analysis_overrides(args))
         out = process_to_file(args.file, args.output, args.scan, config.analysis, args.dark,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, quicklook=not args.no_quicklook)
         print(out)
         return 0
 

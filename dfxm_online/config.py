@@ -163,6 +163,8 @@ class DaemonConfig(_Model):
     #: cycle holds `latency_budget`, following the measured latencies (live_binning.py);
     #: an integer forces it (1: live maps at full resolution)
     live_binning: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
+    #: a quick-look PNG of the final maps beside each maps file (publish/quicklook.py)
+    quicklook: bool = True
     #: seconds without a new point after which a scan that is not closed is marked aborted
     #: (its publisher died: such a scan would otherwise stay "running" for ever); 0: never
     scan_idle_timeout: float = Field(600.0, ge=0)

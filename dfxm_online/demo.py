@@ -15,44 +15,10 @@ from .acquisition.simulate import SimulationSpec, simulate, write_truth
 from .config import DaemonConfig
 from .daemon import Daemon
 from .publish.nexus import read_maps_file
+from .publish.quicklook import quicklook_path
 from .store import EmbeddedStore
 
 logger = logging.getLogger(__name__)
-
-
-def quicklook_png(maps: dict[str, np.ndarray], motors: list[str], path: Path, title: str) -> Path:
-    """A PNG of the COM maps (and FWHM, intensity) next to the maps file."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [f"com_{m}" for m in motors] + [f"fwhm_{m}" for m in motors] + ["intensity", "kam"]
-    colour = "mosaicity" in maps
-    panels = len(names) + (2 if colour else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 4.2), constrained_layout=True)
-    axes = np.atleast_1d(axes)
-    if colour:
-        axes[-2].imshow(maps["mosaicity"])
-        axes[-2].set_title("mosaicity")
-        axes[-2].set_xticks([])
-        axes[-2].set_yticks([])
-        key = maps["mosaicity_key"]
-        axes[-1].imshow(key, origin="lower", aspect="auto")
-        axes[-1].set_title(f"key: {motors[0]} (x) vs {motors[1]} (y)")
-    for ax, name in zip(axes, names):
-        data = maps[name]
-        finite = data[np.isfinite(data)]
-        vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (0, 1))
-        im = ax.imshow(data, cmap="viridis" if name.startswith("com") else "magma", vmin=vmin, vmax=vmax)
-        ax.set_title(name)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle(title)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
 
 
 def run_demo(output_dir: Path, shape: tuple[int, int] = (512, 512), rate: float = 50.0) -> Path:
@@ -81,8 +47,7 @@ def run_demo(output_dir: Path, shape: tuple[int, int] = (512, 512), rate: float 
         truth_file = maps_file.with_name(maps_file.stem + "_truth.h5")
         write_truth(truth_file, result.model)
         maps, process = read_maps_file(maps_file)
-        png = quicklook_png(maps, result.motors, maps_file.with_name(maps_file.stem + "_com.png"),
-                            f"{status.name} #{status.number}: {process['state']}")
+        png = quicklook_path(maps_file)  # the daemon's quick-look, written at the scan's end
         model = result.model
         inside = np.isfinite(maps["com_mu"]) & (model.amplitude > 0.4 * model.amplitude.max())
         com_err = {m: float(np.nanmedian(np.abs(maps[f"com_{m}"] - model.centre[i])[inside]))
@@ -96,7 +61,8 @@ def run_demo(output_dir: Path, shape: tuple[int, int] = (512, 512), rate: float 
         print(
             f"\nThe daemon followed a dark scan and a {len(result.positions)}-point mosaicity scan "
             f"(mu x chi, {shape[0]}x{shape[1]} frames) published through blissdata at "
-            f"{rate:g} frames/s, subtracted the dark automatically, and finished with state "
+            f"{rate:g} frames/s, took the background from the scan's edges (the dark and the "
+            f"diffuse pedestal above it), and finished with state "
             f"'{process['state']}' after {process['frames_processed']} of "
             f"{process['frames_expected']} frames, {elapsed:.1f} s after the first frame. "
             f"Against the simulator's truth, the median centre-of-mass error is "

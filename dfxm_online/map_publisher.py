@@ -26,6 +26,7 @@ from .online.maps import Maps, default_map
 from .publish.announce import Announcer
 from .publish.metrics import Metrics
 from .publish.nexus import ProcessInfo, write_maps_file
+from .publish.quicklook import quicklook_path, write_quicklook
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,21 @@ class MapPublisher:
             self._writer.join()
             self._writer = None
 
+    def _quicklook(self, maps: dict[str, np.ndarray], info: ProcessInfo) -> None:
+        """The final maps' PNG beside the file (publish/quicklook.py); a failure is one log
+        line and changes nothing else."""
+        if self.geometry is None or not self.geometry.motors or "intensity" not in maps:
+            return
+        st = self.status
+        title = (f"{st.name} #{st.number} {self.provenance.get('dataset') or ''} - "
+                 f"{', '.join(self.geometry.motor_names)} - {info.frames_processed}/{info.frames_expected} frames, "
+                 f"{info.state}")
+        axes = maps.axes.get("mosaicity_key") if isinstance(maps, Maps) else None
+        try:
+            write_quicklook(maps, self.geometry.motor_names, quicklook_path(self.path), title, axes)
+        except Exception as exc:
+            logger.error("scan %s: quick-look PNG not written: %s", self.key, one_line(exc))
+
     def _write(self, maps: dict[str, np.ndarray], info: ProcessInfo, oldest: float | None, t0: float) -> None:
         """Write one version (worker or writer thread)."""
         st = self.status
@@ -170,6 +186,8 @@ class MapPublisher:
         if info.state != "running":  # while running, the worker's own count is ahead of this one
             st.frames_processed = info.frames_processed
         self.versions += 1
+        if info.state in ("complete", "aborted") and self.config.quicklook:
+            self._quicklook(maps, info)
         if self.announcer is not None:
             self.announcer.announce(self.key, str(Path(self.path).resolve()), self.versions, info.state,
                                     info.frames_processed, info.frames_expected, int(info.extra["map_binning"]))

@@ -26,6 +26,7 @@ from .online.accumulators.background import RunningMean
 from .online.maps import default_map
 from .online.pipeline import ScanPipeline
 from .publish.nexus import ProcessInfo, write_maps_file
+from .publish.quicklook import quicklook_path, write_quicklook
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +108,10 @@ def _progress(batches: Iterable[Batch], total: int, desc: str, enabled: bool) ->
 
 def process_to_file(
     path: str | Path, out: str | Path, scan: str | int | None = None, config: AnalysisConfig | None = None,
-    dark: str | RunningMean | np.ndarray | None = None, progress: bool = True,
+    dark: str | RunningMean | np.ndarray | None = None, progress: bool = True, quicklook: bool = True,
 ) -> Path:
-    """`dfxm-online process`: maps of a recorded scan written in the daemon's layout."""
+    """`dfxm-online process`: maps of a recorded scan written in the daemon's layout (and,
+    with `quicklook`, their PNG beside them)."""
     config = config or AnalysisConfig()
     provenance: dict = {}
     maps, axes, geometry, frames = process_scan(path, scan, config, dark, progress, provenance)
@@ -118,4 +120,9 @@ def process_to_file(
         scan_key=f"{Path(path).resolve()}::{provenance['raw_entry']}",
         config=config.model_dump_json(), extra=provenance,
     )
-    return write_maps_file(out, maps, info, default_map(geometry.motor_names), geometry.title, axes)
+    path = write_maps_file(out, maps, info, default_map(geometry.motor_names), geometry.title, axes)
+    if quicklook and geometry.motors:
+        write_quicklook(maps, geometry.motor_names, quicklook_path(path),
+                        f"{Path(path).name}: {provenance['raw_file']}::{provenance['raw_entry']} - "
+                        f"{', '.join(geometry.motor_names)} - {frames} frames", axes.get("mosaicity_key"))
+    return path

@@ -41,3 +41,26 @@ def test_versions_are_announced_in_order_and_a_blocked_reader_wakes_up(make_daem
     assert entries[0]["state"] == "running" and entries[-1]["state"] == "complete"
     assert entries[-1]["frames"] == "21/21" and entries[-1]["map_binning"] == "1"
     assert set(entries[-1]) == {"scan_key", "path", "version", "state", "frames", "map_binning", "time"}
+
+
+def test_a_quicklook_png_beside_every_final_maps_file_and_process_output(make_daemon, redis_url, tmp_path):
+    import matplotlib.image
+
+    from dfxm_online.offline import process_to_file
+    from dfxm_online.publish.quicklook import quicklook_path
+
+    daemon = make_daemon(DaemonConfig(publish_period=0.2))
+    result = simulate(redis_url, SimulationSpec(kind="mosaicity", points=7, frame_shape=(24, 20),
+                                                scan_dir=tmp_path / "s", session="png", peak_counts=3000.0))
+    status = wait_done(daemon, result.scan_key)
+    png = quicklook_path(status.path)
+    assert png == Path(status.path).with_suffix(".png") and png.exists()
+    image = matplotlib.image.imread(png)
+    assert image.shape[0] > 200 and image.shape[1] > 600 and image.std() > 0.05  # drawn, not blank
+    assert not list(png.parent.glob(".*.png"))
+    out = process_to_file(result.filename, tmp_path / "offline.h5", result.scan_number, progress=False)
+    assert quicklook_path(out).exists()
+    off = make_daemon(DaemonConfig(publish_period=0.2, quicklook=False), output_dir=tmp_path / "none")
+    again = simulate(redis_url, SimulationSpec(kind="rocking", points=7, frame_shape=(24, 20),
+                                               scan_dir=tmp_path / "t", session="nopng", peak_counts=3000.0))
+    assert not quicklook_path(wait_done(off, again.scan_key).path).exists()
