@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench lint install clean view
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check dfxm_online tests bench
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+view: $(STAMP)
+	$(BIN)/dfxm-online view --output-dir demo-output
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --out bench/RESULTS.md

@@ -1,4 +1,4 @@
-"""`dfxm-online` command line: serve | simulate | replay | process | store | demo."""
+"""`dfxm-online` command line: serve | simulate | replay | process | view | store | demo."""
 
 from __future__ import annotations
 
@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-quicklook", action="store_true", help="no PNG of the maps beside the output file")
     _add_analysis_flags(p)
 
+    p = sub.add_parser("view", help="the maps of the current scan, live (silx; needs dfxm-online[viewer])")
+    p.add_argument("file", nargs="?", type=Path, help="a maps file to open (and follow)")
+    p.add_argument("--redis", help="follow the daemon's announcements on this store (dfxm-online:maps stream)")
+    p.add_argument("--output-dir", type=Path, help="without --redis: watch the maps files under this folder")
+
     p = sub.add_parser("store", help="the embedded blissdata store")
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--port", type=int)
@@ -240,6 +245,19 @@ def _dispatch(args: argparse.Namespace) -> int:
                               progress=not args.no_progress, quicklook=not args.no_quicklook)
         print(out)
         return 0
+
+    if args.command == "view":
+        try:
+            from silx.gui import qt  # noqa: F401 - a Qt binding must be installed
+
+            from .viewer import run_viewer
+        except ImportError as exc:
+            logger.error("the viewer needs a Qt binding: pip install \"dfxm-online[viewer]\" (%s)", exc)
+            return 2
+        if not (args.file or args.redis or args.output_dir):
+            logger.error("view needs a maps file, --redis URL or --output-dir DIR")
+            return 2
+        return run_viewer(args.redis, args.output_dir, args.file)
 
     if args.command == "demo":
         from .demo import run_demo

@@ -44,7 +44,8 @@ def final_process_fields(path: Path, scan_key: str) -> dict[str, str] | None:
     return fields
 
 
-def _maps_files(output_dir: Path) -> Iterator[Path]:
+def maps_files(output_dir: Path) -> Iterator[Path]:
+    """The maps files under `output_dir` (hidden files and folders left out)."""
     for folder, dirs, files in os.walk(output_dir):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
@@ -57,7 +58,7 @@ def abandon_running_files(output_dir: Path, live_keys: set[str]) -> int:
     "running" whose scan key is not in `live_keys`; returns how many. Each is rewritten as
     a copy renamed over it, so a reader never sees a torn file."""
     marked = 0
-    for path in _maps_files(Path(output_dir)):
+    for path in maps_files(Path(output_dir)):
         fields = _process_fields(path)
         if fields is None or fields.get("state") != "running" or fields.get("scan_key") in live_keys:
             continue
