@@ -30,11 +30,14 @@ import numpy as np
 
 from . import kernels
 from .kernels import frame_pass as numba_pass
-from .tiles import TILE_PIXELS, for_each_tile
+from .tiles import for_each_tile
 
 #: pixels per call of the compiled pass: a multiple of its tiles, large enough that the
 #: per-call overhead (~µs) is negligible, small enough to share out on 2 threads
 PASS_PIXELS = 65536
+
+#: pixels per tile of the numpy floor: a batch's converted tile (64 frames: 2 MiB) in L2
+NUMPY_TILE = 4096
 
 #: frames per pass at most (the compiled pass's contract: exact integer group sums, a small
 #: scratch); :func:`accumulate` splits bigger batches
@@ -190,12 +193,19 @@ class _Pass:
         self.ctype = ctype
 
     def _prepare_numpy(self) -> None:
-        self.wt = None if self.weights is None else self.weights.T.astype(
-            np.float32 if self.single else np.float64)
         groups = len(self.gsums)
-        self.mm = self.members.astype(np.float64)
+        mm = self.members.astype(np.float64)
+        # one product for the dense rows and the group sums (float64 products), and one for
+        # the squares over the frames that some group with squares takes
+        self.wt = None if self.weights is None else self.weights.T.astype(np.float64)
+        if self.wt is not None and not self.single:
+            self.wt, self.mm = np.vstack([self.wt, mm]), None
+        else:
+            self.mm = mm
+            self.wt = None if self.wt is None else self.wt.astype(np.float32)
         self.sq_rows = [g for g in range(groups) if self.gsumsq[g] is not None]
-        self.mm_sq = self.mm[self.sq_rows]
+        self.sq_frames = np.flatnonzero(mm[self.sq_rows].any(axis=0)) if self.sq_rows else np.zeros(0, int)
+        self.mm_sq = mm[np.ix_(self.sq_rows, self.sq_frames)]
 
     def run(self, start: int, stop: int) -> None:
         """Pixels start <= p < stop."""
@@ -214,25 +224,31 @@ class _Pass:
                                   self.g_list, self.q_list, self.has_sq, self.max_row, gacc, gsq, tmax,
                                   self.int_squares, self.single, tile)
             return
-        for a in range(start, stop, TILE_PIXELS):
-            self._numpy_tile(a, min(a + TILE_PIXELS, stop))
+        # this call's scratch: a converted tile (and its squares) of NUMPY_TILE pixels
+        n_frames = self.frames.shape[0]
+        x = np.empty((n_frames, NUMPY_TILE))
+        x2 = np.empty((len(self.sq_frames), NUMPY_TILE)) if self.sq_rows else None
+        for a in range(start, stop, NUMPY_TILE):
+            self._numpy_tile(a, min(a + NUMPY_TILE, stop), x, x2)
 
-    def _numpy_tile(self, a: int, b: int) -> None:
-        """The numpy floor on pixels a..b: a converted tile, one BLAS product per kind of
-        sum (integer values < 2^53 sum exactly in float64, in any order)."""
-        x = self.frames[:, a:b].astype(np.float64)
+    def _numpy_tile(self, a: int, b: int, x: np.ndarray, x2: np.ndarray | None) -> None:
+        """The numpy floor on pixels a..b: the tile converted once, one BLAS product per kind
+        of sum (integer values < 2^53 sum exactly in float64, in any order)."""
+        x = x[:, : b - a]
+        np.copyto(x, self.frames[:, a:b], casting="unsafe")
+        totals = None
         if self.wt is not None:
-            if self.single:
-                self.sums[:, a:b] += self.wt @ x.astype(np.float32)
-            else:
-                self.sums[:, a:b] += self.wt @ x
+            products = self.wt @ (x.astype(np.float32) if self.single else x)
+            rows = self.sums.shape[0]
+            self.sums[:, a:b] += products[:rows]
+            totals = products[rows:] if self.mm is None else None
         if self.gsums:
-            totals = self.mm @ x
+            totals = self.mm @ x if totals is None else totals
             for row, total in zip(self.gsums, totals):
                 row[a:b] += total
             if self.sq_rows:
-                squares = self.mm_sq @ (x * x)
-                for g, total in zip(self.sq_rows, squares):
+                x2 = np.square(x[self.sq_frames], out=x2[:, : b - a])
+                for g, total in zip(self.sq_rows, self.mm_sq @ x2):
                     self.gsumsq[g][a:b] += total
         if self.maximum is not None:
             np.maximum(self.maximum[a:b], x.max(axis=0), out=self.maximum[a:b])

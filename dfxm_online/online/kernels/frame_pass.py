@@ -156,6 +156,7 @@ def frame_pass(frames, start, stop, w, sums, xs, members, gsums, gsumsq, has_sq,
             for o in range(0, m, SUB_PIXELS):
                 n = min(SUB_PIXELS, m - o)
                 s0 = tu + np.uint64(o)
+                ou = np.uint64(o)
                 for k in range(nf):
                     f = f0 + k
                     if n_rows > 0:
@@ -164,26 +165,26 @@ def frame_pass(frames, start, stop, w, sums, xs, members, gsums, gsumsq, has_sq,
                     if use_max:
                         if f == 0:
                             for i in range(n):
-                                tmax[o + i] = frames[f, s0 + np.uint64(i)]
+                                tmax[ou + np.uint64(i)] = frames[f, s0 + np.uint64(i)]
                         else:
                             for i in range(n):
-                                a = tmax[o + i]
+                                a = tmax[ou + np.uint64(i)]
                                 v = frames[f, s0 + np.uint64(i)]
-                                tmax[o + i] = v if (v > a or v != v) else a
+                                tmax[ou + np.uint64(i)] = v if (v > a or v != v) else a
                     for g in range(n_groups):
                         if members[g, f] == 0:
                             continue
                         for i in range(n):
-                            gacc[g, o + i] += frames[f, s0 + np.uint64(i)]
+                            gacc[g, ou + np.uint64(i)] += frames[f, s0 + np.uint64(i)]
                         if has_sq[g]:
                             if int_squares:
                                 for i in range(n):
                                     v = np.int64(frames[f, s0 + np.uint64(i)])
-                                    gsq[g, o + i] += v * v
+                                    gsq[g, ou + np.uint64(i)] += v * v
                             else:
                                 for i in range(n):
                                     x = np.float64(frames[f, s0 + np.uint64(i)])
-                                    gsq[g, o + i] += x * x
+                                    gsq[g, ou + np.uint64(i)] += x * x
                 if n_rows > 0:
                     for k in range(nf, step):
                         for i in range(n):
