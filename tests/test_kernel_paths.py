@@ -63,17 +63,15 @@ def test_numpy_floor():
     kernel_checks.EXERCISED.append("numpy floor (tiled w @ x)")
 
 
-def test_auto_takes_numba_with_fma_and_the_numpy_floor_without(monkeypatch):
-    monkeypatch.setattr(kernels, "instruction_set", lambda: "SSE2 (generic)")
-    monkeypatch.setattr(kernels.platform, "machine", lambda: "x86_64")
+def test_auto_takes_numba_when_it_imports_else_the_numpy_floor(monkeypatch):
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    assert kernels.frame_pass_backend() == "numba"
+    monkeypatch.setattr(kernels, "numba_available", lambda: False)
     assert kernels.frame_pass_backend() == "numpy"
-    monkeypatch.setattr(kernels, "instruction_set", lambda: "AVX2+FMA")
-    assert kernels.frame_pass_backend() == "numba"
-    with kernels.use_backend("numpy"):
-        assert kernels.frame_pass_backend() == "numpy"
-    monkeypatch.setenv(kernels.ENV, "numba")
-    monkeypatch.setattr(kernels, "instruction_set", lambda: "SSE2 (generic)")
-    assert kernels.frame_pass_backend() == "numba"
+    with kernels.use_backend("numba"):
+        assert kernels.frame_pass_backend() == "numba"
+    monkeypatch.setenv(kernels.ENV, "numpy")
+    assert kernels.frame_pass_backend() == "numpy"
     monkeypatch.setenv(kernels.ENV, "fast")
     with pytest.raises(ValueError, match="DFXM_KERNELS"):
         kernels.frame_pass_backend()

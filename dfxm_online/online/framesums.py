@@ -16,9 +16,9 @@ bench/RESULTS.md on every code path (host, AVX2, generic), next to the numpy til
 
 Rounding: integer frames' group sums (and squares up to 16 bits) and maxima are exact on
 every path. The dense sums differ between paths (and from `w.T @ x`) by the order of
-summation and FMA contraction only: within SUM_ORDER_BOUND of sum_f |w[f, r] * x[f, p]|
-per batch (float64 products; float32 products: SINGLE_ORDER_BOUND), which the tests check on
-every path the CPU runs.
+summation and FMA contraction only: within `sum_order_bound(F)` of |sums| + sum_f
+|w[f, r] * x[f, p]| per pass of F frames (float32 products: `sum_order_bound(F, True)`),
+which the tests check on every path the CPU runs.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import kernels
-from .kernels import frame_pass as numba_pass
 from .tiles import for_each_tile
+
+try:
+    from .kernels import frame_pass as numba_pass
+except ImportError:  # no numba: the numpy floor (kernels.frame_pass_backend)
+    numba_pass = None
 
 #: pixels per call of the compiled pass: a multiple of its tiles, large enough that the
 #: per-call overhead (~µs) is negligible, small enough to share out on 2 threads
@@ -39,9 +43,9 @@ PASS_PIXELS = 65536
 #: pixels per tile of the numpy floor: a batch's converted tile (64 frames: 2 MiB) in L2
 NUMPY_TILE = 4096
 
-#: frames per pass at most (the compiled pass's contract: exact integer group sums, a small
-#: scratch); :func:`accumulate` splits bigger batches
-MAX_PASS_FRAMES = numba_pass.MAX_PASS_FRAMES
+#: frames per pass at most (the pass's contract since the C version: exact integer group
+#: sums, a small scratch); :func:`accumulate` splits bigger batches
+MAX_PASS_FRAMES = 1024
 
 #: frame types the compiled loops read directly; anything else is converted to float64
 NATIVE_TYPES = frozenset(np.dtype(t) for t in

@@ -9,11 +9,12 @@ AVX-512 machine. The kernels release the GIL and run on the project's tile threa
 "workqueue" layer aborts when two of the daemon's threads enter it at once.
 
 The pass over a batch of frames also has a numpy floor, a tiled `w @ x` with one BLAS thread
-per tile thread (`framesums.numpy_frame_pass`): `DFXM_KERNELS` = `auto` (default), `numba`
-or `numpy` chooses. `auto` takes numba when its target has AVX2 and FMA (or is not x86),
-numpy otherwise: compiled for SSE2 the numba pass multiply-adds 2 doubles per instruction
-without FMA, while OpenBLAS picks the best kernel of the CPU it runs on at load time
-(bench/RESULTS.md has both figures for the generic target in the same run).
+per tile thread (`framesums._Pass`, backend "numpy"): `DFXM_KERNELS` = `auto` (default),
+`numba` or `numpy` chooses. `auto` takes numba whenever it imports: in one run at 2048^2
+(bench/RESULTS.md) the compute core on the numba pass was ahead of the same on the numpy
+floor on every target, the generic SSE2 one included (64 against 57 frames/s, with
+OpenBLAS's AVX-512 kernels under the floor), so the floor is there for a Python where numba
+is missing and as a reference.
 """
 
 from __future__ import annotations
@@ -83,13 +84,20 @@ def requested_backend() -> str:
     return value
 
 
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def frame_pass_backend() -> str:
     """"numba" or "numpy": which implementation runs the pass over a batch of frames."""
     value = requested_backend()
     if value != "auto":
         return value
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    return "numba" if not x86 or instruction_set() != "SSE2 (generic)" else "numpy"
+    return "numba" if numba_available() else "numpy"
 
 
 def code_path() -> str:

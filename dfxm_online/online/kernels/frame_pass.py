@@ -42,9 +42,6 @@ FRAMES_PER_STEP = 8
 ROWS_PER_STEP = 3
 #: pixels per sub-tile: 8 converted frame rows of 2 KB stay in L1 (48 KB here, 32 KB on Zen)
 SUB_PIXELS = 256
-#: frames per call at most: integer group sums stay exact in int64 far beyond, and a
-#: caller's bigger batch is split (the pass's contract since the C version)
-MAX_PASS_FRAMES = 1024
 #: bytes of running sums per tile, kept in L2 (512 KB on Zen 3) while a batch streams past
 TILE_SUMS_BYTES = 256 * 1024
 
