@@ -68,11 +68,36 @@ def check_frame_pass(backend: str = "numba") -> list[str]:
     return done
 
 
+def check_block_sums() -> list[str]:
+    """Block sums (the binning step) equal numpy's strided-slice sums in the same order (each
+    block row's columns, then the rows) bit for bit, for integer and float images."""
+    from dfxm_online.online.preprocess import block_sums
+
+    rng = np.random.default_rng(12)
+    done = []
+    for dtype, out in ((np.uint16, np.float32), (np.float64, np.float64)):
+        images = (rng.normal(500, 200, size=(3, 37, 29))).astype(dtype)
+        for by, bx, divisor in ((2, 2, 1), (3, 2, 6)):
+            h, w = 37 // by, 29 // bx
+            x = images[:, : h * by, : w * bx].astype(np.float64)
+            total = None
+            for i in range(by):
+                row = x[:, i::by, 0::bx].copy()
+                for j in range(1, bx):
+                    row += x[:, i::by, j::bx]
+                total = row if total is None else total + row
+            expect = (total / divisor if divisor != 1 else total).astype(out)
+            got = block_sums(images, by, bx, out, divisor)
+            assert got.dtype == out and np.array_equal(got, expect), (dtype, by, bx)
+        done.append(f"block_sums {np.dtype(dtype).name}")
+    return done
+
+
 def run_all() -> dict:
     """Every check on this process's code path; the path and what was checked."""
     from dfxm_online.online import kernels
 
-    checked = check_frame_pass("numba")
+    checked = check_frame_pass("numba") + check_block_sums()
     return {"code_path": kernels.code_path(), "instruction_set": kernels.instruction_set(),
             "target": kernels.numba_target()[0], "checked": checked}
 
