@@ -125,7 +125,10 @@ class _Pass:
     """One pass's arrays, checked once per batch and shaped as the kernels take them; `run`
     then works any pixel range (on any thread)."""
 
-    def __init__(self, frames, weights, sums, members, gsums, gsumsq, maximum, single, backend):
+    def __init__(self, frames: np.ndarray, weights: np.ndarray | None, sums: np.ndarray | None,
+                 members: np.ndarray | None, gsums: Sequence[np.ndarray],
+                 gsumsq: Sequence[np.ndarray | None] | None, maximum: np.ndarray | None, single: bool,
+                 backend: str) -> None:
         frames = np.asarray(frames)
         if frames.ndim != 2 or not frames.flags.c_contiguous:
             raise ValueError("frames must be a C-contiguous (F, P) array")
