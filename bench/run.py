@@ -27,7 +27,7 @@ from dfxm_online.acquisition.geometry import MotorAxis, ScanGeometry  # noqa: E4
 from dfxm_online.acquisition.publisher import ScanDescription, ScanPublisher  # noqa: E402
 from dfxm_online.config import AnalysisConfig  # noqa: E402
 from dfxm_online.online.accumulators.background import EdgeBaseline  # noqa: E402
-from dfxm_online.online.accumulators.moments import PowerSums  # noqa: E402
+from dfxm_online.online.accumulators.moments import PowerSums, reduced_coordinates  # noqa: E402
 from dfxm_online.online.accumulators.projections import Projections  # noqa: E402
 from dfxm_online.online.pipeline import ScanPipeline  # noqa: E402
 from dfxm_online.publish.layout import maps_path, scan_folder  # noqa: E402
@@ -85,6 +85,121 @@ def bench_accumulators(size: int, n_frames: int, batch: int) -> list[tuple[str, 
     pipe.snapshot()
     rows.append(("ScanPipeline.snapshot (maps), seconds", time.perf_counter() - t0))
     return rows
+
+
+#: code paths the compute core is measured on, each in a process of its own (numba's target is
+#: process-wide): (label, environment); DFXM_KERNELS=numba so that the generic target's numba
+#: pass is measured too, next to the numpy floor that `auto` would take there
+CODE_PATHS = (("host", {}), ("AVX2 (NUMBA_CPU_NAME=haswell)", {"NUMBA_CPU_NAME": "haswell"}),
+              ("generic (NUMBA_CPU_NAME=generic)", {"NUMBA_CPU_NAME": "generic"}))
+#: rounds of the compute-core measurement; each round runs every variant once, alternating
+CORE_ROUNDS = 5
+#: frames per round of the compute-core measurement (2048^2 uint16: 1 GiB)
+CORE_FRAMES = 128
+
+
+def numba_version() -> str:
+    import numba
+
+    return numba.__version__
+
+
+def numpy_tiled_product(sums: np.ndarray, weights: np.ndarray, frames: np.ndarray) -> None:
+    """The baseline of issue 20: the dense sums as a tiled float64 `w @ x` (16k-pixel tiles,
+    one BLAS thread per tile thread), nothing else."""
+    from dfxm_online.online.tiles import TILE_PIXELS, for_each_tile
+
+    flat = frames.reshape(len(frames), -1)
+    wt = np.ascontiguousarray(weights.T)
+
+    def work(a: int, b: int) -> None:
+        sums[:, a:b] += wt @ flat[:, a:b].astype(np.float64)
+
+    for_each_tile(flat.shape[1], work, tile=TILE_PIXELS)
+
+
+def bench_compute_core(size: int, n_frames: int, batch: int) -> dict:
+    """This process's code path: the compute core (ScanPipeline.update with the default
+    preprocessing and accumulators: 2-motor moments to 4th order, edge baseline,
+    projections) on the numba pass and on the numpy floor, and the numpy tiled product of the
+    15 moment sums alone, in alternating rounds (frames/s: median, min-max)."""
+    from dfxm_online.online import kernels
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(90, 4000, size=(n_frames, size, size), dtype=np.uint16)
+    axes = (MotorAxis("mu", -0.4, 0.4, 8), MotorAxis("chi", -1, 1, 8))
+    mu = np.tile(np.linspace(-0.4, 0.4, 8), n_frames // 8 + 1)[:n_frames]
+    chi = np.repeat(np.linspace(-1, 1, 8), n_frames // 8 + 1)[:n_frames]
+    pos = {"mu": mu, "chi": chi}
+    geometry = ScanGeometry(axes, n_frames, "det")
+    pipes = {"numba": ScanPipeline(geometry, (size, size)), "numpy": ScanPipeline(geometry, (size, size))}
+    mono = pipes["numba"].moments.monomials(reduced_coordinates(axes, pos))
+    sums = np.zeros((mono.shape[1], size * size))
+
+    def core(backend: str) -> None:
+        with kernels.use_backend(backend):
+            for s in range(0, n_frames, batch):
+                pipes[backend].update(frames[s:s + batch], {k: v[s:s + batch] for k, v in pos.items()})
+
+    def product() -> None:
+        for s in range(0, n_frames, batch):
+            numpy_tiled_product(sums, mono[s:s + batch], frames[s:s + batch])
+
+    variants = {"numba": lambda: core("numba"), "numpy floor": lambda: core("numpy"), "numpy product": product}
+    for run in variants.values():  # compile, fault the memory in
+        run()
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(CORE_ROUNDS):
+        for name, run in variants.items():
+            t0 = time.perf_counter()
+            run()
+            rates[name].append(n_frames / (time.perf_counter() - t0))
+    name, _ = kernels.numba_target()
+    return {"target": name, "instruction_set": kernels.instruction_set(), "auto": kernels.frame_pass_backend()
+            if kernels.requested_backend() == "auto" else None,
+            **{k: (float(np.median(v)), float(min(v)), float(max(v))) for k, v in rates.items()}}
+
+
+def compute_core_paths(size: int, n_frames: int, batch: int) -> list[str]:
+    """Markdown rows of the compute core on each code path (a subprocess each)."""
+    rows = []
+    for label, env in CODE_PATHS:
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+        child_env.update(env)
+        child_env["DFXM_KERNELS"] = "auto"
+        run = subprocess.run([sys.executable, str(Path(__file__)), "--compute-core-child", str(size),
+                              str(n_frames), str(batch)], env=child_env, capture_output=True, text=True)
+        if run.returncode != 0:
+            rows.append(f"| {label} | failed: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else '?'} |"
+                        " | | | | |")
+            continue
+        r = json.loads(run.stdout.strip().splitlines()[-1])
+        print(json.dumps({"path": label, **r}), flush=True)
+
+        def fps(v: list[float]) -> str:
+            return f"{v[0]:.0f} ({v[1]:.0f}-{v[2]:.0f})"
+
+        chosen = r["numba"] if r["auto"] == "numba" else r["numpy floor"]
+        rows.append(f"| {label} | {r['target']} ({r['instruction_set']}) | {fps(r['numba'])} | {fps(r['numpy floor'])} "
+                    f"| {fps(r['numpy product'])} | {r['auto']}: {chosen[0] / r['numpy product'][0]:.2f}x |")
+    return rows
+
+
+def cpu_description() -> str:
+    """The CPU model and its SIMD flags (from /proc/cpuinfo), for the top of RESULTS.md."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = value.split()
+                break
+    except OSError:
+        pass
+    simd = [f for f in flags if f.startswith(("sse", "ssse", "avx", "fma", "amx"))]
+    return f"{model}; SIMD flags: {' '.join(simd) or 'unknown'}"
 
 
 def wait_state(path: Path, timeout: float) -> dict:
@@ -545,9 +660,14 @@ def main() -> None:
                              "(with --only latency)")
     parser.add_argument("--daemon-args", default="",
                         help="extra 'dfxm-online serve' flags for the daemon, e.g. '--batch-size 32'")
+    parser.add_argument("--compute-core-child", nargs=3, type=int, metavar=("SIZE", "FRAMES", "BATCH"),
+                        help=argparse.SUPPRESS)  # one code path's compute core, as JSON (see CODE_PATHS)
     parser.add_argument("--daemon-log-level", default="WARNING",
                         help="the daemons' log level (their log goes to stderr), e.g. DEBUG for per-publish times")
     args = parser.parse_args()
+    if args.compute_core_child:
+        print(json.dumps(bench_compute_core(*args.compute_core_child)))
+        return
     DAEMON_ARGS[:] = args.daemon_args.split()
     DAEMON_LOG_LEVEL[0] = args.daemon_log_level
     part = args.only
@@ -556,9 +676,29 @@ def main() -> None:
     lines = [
         "# Benchmark results",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
+        f"CPU: {cpu_description()}.",
+        "",
+        f"Machine: {platform.machine()}, {psutil.cpu_count()} cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB; Python {platform.python_version()}, "
-        f"numpy {np.__version__}. Run: `make bench` on {time.strftime('%Y-%m-%d')}.",
+        f"numpy {np.__version__}, numba {numba_version()}. Run: `make bench` on {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"## Compute core per code path, {size}x{size} uint16 frames from memory, batches of {batch}",
+        "",
+        "`ScanPipeline.update` with the default preprocessing and accumulators (2-motor moments to "
+        "4th order, edge baseline, projections), forced onto each numba target in a process of its "
+        "own, on the numba pass and on the numpy floor (`DFXM_KERNELS=numpy`), next to the plain "
+        "numpy tiled product of the 15 moment sums (`w @ x` over 16k-pixel tiles, one BLAS thread "
+        "per tile thread; OpenBLAS picks its kernel for the real CPU whatever the numba target). "
+        f"frames/s over {CORE_FRAMES} frames: median (min-max) of {CORE_ROUNDS} alternating rounds. "
+        "Last column: what `DFXM_KERNELS=auto` runs on that target, over the numpy tiled product.",
+        "",
+        "| path | numba target | compute core, numba | compute core, numpy floor | numpy tiled product (15 sums) "
+        "| auto, over the product |",
+        "|---|---|---|---|---|---|",
+    ]
+    if part in (None, "accumulators"):
+        lines += compute_core_paths(size, CORE_FRAMES, batch)
+    lines += [
         "",
         f"## Accumulators, {size}x{size} uint16 frames from memory, batches of {batch} (the default); "
         f"median of {PASSES} passes over 256 frames",

@@ -61,3 +61,20 @@ def wait_done(daemon: Daemon, key: str, timeout: float = 60.0) -> ScanStatus:
             return status
         time.sleep(0.05)
     raise AssertionError(f"scan {key} not finished within {timeout} s: {daemon.scan_status(key)}")
+
+
+def pytest_report_header(config) -> str:
+    """The kernels' code path of the test process (test_kernel_paths.py runs the others)."""
+    from dfxm_online.online import kernels
+
+    return f"kernels: {kernels.code_path()}"
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Name the kernel code paths the session checked (tests/test_kernel_paths.py)."""
+    from tests import kernel_checks
+
+    if kernel_checks.EXERCISED:
+        terminalreporter.section("kernel code paths checked")
+        for path in kernel_checks.EXERCISED:
+            terminalreporter.write_line(path)

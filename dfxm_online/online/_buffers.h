@@ -1,4 +1,4 @@
-/* Buffer-protocol helpers shared by the compiled modules (_framesums.c, _pixelmaps.c).
+/* Buffer-protocol helpers of the compiled C module (_pixelmaps.c).
  *
  * Arrays come in as C-contiguous buffers and are held in one `Held` per call, released
  * together on every exit path. The includer defines MAX_BUFS (buffers per call).

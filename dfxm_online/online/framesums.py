@@ -4,16 +4,21 @@ The moments (weighted sums: one row per monomial of the motor positions), the ed
 (sums and sums of squares over groups of frames) and the projections (sums over the two
 halves of the scan, the maximum) all reduce a batch of frames pixel by pixel. Each of them
 describes what it needs as a :class:`SumsPlan`; :func:`accumulate` runs the plans of one
-batch together in one pass over the frames, in the compiled loops of `_framesums` (see its
-source for why they are C), over pixel tiles spread on the tile threads.
+batch together in one pass over the frames, over pixel tiles spread on the tile threads,
+in the numba pass (`kernels/frame_pass.py`) or its numpy floor (:func:`numpy_frame_pass`, a
+tiled `w @ x`), as `kernels.frame_pass_backend()` says.
 
-Measured at 2048^2 uint16, 2 cores (bench/RESULTS.md has the current figures): the numpy
-version of moments + edge baseline + projections ran at 76 frames/s; the fused pass runs
-them at ~250-310 frames/s in batches of 32, ~300-360 in batches of 64, and ~430-480 in
-batches of 64 since integer frames' maxima and group sums (and squares) are taken in
-integers and the tile is sized to the batch (float64 products; same process, alternating,
-medians of 6: 365 -> 476). Most of the rest is the 16 multiply-adds per pixel and frame of
-the 15 monomials: about 70 % of the FMA units' peak on one core.
+Measured at 2048^2 uint16, 2 cores: the numpy version of moments + edge baseline +
+projections ran at 76 frames/s (three passes, each converting every frame); the fused C pass
+that followed at ~380-480 frames/s on AVX-512 but 12 on an AVX2-only EPYC, where the tiled
+numpy product of the same sums ran at 152 (issue 20). The numba pass runs at the figures of
+bench/RESULTS.md on every code path (host, AVX2, generic), next to the numpy tiled product.
+
+Rounding: integer frames' group sums (and squares up to 16 bits) and maxima are exact on
+every path. The dense sums differ between paths (and from `w.T @ x`) by the order of
+summation and FMA contraction only: within `sum_order_bound(F)` of |sums| + sum_f
+|w[f, r] * x[f, p]| per pass of F frames (float32 products: `sum_order_bound(F, True)`),
+which the tests check on every path the CPU runs.
 """
 
 from __future__ import annotations
@@ -23,12 +28,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _framesums
+from . import kernels
 from .tiles import for_each_tile
 
-#: pixels per call of the compiled pass: a multiple of its 2048-pixel tile, large enough
-#: that the per-call overhead (~µs) is negligible, small enough to share out on 2 threads
+try:
+    from .kernels import frame_pass as numba_pass
+except ImportError:  # no numba: the numpy floor (kernels.frame_pass_backend)
+    numba_pass = None
+
+#: pixels per call of the compiled pass: a multiple of its tiles, large enough that the
+#: per-call overhead (~µs) is negligible, small enough to share out on 2 threads
 PASS_PIXELS = 65536
+
+#: pixels per tile of the numpy floor: a batch's converted tile (64 frames: 2 MiB) in L2
+NUMPY_TILE = 4096
+
+#: frames per pass at most (the pass's contract since the C version: exact integer group
+#: sums, a small scratch); :func:`accumulate` splits bigger batches
+MAX_PASS_FRAMES = 1024
 
 #: frame types the compiled loops read directly; anything else is converted to float64
 NATIVE_TYPES = frozenset(np.dtype(t) for t in
@@ -64,6 +81,14 @@ class SumsPlan:
         self.group_sumsq.append(sumsq)
 
 
+def sum_order_bound(n_frames: int, single: bool = False) -> float:
+    """Bound on |dense sum - exact| / (|sum before| + sum_f |w[f, r] x[f, p]|) for one pass
+    of `n_frames` on any path: the rounding of a sum of n_frames + 1 terms in any order
+    (float64), or of float32 products and partial sums (`single`: weights and non-integer
+    frames rounded to float32 as well)."""
+    return (n_frames + 2) * 2.0**-53 if not single else (n_frames + 4) * 2.0**-24
+
+
 def frames_for_pass(frames: np.ndarray, n_pixels: int) -> np.ndarray:
     """The batch as a C-contiguous (B, P) array of a type the compiled loops read."""
     flat = np.asarray(frames).reshape(len(frames), -1)
@@ -96,6 +121,166 @@ def _passes(plans: Sequence[SumsPlan]) -> list[tuple]:
     return out
 
 
+class _Pass:
+    """One pass's arrays, checked once per batch and shaped as the kernels take them; `run`
+    then works any pixel range (on any thread)."""
+
+    def __init__(self, frames: np.ndarray, weights: np.ndarray | None, sums: np.ndarray | None,
+                 members: np.ndarray | None, gsums: Sequence[np.ndarray],
+                 gsumsq: Sequence[np.ndarray | None] | None, maximum: np.ndarray | None, single: bool,
+                 backend: str) -> None:
+        frames = np.asarray(frames)
+        if frames.ndim != 2 or not frames.flags.c_contiguous:
+            raise ValueError("frames must be a C-contiguous (F, P) array")
+        if frames.dtype not in NATIVE_TYPES:
+            raise TypeError(f"unsupported frame format {frames.dtype}")
+        n_frames, n_pixels = frames.shape
+        if n_frames > MAX_PASS_FRAMES:
+            raise ValueError(f"at most {MAX_PASS_FRAMES} frames per pass, got {n_frames}")
+        if (weights is None) != (sums is None):
+            raise ValueError("weights and sums go together")
+        if weights is not None:
+            if weights.dtype != np.float64 or sums.dtype != np.float64:
+                raise TypeError("weights and sums must have format float64")
+            if (weights.ndim != 2 or sums.ndim != 2 or weights.shape[0] != n_frames
+                    or sums.shape != (weights.shape[1], n_pixels)):
+                raise ValueError("shapes must be frames (F, P), weights (F, R), sums (R, P)")
+            if not sums.flags.c_contiguous:
+                raise ValueError("sums must be C-contiguous")
+        groups = 0 if members is None else len(members)
+        if members is not None:
+            members = np.ascontiguousarray(members, dtype=np.uint8).reshape(groups, -1)
+            if members.shape[1] != n_frames:
+                raise ValueError("members must be (G, F)")
+            gsumsq = list(gsumsq) if gsumsq is not None else [None] * groups
+            if len(gsums) != groups or len(gsumsq) != groups:
+                raise ValueError("gsums, gsumsq: one entry per group")
+            for row in [*gsums, *(q for q in gsumsq if q is not None)]:
+                if row.dtype != np.float64 or row.shape != (n_pixels,) or not row.flags.c_contiguous:
+                    raise ValueError("group rows must be C-contiguous (P,) float64")
+        if maximum is not None and (maximum.dtype != np.float64 or maximum.shape != (n_pixels,)):
+            raise ValueError("maximum must be (P,) float64")
+        self.frames, self.sums, self.single, self.backend = frames, sums, bool(single), backend
+        self.weights = weights
+        self.members = np.zeros((0, n_frames), np.uint8) if members is None else members
+        self.gsums = list(gsums) if members is not None else []
+        self.gsumsq = gsumsq if members is not None else []
+        self.maximum = maximum
+        self.n_pixels = n_pixels
+        if backend == "numba":
+            self._prepare_numba()
+        else:
+            self._prepare_numpy()
+
+    def _prepare_numba(self) -> None:
+        from numba import typed, types
+
+        n_frames, n_pixels = self.frames.shape
+        step = numba_pass.FRAMES_PER_STEP
+        ctype = np.float32 if self.single else np.float64
+        rows = 0 if self.weights is None else self.weights.shape[1]
+        self.w = np.zeros((rows, -(-n_frames // step) * step), ctype)
+        if rows:
+            self.w[:, :n_frames] = self.weights.T
+        self.dense = self.sums if rows else np.zeros((0, n_pixels))
+        row_type = types.float64[::1]
+        empty = np.zeros(0)
+        self.g_list = typed.List.empty_list(row_type)
+        self.q_list = typed.List.empty_list(row_type)
+        for row, sq in zip(self.gsums, self.gsumsq):
+            self.g_list.append(row)
+            self.q_list.append(empty if sq is None else sq)
+        self.has_sq = np.array([q is not None for q in self.gsumsq], dtype=np.bool_)
+        self.max_row = self.maximum if self.maximum is not None else empty
+        integer = self.frames.dtype.kind in "iu"
+        self.int_squares = integer and self.frames.dtype.itemsize <= 2
+        self.gacc_type = np.int64 if integer else np.float64
+        self.gsq_type = np.int64 if self.int_squares else np.float64
+        self.tile = numba_pass.tile_pixels(rows)
+        self.ctype = ctype
+
+    def _prepare_numpy(self) -> None:
+        groups = len(self.gsums)
+        mm = self.members.astype(np.float64)
+        # one product for the dense rows and the group sums (float64 products), and one for
+        # the squares over the frames that some group with squares takes
+        self.wt = None if self.weights is None else self.weights.T.astype(np.float64)
+        if self.wt is not None and not self.single:
+            self.wt, self.mm = np.vstack([self.wt, mm]), None
+        else:
+            self.mm = mm
+            self.wt = None if self.wt is None else self.wt.astype(np.float32)
+        self.sq_rows = [g for g in range(groups) if self.gsumsq[g] is not None]
+        self.sq_frames = np.flatnonzero(mm[self.sq_rows].any(axis=0)) if self.sq_rows else np.zeros(0, int)
+        self.mm_sq = mm[np.ix_(self.sq_rows, self.sq_frames)]
+
+    def run(self, start: int, stop: int) -> None:
+        """Pixels start <= p < stop."""
+        if not 0 <= start <= stop <= self.n_pixels:
+            raise ValueError(f"pixel range [{start}, {stop}) outside [0, {self.n_pixels})")
+        if stop == start or self.frames.shape[0] == 0:
+            return
+        if self.backend == "numba":
+            # per-call scratch (this thread's): converted frames, a tile's group sums, maximum
+            groups, tile = len(self.gsums), self.tile
+            xs = np.empty((numba_pass.FRAMES_PER_STEP, numba_pass.SUB_PIXELS), self.ctype)
+            gacc = np.empty((groups, tile), self.gacc_type)
+            gsq = np.empty((groups, tile), self.gsq_type)
+            tmax = np.empty(tile if self.maximum is not None else 0, self.frames.dtype)
+            numba_pass.frame_pass(self.frames, start, stop, self.w, self.dense, xs, self.members,
+                                  self.g_list, self.q_list, self.has_sq, self.max_row, gacc, gsq, tmax,
+                                  self.int_squares, self.single, tile)
+            return
+        # this call's scratch: a converted tile (and its squares) of NUMPY_TILE pixels
+        n_frames = self.frames.shape[0]
+        x = np.empty((n_frames, NUMPY_TILE))
+        x2 = np.empty((len(self.sq_frames), NUMPY_TILE)) if self.sq_rows else None
+        for a in range(start, stop, NUMPY_TILE):
+            self._numpy_tile(a, min(a + NUMPY_TILE, stop), x, x2)
+
+    def _numpy_tile(self, a: int, b: int, x: np.ndarray, x2: np.ndarray | None) -> None:
+        """The numpy floor on pixels a..b: the tile converted once, one BLAS product per kind
+        of sum (integer values < 2^53 sum exactly in float64, in any order)."""
+        x = x[:, : b - a]
+        np.copyto(x, self.frames[:, a:b], casting="unsafe")
+        totals = None
+        if self.wt is not None:
+            products = self.wt @ (x.astype(np.float32) if self.single else x)
+            rows = self.sums.shape[0]
+            self.sums[:, a:b] += products[:rows]
+            totals = products[rows:] if self.mm is None else None
+        if self.gsums:
+            totals = self.mm @ x if totals is None else totals
+            for row, total in zip(self.gsums, totals):
+                row[a:b] += total
+            if self.sq_rows:
+                x2 = np.square(x[self.sq_frames], out=x2[:, : b - a])
+                for g, total in zip(self.sq_rows, self.mm_sq @ x2):
+                    self.gsumsq[g][a:b] += total
+        if self.maximum is not None:
+            np.maximum(self.maximum[a:b], x.max(axis=0), out=self.maximum[a:b])
+
+
+def frame_pass(frames: np.ndarray, start: int, stop: int, weights: np.ndarray | None,
+               sums: np.ndarray | None, members: np.ndarray | None, gsums: Sequence[np.ndarray],
+               gsumsq: Sequence[np.ndarray | None] | None, maximum: np.ndarray | None,
+               single: bool = False, backend: str | None = None) -> None:
+    """One pass over pixels start <= p < stop of a batch `frames` (F <= MAX_PASS_FRAMES, P)
+    (uint8, uint16, int16, uint32, int32, float32 or float64), in this thread:
+
+    - ``sums[r, p] += sum_f weights[f, r] * frames[f, p]`` (weights (F, R), sums (R, P) float64);
+    - ``gsums[g][p] += sum of frames[f, p] with members[g, f]`` (members (G, F), G rows (P,)
+      float64), and the squares into ``gsumsq[g]`` where it is not None;
+    - ``maximum[p] = max(maximum[p], frames[:, p])`` (maximum (P,) float64; NaN propagates).
+
+    weights/sums, members and maximum may be None. `single` forms the dense products in
+    float32 (the sums stay float64). `backend`: "numba" or "numpy" (default: the process's,
+    `kernels.frame_pass_backend()`).
+    """
+    _Pass(frames, weights, sums, members, gsums, gsumsq, maximum, single,
+          backend or kernels.frame_pass_backend()).run(start, stop)
+
+
 def accumulate(frames: np.ndarray, plans: Sequence[SumsPlan]) -> None:
     """Run the plans of several accumulators over one batch `frames` (B, H, W) or (B, P)."""
     plans = [p for p in plans if p is not None]
@@ -110,26 +295,21 @@ def accumulate(frames: np.ndarray, plans: Sequence[SumsPlan]) -> None:
             raise ValueError(f"plans over different numbers of pixels: {sorted(sizes)}")
         n_pixels = sizes.pop() if sizes else int(np.prod(np.shape(frames)[1:]))
         flat = frames_for_pass(frames, n_pixels)
+        backend = kernels.frame_pass_backend()
         for weights, sums, single, members, gsums, gsumsq, maximum in _passes(plans):
             if weights is not None and weights.shape[0] != n_frames:
                 raise ValueError(f"{weights.shape[0]} weight rows for {n_frames} frames")
             member_matrix = None
             if members:
                 member_matrix = np.array(members, dtype=np.uint8).reshape(len(members), n_frames)
-            # the compiled pass takes at most MAX_PASS_FRAMES frames (exact integer group
-            # sums, a small converted tile): a bigger batch goes through in parts
-            step = _framesums.MAX_PASS_FRAMES
-            for lo in range(0, n_frames, step):
-                hi = min(lo + step, n_frames)
-                part = flat[lo:hi]  # rows of C-contiguous arrays: contiguous as they are
-                w = None if weights is None else weights[lo:hi]
-                mm = None if member_matrix is None else np.ascontiguousarray(member_matrix[:, lo:hi])
-
-                def work(start: int, stop: int, part=part, w=w, sums=sums, single=single, mm=mm,
-                         gsums=gsums, gsumsq=gsumsq, maximum=maximum) -> None:
-                    _framesums.frame_pass(part, start, stop, w, sums, mm, gsums, gsumsq, maximum, single)
-
-                for_each_tile(n_pixels, work, tile=PASS_PIXELS)
+            # a pass takes at most MAX_PASS_FRAMES frames (exact integer group sums, a small
+            # scratch): a bigger batch goes through in parts
+            for lo in range(0, n_frames, MAX_PASS_FRAMES):
+                hi = min(lo + MAX_PASS_FRAMES, n_frames)
+                job = _Pass(flat[lo:hi], None if weights is None else weights[lo:hi], sums,
+                            None if member_matrix is None else member_matrix[:, lo:hi], gsums, gsumsq,
+                            maximum, single, backend)
+                for_each_tile(n_pixels, job.run, tile=PASS_PIXELS)
     for plan in plans:
         if plan.after is not None:
             plan.after()

@@ -13,6 +13,7 @@ import numpy as np
 from ..gaussian import FWHM_PER_SIGMA
 from . import _pixelmaps, selection
 from .accumulators.moments import MomentSnapshot, PowerSums
+from .kernels import pixelmaps
 from .tiles import SNAPSHOT_PIXELS, for_each_tile
 
 
@@ -66,18 +67,19 @@ def _named_maps(
     motor_names: Sequence[str],
     shape: tuple[int, int],
     min_intensity_fraction: float,
-    fill: Callable[[np.ndarray, list[np.ndarray], int, int], None],
+    fill: Callable[[np.ndarray, np.ndarray, int, int], None],
     tile: int,
     dtype: np.dtype | type = np.float64,
 ) -> dict[str, np.ndarray]:
     """The maps dict: intensity, then the moment maps that `fill(valid, out, start, stop)`
-    writes into the rows `out` (of `dtype`) for each pixel range (on the tile threads)."""
+    writes into the rows of `out` (n_maps, P) of `dtype` for each pixel range (on the tile
+    threads); each map is a row of it."""
     valid = np.ascontiguousarray(signal_mask(intensity, min_intensity_fraction)).reshape(-1)
     maps: dict[str, np.ndarray] = {"intensity": intensity.reshape(shape).astype(dtype, copy=False)}
     if not motor_names:
         return maps
     names = _map_names(motor_names)
-    out = [np.empty(valid.size, dtype=dtype) for _ in names]
+    out = np.empty((len(names), valid.size), dtype=dtype)
     for_each_tile(valid.size, lambda start, stop: fill(valid, out, start, stop), tile=tile)
     maps.update((name, values.reshape(shape)) for name, values in zip(names, out))
     return maps
@@ -101,8 +103,8 @@ def moment_maps(
     # same expressions in numexpr; on fresh memory numpy's temporaries made it 0.6-0.9 s.
     arrays = _moment_arrays(snap, len(motor_names))
 
-    def fill(valid: np.ndarray, out: list[np.ndarray], start: int, stop: int) -> None:
-        _pixelmaps.moment_maps(*arrays, valid, FWHM_PER_SIGMA, out, start, stop)
+    def fill(valid: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
+        _pixelmaps.moment_maps(*arrays, valid, FWHM_PER_SIGMA, list(out), start, stop)
 
     return _named_maps(snap.intensity, motor_names, shape, min_intensity_fraction, fill, SNAPSHOT_PIXELS)
 
@@ -132,9 +134,9 @@ def moment_maps_of_sums(
         offset = np.ascontiguousarray(offset, dtype=np.float64).reshape(-1)
     table, centre, scale = moments.conversion()
 
-    def fill(valid: np.ndarray, out: list[np.ndarray], start: int, stop: int) -> None:
-        _pixelmaps.moment_maps_of_sums(moments.sums, moments.weights, offset, table, centre, scale,
-                                       valid, FWHM_PER_SIGMA, out, start, stop)
+    def fill(valid: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
+        pixelmaps.moment_maps_of_sums(moments.sums, moments.weights, offset, table, centre, scale,
+                                      valid, FWHM_PER_SIGMA, out, start, stop)
 
     return _named_maps(moments.intensity(offset), motor_names, shape, min_intensity_fraction, fill,
                        SNAPSHOT_PIXELS, dtype)

@@ -1,0 +1,121 @@
+"""Compiled kernels (numba) and the code path each runs on.
+
+numba compiles every kernel for the CPU it runs on (`cache=True`: once per machine and
+target, in `__pycache__`), so one install is fast on AVX-512, AVX2 and older x86-64 CPUs
+alike; `NUMBA_CPU_NAME` (and `NUMBA_CPU_FEATURES`) force another target, which is how the
+tests and `make bench` run the AVX2 (`haswell`) and generic (`generic`: SSE2) code on an
+AVX-512 machine. The kernels release the GIL and run on the project's tile threads
+(`online/tiles.py`), not numba's own thread pool (`parallel=True`), whose default
+"workqueue" layer aborts when two of the daemon's threads enter it at once.
+
+The pass over a batch of frames also has a numpy floor, a tiled `w @ x` with one BLAS thread
+per tile thread (`framesums._Pass`, backend "numpy"): `DFXM_KERNELS` = `auto` (default),
+`numba` or `numpy` chooses. `auto` takes numba whenever it imports: in one run at 2048^2
+(bench/RESULTS.md) the compute core on the numba pass was ahead of the same on the numpy
+floor on every target, the generic SSE2 one included (64 against 57 frames/s, with
+OpenBLAS's AVX-512 kernels under the floor), so the floor is there for a Python where numba
+is missing and as a reference.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from contextlib import contextmanager
+
+ENV = "DFXM_KERNELS"
+BACKENDS = ("auto", "numba", "numpy")
+
+#: LLVM CPU names (NUMBA_CPU_NAME) whose instruction set includes AVX2 and FMA; other names
+#: (generic, x86-64, nehalem, sandybridge, ...) are taken as without
+_AVX2_FMA_CPUS = frozenset({
+    "haswell", "broadwell", "skylake", "skylake-avx512", "cascadelake", "cooperlake", "cannonlake",
+    "icelake-client", "icelake-server", "tigerlake", "rocketlake", "alderlake", "raptorlake",
+    "meteorlake", "arrowlake", "lunarlake", "sapphirerapids", "emeraldrapids", "graniterapids",
+    "x86-64-v3", "x86-64-v4", "znver1", "znver2", "znver3", "znver4", "znver5", "bdver2",
+    "bdver3", "bdver4",
+})
+
+_forced: str | None = None
+
+
+def numba_target() -> tuple[str, frozenset[str]]:
+    """The CPU name and the features numba compiles for: the host's, or those forced by
+    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES (read once by numba, at its import)."""
+    from numba import config
+    from numba.core.codegen import get_host_cpu_features
+
+    name = config.CPU_NAME
+    features = config.CPU_FEATURES
+    if name is None:
+        import llvmlite.binding as llvm
+
+        name = llvm.get_host_cpu_name()
+        features = features or get_host_cpu_features()
+    if features:
+        on = frozenset(f[1:] for f in features.split(",") if f.startswith("+"))
+    elif name in _AVX2_FMA_CPUS:
+        on = frozenset({"avx2", "fma"} | ({"avx512f"} if name in {
+            "skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client", "icelake-server",
+            "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids", "graniterapids", "x86-64-v4",
+            "znver4", "znver5"} else set()))
+    else:
+        on = frozenset()
+    return name, on
+
+
+def instruction_set() -> str:
+    """What the numba target's vector code uses: AVX-512, AVX2+FMA, or the x86-64 baseline."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return platform.machine()
+    _, features = numba_target()
+    if "avx512f" in features:
+        return "AVX-512"
+    if {"avx2", "fma"} <= features:
+        return "AVX2+FMA"
+    return "SSE2 (generic)"
+
+
+def requested_backend() -> str:
+    """DFXM_KERNELS (or the test hook `use_backend`), checked."""
+    value = _forced or os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"{ENV} must be one of {', '.join(BACKENDS)}, not {value!r}")
+    return value
+
+
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def frame_pass_backend() -> str:
+    """"numba" or "numpy": which implementation runs the pass over a batch of frames."""
+    value = requested_backend()
+    if value != "auto":
+        return value
+    return "numba" if numba_available() else "numpy"
+
+
+def code_path() -> str:
+    """One line naming the code path of this process: the numba target and the pass's backend."""
+    name, _ = numba_target()
+    backend = frame_pass_backend()
+    floor = "numpy tiled product" if backend == "numpy" else "numba"
+    return f"numba target {name} ({instruction_set()}); frame pass: {floor}"
+
+
+@contextmanager
+def use_backend(backend: str):
+    """Test hook: run the frame pass with `backend` ("numba", "numpy" or "auto") inside."""
+    global _forced
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}")
+    before, _forced = _forced, backend
+    try:
+        yield
+    finally:
+        _forced = before

@@ -1,0 +1,136 @@
+"""Checks of the compiled kernels against numpy, run on one code path per process.
+
+numba's target CPU is chosen once per process (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES), so
+test_kernel_paths.py runs this module in a subprocess for each target the machine can
+execute besides its own (`python -m tests.kernel_checks` prints a JSON report), and in the
+test process for the host target. Each check raises AssertionError with what differs.
+
+Only a few frame types are compiled here (each new target compiles its kernels once, then
+numba's cache has them): 16-bit integers with float64 and float32 products, 32-bit integers
+and float32 frames.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+#: (frame type, float32 products) cases of check_frame_pass
+FRAME_PASS_CASES = ((np.uint16, False), (np.uint16, True), (np.int32, False), (np.float32, False))
+
+#: code paths the test session exercised (named in the terminal summary, see conftest.py)
+EXERCISED: list[str] = []
+
+
+def check_frame_pass(backend: str = "numba") -> list[str]:
+    """The pass over a batch against numpy: dense sums within the summation-order bound of
+    sum |w x|, integer group sums, squares (16 bits) and maxima exact, float frames' group
+    sums within the bound, pixels outside the range untouched. Returns what was checked."""
+    from dfxm_online.online.framesums import frame_pass, sum_order_bound
+
+    rng = np.random.default_rng(11)
+    done = []
+    for dtype, single in FRAME_PASS_CASES:
+        n, p, r = 21, 3001, 15
+        x = rng.uniform(-60 if np.dtype(dtype).kind in "if" else 0, 4000, size=(n, p)).astype(dtype)
+        xf = x.astype(np.float64)
+        w = rng.normal(size=(n, r))
+        sums = rng.normal(size=(r, p)) * 1e3
+        members = rng.random((3, n)) > 0.4
+        gsums = np.zeros((3, p))
+        gsumsq = np.zeros((3, p))
+        maximum = np.full(p, -np.inf)
+        before = sums.copy()
+        lo, hi = 5, p - 3
+        frame_pass(x, lo, hi, w, sums, members.astype(np.uint8), list(gsums), [gsumsq[0], None, gsumsq[2]],
+                   maximum, single, backend=backend)
+        part = xf[:, lo:hi]
+        exact = before[:, lo:hi] + w.T @ part
+        scale = np.abs(before[:, lo:hi]) + np.abs(w).T @ np.abs(part)
+        error = np.abs(sums[:, lo:hi] - exact) / scale
+        assert error.max() <= sum_order_bound(n, single), (dtype, single, error.max())
+        assert np.array_equal(sums[:, :lo], before[:, :lo]) and np.array_equal(sums[:, hi:], before[:, hi:])
+        m = members.astype(np.float64)
+        expect_g, expect_q = m @ part, m @ (part * part)
+        if np.dtype(dtype).kind in "iu":
+            assert np.array_equal(gsums[:, lo:hi], expect_g), dtype  # whole numbers: exact
+            if np.dtype(dtype).itemsize <= 2:
+                assert np.array_equal(gsumsq[[0, 2], lo:hi], expect_q[[0, 2]]), dtype
+        bound = sum_order_bound(n) * (m @ np.abs(part))
+        assert np.all(np.abs(gsums[:, lo:hi] - expect_g) <= bound), dtype
+        bound_q = sum_order_bound(n) * expect_q[[0, 2]]
+        assert np.all(np.abs(gsumsq[[0, 2], lo:hi] - expect_q[[0, 2]]) <= bound_q), dtype
+        assert not gsumsq[1].any()
+        assert np.array_equal(maximum[lo:hi], part.max(axis=0)) and np.all(maximum[:lo] == -np.inf)
+        done.append(f"frame_pass {np.dtype(dtype).name}{' float32 products' if single else ''}")
+    return done
+
+
+def check_block_sums() -> list[str]:
+    """Block sums (the binning step) equal numpy's strided-slice sums in the same order (each
+    block row's columns, then the rows) bit for bit, for integer and float images."""
+    from dfxm_online.online.preprocess import block_sums
+
+    rng = np.random.default_rng(12)
+    done = []
+    for dtype, out in ((np.uint16, np.float32), (np.float64, np.float64)):
+        images = (rng.normal(500, 200, size=(3, 37, 29))).astype(dtype)
+        for by, bx, divisor in ((2, 2, 1), (3, 2, 6)):
+            h, w = 37 // by, 29 // bx
+            x = images[:, : h * by, : w * bx].astype(np.float64)
+            total = None
+            for i in range(by):
+                row = x[:, i::by, 0::bx].copy()
+                for j in range(1, bx):
+                    row += x[:, i::by, j::bx]
+                total = row if total is None else total + row
+            expect = (total / divisor if divisor != 1 else total).astype(out)
+            got = block_sums(images, by, bx, out, divisor)
+            assert got.dtype == out and np.array_equal(got, expect), (dtype, by, bx)
+        done.append(f"block_sums {np.dtype(dtype).name}")
+    return done
+
+
+def check_moment_maps_of_sums() -> list[str]:
+    """The moment maps straight from the power sums (numba) equal the C moment maps of the C
+    central moments bit for bit (float64, and float32 as those values rounded), 1-3 motors,
+    with an offset, pixels without signal NaN."""
+    from dfxm_online.maps import moment_maps, moment_maps_of_sums
+
+    from dfxm_online.acquisition.geometry import MotorAxis
+    from dfxm_online.online.accumulators.moments import PowerSums
+
+    rng = np.random.default_rng(13)
+    done = []
+    for n_motors in (1, 2, 3):
+        axes = [MotorAxis(name, -1.0, 1.0, 5) for name in ("mu", "chi", "phi")[:n_motors]]
+        ps = PowerSums(axes, 37 * 23)
+        frames = rng.uniform(0, 60, size=(30, 37 * 23))
+        frames[:, :40] = 0  # no signal: NaN maps
+        ps.update(frames, {a.name: rng.uniform(-1, 1, 30) for a in axes})
+        offset = rng.uniform(0, 3, 37 * 23)
+        names = [a.name for a in axes]
+        whole = moment_maps(ps.snapshot(offset), names, (37, 23))
+        for dtype in (np.float64, np.float32):
+            direct = moment_maps_of_sums(ps, offset, names, (37, 23), dtype=dtype)
+            assert list(direct) == list(whole)
+            for name, values in whole.items():
+                assert direct[name].dtype == dtype
+                assert np.array_equal(direct[name], values.astype(dtype), equal_nan=True), (n_motors, name)
+        done.append(f"moment_maps_of_sums {n_motors} motor(s)")
+    return done
+
+
+def run_all() -> dict:
+    """Every check on this process's code path; the path and what was checked."""
+    from dfxm_online.online import kernels
+
+    checked = check_frame_pass("numba") + check_block_sums() + check_moment_maps_of_sums()
+    return {"code_path": kernels.code_path(), "instruction_set": kernels.instruction_set(),
+            "target": kernels.numba_target()[0], "checked": checked}
+
+
+if __name__ == "__main__":
+    json.dump(run_all(), sys.stdout)
