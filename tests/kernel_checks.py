@@ -97,10 +97,9 @@ def check_moment_maps_of_sums() -> list[str]:
     """The moment maps straight from the power sums (numba) equal the C moment maps of the C
     central moments bit for bit (float64, and float32 as those values rounded), 1-3 motors,
     with an offset, pixels without signal NaN."""
-    from dfxm_online.maps import moment_maps, moment_maps_of_sums
-
     from dfxm_online.acquisition.geometry import MotorAxis
     from dfxm_online.online.accumulators.moments import PowerSums
+    from dfxm_online.online.maps import moment_maps, moment_maps_of_sums
 
     rng = np.random.default_rng(13)
     done = []

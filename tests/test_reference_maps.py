@@ -4,8 +4,14 @@ tests/data/before_redesign_<case>.npz hold the frames and positions of three sim
 scans (one, two and three motors; a zigzag mesh among them) and the maps that main at
 e6aa944 made of them: the full-resolution float64 snapshot and the daemon's float32 live
 snapshot binned 2x2 (the script that made them: docs/architecture.md, "Reference maps").
-The redesign (configuration, accumulator registry, daemon split, live binning) must not
-move a bit of either. The final maps' window (moment_window) is new and not part of them.
+The redesign (configuration, accumulator registry, daemon split, live binning) moved no
+bit of either (checked before the numba frame pass was merged). The numba pass (issue 20)
+adds the frames in another order than the C pass it replaced, so the float64 maps now agree
+within a summation-order bound: the same NaN pattern, values within 1e-9 of each map's
+largest magnitude (measured: at most 2e-10, on the kurtosis of a three-motor scan, where the
+central moments come from raw sums by cancellation; 1e-14 elsewhere). The float32 live
+snapshot is still identical bit for bit. The final maps' window (moment_window) is new and
+not part of them.
 """
 
 from __future__ import annotations
@@ -39,5 +45,12 @@ def test_maps_equal_those_of_main_before_the_redesign(case):
         expected = {k[len(prefix):]: ref[k] for k in ref.files if k.startswith(prefix)}
         assert set(maps) == set(expected), prefix
         for name, values in expected.items():
-            np.testing.assert_array_equal(maps[name], values, err_msg=f"{prefix}{name}")
             assert maps[name].dtype == values.dtype, name
+            if prefix == "live_" or values.dtype.kind != "f":
+                np.testing.assert_array_equal(maps[name], values, err_msg=f"{prefix}{name}")
+                continue
+            finite = np.isfinite(values)
+            np.testing.assert_array_equal(np.isfinite(maps[name]), finite, err_msg=f"{prefix}{name} NaN pattern")
+            scale = np.abs(values[finite]).max() if finite.any() else 1.0
+            np.testing.assert_allclose(maps[name][finite], values[finite], rtol=0, atol=1e-9 * scale,
+                                       err_msg=f"{prefix}{name}")
