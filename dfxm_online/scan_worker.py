@@ -35,7 +35,7 @@ from .acquisition.geometry import (
 from .logtext import one_line
 from .map_publisher import PROCESS_EXTRAS, MapPublisher
 from .online.accumulators.background import RunningMean
-from .online.maps import Maps
+from .online.maps import MapBuffers, Maps
 from .online.pipeline import ScanPipeline
 from .online.preprocess import PreprocessChain, _ImageStep
 from .publish.layout import maps_path, scan_folder
@@ -88,6 +88,7 @@ class ScanWorker(threading.Thread):
         self.dark_mean: RunningMean | None = None
         self.dark_shape: tuple[int, ...] = ()
         self.geometry: ScanGeometry | None = None
+        self.buffers = MapBuffers()  # the live snapshots' arrays, allocated once per scan
         #: the scan's frames read again from its start, for the final windowed moments
         self._reread: Callable[[], Iterable[Batch]] | None = None
         self.metrics = daemon.metrics
@@ -105,6 +106,7 @@ class ScanWorker(threading.Thread):
             # worker for the scan), not their accumulators: ~0.4-0.8 GB per 2048^2 scan
             self.pipeline = None
             self.dark_mean = None
+            self.buffers = MapBuffers()
             self.metrics.active.dec()
             if self.status is not None:
                 self.metrics.scans.labels(self.status.state).inc()
@@ -301,7 +303,8 @@ class ScanWorker(threading.Thread):
                 # move window edges by their rounding (offline `process` uses float64 too)
                 maps = self._windowed(self.pipeline.snapshot(np.float64, binning))
                 return Maps({k: v.astype(file_dtype(v.dtype), copy=False) for k, v in maps.items()}, axes=maps.axes)
-            return self.pipeline.snapshot(file_dtype(np.float64), binning)  # float32: what the file stores
+            # float32, what the file stores, into the scan's buffers (allocated once per scan)
+            return self.pipeline.snapshot(file_dtype(np.float64), binning, self.buffers)
         if self.dark_mean is not None and self.dark_mean.count:
             return {"dark": self.dark_mean.snapshot().reshape(self.dark_shape)}
         return {}

@@ -153,3 +153,35 @@ def test_pipeline_windowed_maps_equal_brute_force_on_a_three_motor_scan():
                                    equal_nan=True)
     np.testing.assert_allclose(maps["cov_chi_ffz"], ref["cov12"], rtol=1e-6, atol=1e-8, equal_nan=True)  # near 0
     assert np.isfinite(maps["com_mu"]).sum() > 20
+
+
+def test_live_snapshots_write_into_the_scans_buffers_and_equal_fresh_ones():
+    """The daemon's live snapshots reuse one set of arrays per scan (maps.MapBuffers): the
+    same memory from one snapshot to the next, the same values as a snapshot without it."""
+    from dfxm_online.acquisition.geometry import ScanGeometry
+    from dfxm_online.acquisition.model import CrystalModel, scan_positions
+    from dfxm_online.online.maps import MapBuffers
+
+    axes = (MotorAxis("mu", -0.4, 0.4, 9), MotorAxis("chi", -1.0, 1.0, 7))
+    shape = (30, 26)
+    model = CrystalModel.make(shape, axes, seed=1)
+    positions = scan_positions(axes)
+    rng = np.random.default_rng(1)
+    frames = np.stack([model.frame(p, rng) for p in positions])
+    pipeline = ScanPipeline(ScanGeometry(motors=axes, npoints=len(positions), detector="d", frame_shape=shape), shape,
+                            AnalysisConfig())
+    named = {"mu": positions[:, 0], "chi": positions[:, 1]}
+    buffers = MapBuffers()
+    half = len(positions) // 2
+    pipeline.update(frames[:half], {k: v[:half] for k, v in named.items()})
+    first = pipeline.snapshot(np.float32, 1, buffers)
+    kept = {k: v.copy() for k, v in first.items()}
+    pipeline.update(frames[half:], {k: v[half:] for k, v in named.items()})
+    second = pipeline.snapshot(np.float32, 1, buffers)
+    fresh = pipeline.snapshot(np.float32, 1)
+    for name in ("com_mu", "fwhm_chi", "intensity", "background", "kam", "mosaicity"):
+        assert np.shares_memory(first[name], second[name]), name  # the same buffer, overwritten
+        np.testing.assert_array_equal(second[name], fresh[name], err_msg=name)
+    assert not np.array_equal(kept["com_mu"], second["com_mu"], equal_nan=True)
+    binned = pipeline.snapshot(np.float32, 2, buffers)  # another shape: new arrays
+    assert binned["com_mu"].shape == (15, 13) and not np.shares_memory(binned["com_mu"], fresh["com_mu"])

@@ -22,8 +22,9 @@ def test_sigterm_stops_the_daemon_and_marks_the_running_scan_aborted(redis_url, 
          "--publish-period", "0.1"],
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN), stderr=subprocess.PIPE, text=True,
     )
+    publisher = None
     try:
-        spec = SimulationSpec(kind="rocking", points=400, frame_shape=(16, 12), frame_rate=40,
+        spec = SimulationSpec(kind="rocking", points=120, frame_shape=(16, 12), frame_rate=40,
                               scan_dir=tmp_path / "scans", session="term", peak_counts=3000.0)
         publisher = threading.Thread(target=simulate, args=(redis_url, spec), daemon=True)
         publisher.start()
@@ -49,6 +50,8 @@ def test_sigterm_stops_the_daemon_and_marks_the_running_scan_aborted(redis_url, 
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+        if publisher is not None:
+            publisher.join(30)  # the scan's publisher ends before the next test empties the store
 
 
 def test_passwords_are_redacted(make_daemon, redis_url):

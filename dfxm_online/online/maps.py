@@ -7,6 +7,7 @@ Map names are a contract (files, the live viewer and users rely on them): `inten
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 
@@ -26,6 +27,30 @@ class Maps(dict):
     def __init__(self, maps=(), axes: dict | None = None) -> None:
         super().__init__(maps)
         self.axes: dict[str, list[tuple[str, np.ndarray]]] = dict(axes or {})
+
+
+class MapBuffers:
+    """The arrays a scan's snapshots write into, allocated once per scan: on first use, and
+    again only when a map's shape or type changes (the live binning moved). The daemon's
+    worker passes one to every live snapshot of a scan, so a cycle allocates none of its
+    maps; a snapshot made with it is overwritten by the next one (the daemon writes each
+    version before it takes the next snapshot)."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, key: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+        """The buffer `key` of this shape and type (uninitialised the first time)."""
+        current = self._arrays.get(key)
+        if current is None or current.shape != tuple(shape) or current.dtype != np.dtype(dtype):
+            current = self._arrays[key] = np.empty(shape, dtype=dtype)
+        return current
+
+    def copy(self, key: str, values: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
+        """`values` as `dtype` in the buffer `key` (a rounding copy without an allocation)."""
+        out = self.array(key, values.shape, dtype)
+        np.copyto(out, values, casting="unsafe")
+        return out
 
 
 def signal_mask(intensity: np.ndarray, min_fraction: float) -> np.ndarray:
@@ -70,16 +95,20 @@ def _named_maps(
     fill: Callable[[np.ndarray, np.ndarray, int, int], None],
     tile: int,
     dtype: np.dtype | type = np.float64,
+    buffers: MapBuffers | None = None,
 ) -> dict[str, np.ndarray]:
     """The maps dict: intensity, then the moment maps that `fill(valid, out, start, stop)`
     writes into the rows of `out` (n_maps, P) of `dtype` for each pixel range (on the tile
-    threads); each map is a row of it."""
+    threads); each map is a row of it (`out` from `buffers` when given)."""
     valid = np.ascontiguousarray(signal_mask(intensity, min_intensity_fraction)).reshape(-1)
-    maps: dict[str, np.ndarray] = {"intensity": intensity.reshape(shape).astype(dtype, copy=False)}
+    image = intensity.reshape(shape)
+    if buffers is not None and image.dtype != np.dtype(dtype):
+        image = buffers.copy("intensity", image, dtype)
+    maps: dict[str, np.ndarray] = {"intensity": image.astype(dtype, copy=False)}
     if not motor_names:
         return maps
     names = _map_names(motor_names)
-    out = np.empty((len(names), valid.size), dtype=dtype)
+    out = (np.empty if buffers is None else partial(buffers.array, "moments"))((len(names), valid.size), dtype)
     for_each_tile(valid.size, lambda start, stop: fill(valid, out, start, stop), tile=tile)
     maps.update((name, values.reshape(shape)) for name, values in zip(names, out))
     return maps
@@ -116,8 +145,10 @@ def moment_maps_of_sums(
     shape: tuple[int, int],
     min_intensity_fraction: float = 0.05,
     dtype: np.dtype | type = np.float64,
+    buffers: MapBuffers | None = None,
 ) -> dict[str, np.ndarray]:
-    """`moment_maps(moments.snapshot(offset), ...)`, bit for bit, straight from the sums.
+    """`moment_maps(moments.snapshot(offset), ...)`, bit for bit, straight from the sums
+    (into `buffers` when given: see `MapBuffers`).
 
     With `dtype` float32, the same maps rounded to float32 (computed in float64 and rounded
     once when stored): what a maps file stores, at half the memory (a 2048^2 two-motor
@@ -139,7 +170,7 @@ def moment_maps_of_sums(
                                       valid, FWHM_PER_SIGMA, out, start, stop)
 
     return _named_maps(moments.intensity(offset), motor_names, shape, min_intensity_fraction, fill,
-                       SNAPSHOT_PIXELS, dtype)
+                       SNAPSHOT_PIXELS, dtype, buffers)
 
 
 def default_map(motor_names: Sequence[str]) -> str:

@@ -51,9 +51,11 @@ def _colour(
     b: np.ndarray,
     centre: tuple[float, float] = (0.0, 0.0),
     scale: tuple[float, float] = (1.0, 1.0),
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Key colour of the orientation vectors (u, v) = ((a - centre_a) / scale_a,
-    (b - centre_b) / scale_b): (..., 3) float32 RGB, black where a or b is not finite.
+    (b - centre_b) / scale_b): (..., 3) float32 RGB, black where a or b is not finite
+    (written into `out`, C-contiguous float32 of that shape, when given).
 
     hue = direction of (u, v), counter-clockwise from +u, in turns; saturation = length,
     clipped to 1; value = 1. With value 1 every channel is 1 - s * g(hue) with g piecewise
@@ -75,7 +77,7 @@ def _colour(
     shape = a.shape
     af, bf = np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
     (ca, cb), (sa, sb) = centre, scale
-    out = np.empty((af.size, 3), dtype=np.float32)
+    out = np.empty((af.size, 3), dtype=np.float32) if out is None else out.reshape(af.size, 3)
 
     def colour_range(start: int, stop: int) -> None:
         # u and v as the pass computes them ((value - centre) / scale in float64). Where a
@@ -117,6 +119,7 @@ def mosaicity_rgb(
     centre: tuple[float, float] | None = None,
     scale: float | tuple[float, float] | None = None,
     key_size: int = KEY_SIZE,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
     """DFXM mosaicity map: each pixel coloured by its (COM_a, COM_b) orientation vector.
 
@@ -135,7 +138,7 @@ def mosaicity_rgb(
 
     Returns `(rgb, key, key_extent)`:
 
-    - `rgb`: (H, W, 3) float32 in [0, 1];
+    - `rgb`: (H, W, 3) float32 in [0, 1] (in `out` when given: see `maps.MapBuffers`);
     - `key`: (key_size, key_size, 3) float32, the same colouring evaluated at the centres of
       a key_size x key_size grid of cells; row i <-> b, column j <-> a, row 0 at bmin, so
       `imshow(key, origin="lower", extent=key_extent)` draws it with a horizontal;
@@ -171,7 +174,7 @@ def mosaicity_rgb(
     if not (np.isfinite([ca, cb, sa, sb]).all() and sa > 0 and sb > 0):
         raise ValueError(f"centre must be finite and scale positive, got {(ca, cb)}, {(sa, sb)}")
 
-    rgb = _colour(a, b, (ca, cb), (sa, sb))
+    rgb = _colour(a, b, (ca, cb), (sa, sb), out)
     # Key cell centres in normalised units: the grid spans [-1, 1] on both axes.
     grid = (2.0 * np.arange(key_size) + 1.0) / key_size - 1.0
     key = _colour(grid[np.newaxis, :], grid[:, np.newaxis])
@@ -209,8 +212,10 @@ def kam(
     radius: int = 1,
     connectivity: Literal["four", "eight"] = "eight",
     max_distance: float | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Kernel average misorientation: mean distance from a pixel's COM vector to its neighbours'.
+    """Kernel average misorientation: mean distance from a pixel's COM vector to its neighbours'
+    (into `out`, float64 of the maps' shape, when given).
 
     For each pixel p: the mean over its valid neighbours q of
     sqrt(sum_m (com_m[p] - com_m[q])^2), in the maps' units (e.g. degrees). This is the local
@@ -245,7 +250,10 @@ def kam(
     shape = maps[0].shape
     if len(shape) != 2 or any(m.shape != shape for m in maps):
         raise ValueError(f"COM maps must be 2-D of one shape, got {[m.shape for m in maps]}")
-    out = np.empty(shape)
+    if out is None:
+        out = np.empty(shape)
+    elif out.shape != shape or out.dtype != np.float64 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous float64 of shape {shape}")
     offsets = _offsets(radius, connectivity)
     limit = np.inf if max_distance is None else float(max_distance)
     rows = max(1, SNAPSHOT_PIXELS // max(shape[1], 1))

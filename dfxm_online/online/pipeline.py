@@ -19,7 +19,7 @@ from .accumulators.background import EdgeBaseline, RunningMean
 from .accumulators.moments import PowerSums, monomial_exponents
 from .binned_maps import block_sums
 from .framesums import accumulate
-from .maps import Maps, moment_maps_of_sums
+from .maps import MapBuffers, Maps, moment_maps_of_sums
 from .moment_window import MomentWindow, correct_truncation
 from .orientation import KEY_SIZE, kam, mosaicity_rgb
 from .preprocess import DarkStep, MonitorStep, PreprocessChain, binned_shape
@@ -285,7 +285,8 @@ class ScanPipeline:
             return self.dark, "dark"
         return self.edges.snapshot(), "edges"
 
-    def snapshot(self, dtype: np.dtype | type = np.float64, binning: int = 1) -> Maps:
+    def snapshot(self, dtype: np.dtype | type = np.float64, binning: int = 1,
+                 buffers: MapBuffers | None = None) -> Maps:
         """The current maps, with their axes (`.axes`; read-only on the accumulators).
 
         `dtype` float32: every floating map rounded to float32 as it is made, for a maps
@@ -299,7 +300,11 @@ class ScanPipeline:
         both are linear in the frames; every other map over the frame's pixels (the
         projections, medians, minimum, components...) is block-summed as well, exact for
         the sums and the block sum of the per-pixel value for the others (max, medians...).
-        The orientation maps are then made from the binned COM maps."""
+        The orientation maps are then made from the binned COM maps.
+
+        `buffers`: the scan's `MapBuffers`; the moment maps, the float32 copies and the
+        orientation maps are written into them instead of new arrays (the daemon's live
+        snapshots: a cycle then allocates none of its maps)."""
         single = np.dtype(dtype) == np.float32
         offset, _ = self.background()
         names = self.geometry.motor_names
@@ -308,10 +313,13 @@ class ScanPipeline:
             moments = self.moments.binned(self.frame_shape, binning)
             shape = binned_shape(self.frame_shape, binning, binning)
             offset = None if offset is None else block_sums(offset, self.frame_shape, binning)
-        maps = moment_maps_of_sums(moments, offset, names, shape, self.config.min_intensity_fraction, dtype)
+        maps = moment_maps_of_sums(moments, offset, names, shape, self.config.min_intensity_fraction, dtype,
+                                   buffers)
         del moments
         if offset is not None:
-            maps["background"] = offset.reshape(shape).astype(dtype, copy=False)
+            image = offset.reshape(shape)
+            maps["background"] = (image.astype(dtype, copy=False) if buffers is None
+                                  else buffers.copy("background", image, dtype))
         del offset
         extra_maps, extra_axes = registry.maps_of(self.extras, self.frame_shape, dtype)
         maps = Maps(maps, axes=extra_axes)
@@ -320,17 +328,23 @@ class ScanPipeline:
             if binning > 1 and _over_pixels(name, values, self.frame_shape):
                 values = block_sums(values, self.frame_shape, binning)
             maps[name] = values.astype(dtype, copy=False) if single and values.dtype.kind == "f" else values
-        self._orientation_maps(maps, dtype)
+        self._orientation_maps(maps, dtype, buffers)
         return maps
 
-    def _orientation_maps(self, maps: Maps, dtype: np.dtype | type) -> None:
+    def _orientation_maps(self, maps: Maps, dtype: np.dtype | type, buffers: MapBuffers | None = None) -> None:
         """KAM and the mosaicity colour map with its key (and the key's axes, in motor
-        units) of the COM maps, into `maps`."""
+        units) of the COM maps, into `maps` (their arrays from `buffers` when given)."""
         names = self.geometry.motor_names
         coms = [maps[f"com_{m}"] for m in names]
-        maps["kam"] = kam(coms, radius=self.config.kam_radius).astype(dtype, copy=False)
+        shape = coms[0].shape
+        if buffers is None:
+            maps["kam"] = kam(coms, radius=self.config.kam_radius).astype(dtype, copy=False)
+        else:
+            wide = kam(coms, radius=self.config.kam_radius, out=buffers.array("kam64", shape, np.float64))
+            maps["kam"] = wide if np.dtype(dtype) == np.float64 else buffers.copy("kam", wide, dtype)
         if len(names) >= 2:
-            rgb, key, extent = mosaicity_rgb(coms[0], coms[1])
+            rgb_out = None if buffers is None else buffers.array("mosaicity", (*shape, 3), np.float32)
+            rgb, key, extent = mosaicity_rgb(coms[0], coms[1], out=rgb_out)
             maps["mosaicity"] = rgb
             maps["mosaicity_key"] = key
             a = np.linspace(extent[0], extent[1], KEY_SIZE + 1)
