@@ -6,6 +6,7 @@ one-line reason, which the daemon logs and writes into the scan's output file.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -111,13 +112,32 @@ def select_image_stream(
     return images[0]
 
 
+#: more points than any scan takes (a malformed scan_info, not a scan)
+MAX_POINTS = 10**9
+
+
 def _axis_channels(scan_info: Mapping) -> dict[str, dict]:
     channels = scan_info.get("channels") or {}
+    if not isinstance(channels, Mapping):
+        raise ScanError(f"scan_info 'channels' is a {type(channels).__name__}, not a table of channels")
     return {
         name: dict(meta)
         for name, meta in channels.items()
-        if name.startswith("axis:") and isinstance(meta, Mapping)
+        if isinstance(name, str) and name.startswith("axis:") and isinstance(meta, Mapping)
     }
+
+
+def _number(where: str, value, kind: type = float) -> float | int:
+    """`value` as a finite `kind`, or a ScanError saying which scan_info field is not one."""
+    try:
+        number = kind(value)
+        if kind is int and number != value and not isinstance(value, str):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise ScanError(f"scan_info {where} is {value!r:.60}, not a {'whole ' if kind is int else ''}number") from None
+    if kind is float and not math.isfinite(number):
+        raise ScanError(f"scan_info {where} is {value!r:.60}, not a finite number")
+    return number
 
 
 def geometry_from_scan_info(
@@ -133,9 +153,11 @@ def geometry_from_scan_info(
     (start != stop). Their stream must exist: positions are always read per point.
     """
     image = select_image_stream(streams, detector)
-    npoints = int(scan_info.get("npoints") or 0)
+    npoints = _number("'npoints'", scan_info.get("npoints") or 0, int)
     if npoints <= 0:
         raise ScanError("scan_info has no positive 'npoints'")
+    if npoints > MAX_POINTS:
+        raise ScanError(f"scan_info 'npoints' is {npoints}: more points than a scan takes")
     channels = _axis_channels(scan_info)
     if motors:
         names = [f"axis:{m}" if not m.startswith("axis:") else m for m in motors]
@@ -143,7 +165,7 @@ def geometry_from_scan_info(
         names = []
         for name, meta in sorted(channels.items(), key=lambda kv: kv[1].get("axis_id", 0)):
             start, stop = meta.get("start"), meta.get("stop")
-            if start is None or stop is None or float(start) != float(stop):
+            if start is None or stop is None or _number(f"{name} start", start) != _number(f"{name} stop", stop):
                 names.append(name)
         if not channels:
             names = sorted(n for n in streams if n.startswith("axis:"))
@@ -160,11 +182,15 @@ def geometry_from_scan_info(
         start, stop = meta.get("start"), meta.get("stop")
         if start is None or stop is None:
             raise ScanError(f"scan_info gives no start/stop for {name}")
-        n = int(meta.get("axis_points") or (npoints if len(names) == 1 else 0))
+        n = _number(f"{name} axis_points", meta.get("axis_points") or (npoints if len(names) == 1 else 0), int)
         if n <= 0:
             raise ScanError(f"scan_info gives no axis_points for {name}")
-        axes.append(MotorAxis(name.split(":", 1)[1], float(start), float(stop), n))
+        if n > MAX_POINTS:
+            raise ScanError(f"scan_info {name} axis_points is {n}: more points than a scan takes")
+        axes.append(MotorAxis(name.split(":", 1)[1], _number(f"{name} start", start), _number(f"{name} stop", stop), n))
     shape = streams[image]
+    if shape is not None and (len(shape) != 2 or not all(isinstance(d, int) and -1 <= d < 2**20 for d in shape)):
+        raise ScanError(f"image stream {image} declares frames of shape {tuple(shape)!r:.60}")
     monitor_stream = find_counter_stream(streams, monitor) if monitor else ""
     return ScanGeometry(
         motors=tuple(axes),
