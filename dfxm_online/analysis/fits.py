@@ -102,6 +102,11 @@ class FitStart:
     sigma: np.ndarray  # (M, P), NaN: a sixth of the scanned range
     correlation: np.ndarray | None = None  # (M(M-1)/2, P), NaN or None: 0
 
+    def select(self, pixels: slice) -> FitStart:
+        """The start of a range of pixels (a band of detector rows)."""
+        corr = None if self.correlation is None else self.correlation[:, pixels]
+        return FitStart(self.peak[:, pixels], self.sigma[:, pixels], corr)
+
 
 def pair_names(motor_names: Sequence[str]) -> list[str]:
     m = len(motor_names)
@@ -140,6 +145,24 @@ class GaussianFits:
     converged: np.ndarray  # (P,) uint8
     iterations: np.ndarray  # (P,) int32
     peaks: np.ndarray | None = None  # (P,) uint8 peaks kept, with n_peaks = 2
+
+    @classmethod
+    def empty(cls, motor_names: tuple[str, ...], n_peaks: int, n_pixels: int) -> GaussianFits:
+        """Fits of `n_pixels` none of which is fitted yet (NaN, 0 iterations)."""
+        npar = gaussian_lm.n_params(len(motor_names), n_peaks)
+        return cls(motor_names, n_peaks, np.full((npar, n_pixels), np.nan), np.full((npar, n_pixels), np.nan),
+                   np.full(n_pixels, np.nan), np.zeros(n_pixels, np.uint8), np.zeros(n_pixels, np.int32),
+                   np.zeros(n_pixels, np.uint8) if n_peaks == 2 else None)
+
+    def put(self, pixels: slice, part: GaussianFits) -> None:
+        """Store the fits of a range of pixels (a band of detector rows)."""
+        self.params[:, pixels] = part.params
+        self.errors[:, pixels] = part.errors
+        self.chi2[pixels] = part.chi2
+        self.converged[pixels] = part.converged
+        self.iterations[pixels] = part.iterations
+        if self.peaks is not None and part.peaks is not None:
+            self.peaks[pixels] = part.peaks
 
     @property
     def fitted(self) -> np.ndarray:
