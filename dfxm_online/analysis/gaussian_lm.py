@@ -161,17 +161,19 @@ def _exp_neg_half(qf, out, n):
 def _evaluate(theta, ut, m, k_peaks, q, vm, rinv, tt, zz, g, mu, qf):
     """mu (N,) = the model at every frame; per peak k: g[k] its unit Gaussian (0 at invalid
     frames, vm = 1.0 / 0.0), tt[k, i] = (u_i - p_i) / s_i and zz[k] = R^-1 tt[k] (what the
-    Jacobian reuses). False if the parameters are not valid (a width or a correlation out of
-    bounds). Every loop runs over the frames, so it vectorises."""
+    Jacobian reuses). False if the parameters are not valid: an amplitude not > 0 (a
+    diffraction peak; from a poor start a free amplitude went negative, a dip fitted to one
+    edge of the curve), a width or a correlation out of bounds. Every loop runs over the
+    frames, so it vectorises."""
     n = ut.shape[1]
     b = theta[0]
     for n_ in range(n):
         mu[n_] = b
     for k in range(k_peaks):
         base = 1 + k * q
-        if not _correlation_inverse(theta, base, m, rinv):
-            return False
         amp = theta[base]
+        if not (amp > 0.0) or not _correlation_inverse(theta, base, m, rinv):
+            return False
         for i in range(m):
             p = theta[base + 1 + i]
             inv_s = 1.0 / theta[base + 1 + m + i]
@@ -303,6 +305,12 @@ def _linear_amplitude(y, g, vm, theta, base):
     elif sgg > 0.0:
         theta[base] = sgy / sgg
         theta[0] = 0.0
+    if not (theta[base] > 0.0):  # no peak where the start puts it: its height over b
+        top = -np.inf
+        for n_ in range(y.shape[0]):
+            if vm[n_] > 0.0:
+                top = max(top, y[n_])
+        theta[base] = max(top - theta[0], 1.0)
 
 
 @njit(cache=True, nogil=True)
@@ -320,7 +328,8 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
     J^T W J at the solution, times the reduced chi^2 when that exceeds 1), chi2_out the
     reduced chi^2, conv_out 1 where the fit converged (a step below `xtol` conditional
     standard errors, or no step that lowers chi^2 with the gradient that small), a finite
-    covariance, every amplitude > 0 and every peak inside the scanned range of u; iter_out
+    covariance, every amplitude clear of its bound 0 (> 1e-3 of its standard error: a flat
+    curve ends there) and every peak inside the scanned range of u; iter_out
     the iterations. Frames whose value is not finite are left out of that pixel's fit.
     """
     n = data.shape[0]
@@ -454,7 +463,7 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
         inside = ok
         for k in range(n_peaks):
             base = 1 + k * q
-            if not (theta[base] > 0.0):
+            if not (theta[base] > 1e-3 * err_out[base, pix]):  # pinned at its bound, 0
                 inside = False
             for i in range(m):
                 if not (u_low[i] <= theta[base + 1 + i] <= u_high[i]):
