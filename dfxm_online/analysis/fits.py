@@ -312,8 +312,10 @@ def _second_peak(curves, offset, noise, u, theta1, errors1, chi2_1, conv1, iters
     npar = gaussian_lm.n_params(1, 2)
     theta0 = np.empty((npar, n_pixels))
     order = np.argsort(u[:, 0], kind="stable")
+    # every pixel the one-peak fit took (its own result may be NaN: it diverged)
+    skip = np.where(iters1 > 0, 0.0, np.nan)
     for_each_tile(n_pixels, lambda a, b: gaussian_lm.two_peak_start(
-        curves, offset, u, order, theta1[0], theta0, a, b), tile=FIT_PIXELS)
+        curves, offset, u, order, skip, theta0, a, b), tile=FIT_PIXELS)
     theta2, errors2, chi2_2, conv2, iters2 = _run_fit(curves, offset, noise, u, theta0, 1, 2, False, settings)
     n_valid = (np.isfinite(curves).sum(axis=0) if curves.dtype.kind == "f"
                else np.full(n_pixels, curves.shape[0]))

@@ -34,9 +34,9 @@ from numba.extending import intrinsic
 LAMBDA_START = 1e-3
 LAMBDA_MIN = 1e-12
 LAMBDA_MAX = 1e12
-#: reduced-unit bounds that keep a trial step valid (a width below MIN_SIGMA of a step
-#: cannot be told from a one-point spike)
-MIN_SIGMA = 0.02
+#: reduced-unit bound that keeps a trial step valid: a width below a fifth of a step cannot
+#: be told from a one-point spike (the neighbours get exp(-12.5) of it)
+MIN_SIGMA = 0.2
 #: beyond this Q = (u-p)^T S^-1 (u-p), exp(-Q/2) underflows: the peak's term is 0
 Q_MAX = 1400.0
 
@@ -331,6 +331,7 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
     covariance, every amplitude clear of its bound 0 (> 1e-3 of its standard error: a flat
     curve ends there) and every peak inside the scanned range of u; iter_out
     the iterations. Frames whose value is not finite are left out of that pixel's fit.
+    Fits that went far out of the range (`diverged`) are NaN.
     """
     n = data.shape[0]
     m = n_motors
@@ -470,6 +471,27 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
                     inside = False
         conv_out[pix] = 1 if (converged and inside) else 0
         iter_out[pix] = iters
+        if diverged(theta, m, n_peaks, q, u_low, u_high):
+            for a in range(npar):
+                theta_out[a, pix] = np.nan
+                err_out[a, pix] = np.nan
+
+
+@njit(cache=True, nogil=True)
+def diverged(theta, m, n_peaks, q, u_low, u_high):
+    """Whether a peak went more than half the scanned range beyond it, or grew wider than
+    twice the range: a fit of no peak (a flat curve, a pedestal the background missed)
+    wanders off to values that say nothing (peaks at +-1e4 steps) and would swamp a map's
+    colour scale; those pixels are NaN, not converged, with their iterations."""
+    for k in range(n_peaks):
+        base = 1 + k * q
+        for i in range(m):
+            span = u_high[i] - u_low[i]
+            if abs(theta[base + 1 + i] - 0.5 * (u_low[i] + u_high[i])) > span:
+                return True
+            if theta[base + 1 + m + i] > 2.0 * span:
+                return True
+    return False
 
 
 @njit(cache=True, nogil=True)
