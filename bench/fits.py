@@ -75,21 +75,21 @@ def make_mesh_file(path: Path, size: int = 256, seed: int = 0,
     amplitude = np.where(crystal, 250 + 50 * np.sin(7 * xx) * np.cos(5 * yy), 0.0)
     positions = scan_positions(motors)
     pedestal, offset, read_noise = 5.0, 100.0, 2.0
-    frames = np.empty((len(positions), h, w), dtype=np.uint16)
-    for k, point in enumerate(positions):
-        z = ((point[:, None, None] - centre) / sigma) ** 2
-        photons = rng.poisson(pedestal + amplitude * np.exp(-0.5 * z.sum(axis=0)))
-        frames[k] = np.rint(photons + offset + rng.normal(0, read_noise, (h, w))).clip(0, 65535)
-    dark = np.rint(offset + rng.normal(0, read_noise, (DARK_FRAMES, h, w))).astype(np.uint16)
     with h5py.File(path, "w") as f:
-        for scan, title, stack, pos in (("1.1", "amesh mu -0.5 0.5 20 chi -1.0 1.0 20 0.1", frames, positions),
-                                        ("2.1", "dark loopscan 20 0.1", dark, None)):
+        for scan, title, n, pos in (("1.1", "amesh mu -0.5 0.5 20 chi -1.0 1.0 20 0.1", len(positions), positions),
+                                    ("2.1", f"dark loopscan {DARK_FRAMES} 0.1", DARK_FRAMES, None)):
             entry = f.create_group(scan)
             entry["title"] = title
-            entry.create_dataset("measurement/pco", data=stack, chunks=(1, h, w))
+            stack = entry.create_dataset("measurement/pco", shape=(n, h, w), dtype=np.uint16, chunks=(1, h, w))
             positioners = entry.create_group("instrument/positioners")
             for i, axis in enumerate(motors):
-                positioners[axis.name] = pos[:, i] if pos is not None else np.zeros(stack.shape[0])
+                positioners[axis.name] = pos[:, i] if pos is not None else np.zeros(n)
+            for k in range(n):  # one frame at a time: a 2048^2 mesh is 8 GB
+                photons = 0.0
+                if pos is not None:
+                    z = ((pos[k][:, None, None] - centre) / sigma) ** 2
+                    photons = rng.poisson(pedestal + amplitude * np.exp(-0.5 * z.sum(axis=0)))
+                stack[k] = np.rint(photons + offset + rng.normal(0, read_noise, (h, w))).clip(0, 65535)
     return {"crystal": crystal, "centre": centre, "fwhm": FWHM_PER_SIGMA * sigma}
 
 

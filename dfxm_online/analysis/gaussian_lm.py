@@ -234,20 +234,43 @@ def _jacobian(theta, m, k_peaks, q, vm, tt, zz, g, jac, ag):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _normal_equations(jac, w, r, npar, hess, grad):
-    """hess = J^T W J, grad = J^T W r (the sums over frames vectorise)."""
+def _normal_equations(jac, w, r, npar, hess, grad, jw):
+    """hess = J^T W J, grad = J^T W r. The sums over frames vectorise; hess's rows go two
+    columns at a time so that each pass over a row of W J feeds two sums (the dominant
+    cost of an iteration: 4.4 -> 2.5 us for 7 parameters and 441 frames, in one run)."""
     n = jac.shape[1]
     for a in range(npar):
+        ja = jac[a]
+        wa = jw[a]
         s = 0.0
-        for n_ in range(n):
-            s += jac[a, n_] * w[n_] * r[n_]
+        for i in range(n):
+            v = ja[i] * w[i]
+            wa[i] = v
+            s += v * r[i]
         grad[a] = s
-        for b in range(a + 1):
-            s = 0.0
-            for n_ in range(n):
-                s += jac[a, n_] * w[n_] * jac[b, n_]
-            hess[a, b] = s
-            hess[b, a] = s
+    for a in range(npar):
+        wa = jw[a]
+        b = 0
+        while b + 1 <= a:
+            j0 = jac[b]
+            j1 = jac[b + 1]
+            s0 = 0.0
+            s1 = 0.0
+            for i in range(n):
+                x = wa[i]
+                s0 += x * j0[i]
+                s1 += x * j1[i]
+            hess[a, b] = s0
+            hess[b, a] = s0
+            hess[a, b + 1] = s1
+            hess[b + 1, a] = s1
+            b += 2
+        if b == a:
+            j0 = jac[b]
+            s0 = 0.0
+            for i in range(n):
+                s0 += wa[i] * j0[i]
+            hess[a, a] = s0
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
@@ -382,6 +405,7 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
     tt = np.empty((2, n_peaks, m, n))
     zz = np.empty((2, n_peaks, m, n))
     jac = np.empty((npar, n))
+    jw = np.empty((npar, n))
     hess = np.empty((npar, npar))
     damped = np.empty((npar, npar))
     low = np.empty((npar, npar))
@@ -438,7 +462,7 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
                 r[n_] = y[n_] - mu[cur, n_]
             chi2 = _weighted_chi2(y, mu[cur], w)
             _jacobian(theta, m, n_peaks, q, vm, tt[cur], zz[cur], g[cur], jac, ag)
-            _normal_equations(jac, w, r, npar, hess, grad)
+            _normal_equations(jac, w, r, npar, hess, grad, jw)
             if it >= NO_PEAK_AFTER and _no_peak(theta, hess, npar, n_peaks, q, low, unit, cov_col):
                 break
             accepted = False
@@ -493,7 +517,7 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
             r[n_] = y[n_] - mu[cur, n_]
         chi2 = _weighted_chi2(y, mu[cur], w)
         _jacobian(theta, m, n_peaks, q, vm, tt[cur], zz[cur], g[cur], jac, ag)
-        _normal_equations(jac, w, r, npar, hess, grad)
+        _normal_equations(jac, w, r, npar, hess, grad, jw)
         red = chi2 / (n_valid - npar)
         ok = _cholesky(hess, npar, low)
         scale = max(red, 1.0)
