@@ -238,8 +238,11 @@ def test_two_peaks_are_separated_and_single_peaks_kept_single():
     com = (w * x).sum(0) / w.sum(0)
     start = FitStart(com[None], np.full((1, n_pixels), 0.1))
     settings = FitSettings(max_peaks=2)
-    maps = {k: v.reshape(-1) for k, v in fit_gaussians(two, x, ["mu"], start, settings=settings).maps((1, n_pixels)).items()}
+    fits = fit_gaussians(two, x, ["mu"], start, settings=settings)
+    maps = {k: v.reshape(-1) for k, v in fits.maps((1, n_pixels)).items()}
     assert (maps["peaks"] == 2).mean() > 0.99
+    model = gaussian_model(fits, x)
+    np.testing.assert_allclose(model[:, maps["peaks"] == 2], two[:, maps["peaks"] == 2], rtol=1e-5, atol=1e-4)
     ok = maps["peaks"] == 2
     np.testing.assert_allclose(maps["peak_mu"][ok], t1["peak"][0][ok], atol=1e-6)
     np.testing.assert_allclose(maps["peak_mu_2"][ok], t2["peak"][0][ok], atol=1e-6)
@@ -249,8 +252,15 @@ def test_two_peaks_are_separated_and_single_peaks_kept_single():
     w = np.clip(noisy, 0, None)
     com = (w * x).sum(0) / w.sum(0)
     start = FitStart(com[None], np.sqrt((w * (x - com) ** 2).sum(0) / w.sum(0))[None])
-    maps = {k: v.reshape(-1) for k, v in fit_gaussians(noisy, x, ["mu"], start, settings=settings).maps((1, n_pixels)).items()}
+    fits = fit_gaussians(noisy, x, ["mu"], start, settings=settings)
+    maps = {k: v.reshape(-1) for k, v in fits.maps((1, n_pixels)).items()}
     assert (maps["peaks"] == 1).mean() >= 0.99  # p = 0.001 per curve for a spurious second peak
+    # a pixel that kept one peak is modelled with that one
+    single = maps["peaks"] == 1
+    sigma = maps["fwhm_mu"][single] / FWHM_PER_SIGMA
+    expected = maps["background"][single] + maps["amplitude"][single] * np.exp(
+        -0.5 * ((x - maps["peak_mu"][single]) / sigma) ** 2)
+    np.testing.assert_allclose(gaussian_model(fits, x)[:, single], expected, rtol=1e-9)
     assert np.isnan(maps["peak_mu_2"][maps["peaks"] == 1]).all()
     single = maps["peaks"] == 1
     z = np.abs(maps["peak_mu"] - t1["peak"][0])[single] / maps["peak_mu_error"][single]

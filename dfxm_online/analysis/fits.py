@@ -366,12 +366,15 @@ def gaussian_model(fits: GaussianFits, positions: np.ndarray, axes: ReducedAxes 
         for i in range(m):
             theta[base + 1 + i] = (theta[base + 1 + i] - axes.centre[i]) / axes.scale[i]
             theta[base + 1 + m + i] /= axes.scale[i]
-    n_peaks = fits.n_peaks
-    if n_peaks == 2:  # pixels with one peak kept: evaluate the one-peak model
-        one = fits.peaks != 2
-        theta[4:, one] = 0.0
-        theta[6, one] = 1.0
-    out = np.empty((positions.shape[0], theta.shape[1]))
-    for_each_tile(theta.shape[1], lambda a, b: gaussian_lm.model_block(
-        theta, axes.reduce(positions), m, n_peaks, out, a, b), tile=FIT_PIXELS * 16)
-    return out
+    u = axes.reduce(positions)
+
+    def model_of(params: np.ndarray, n_peaks: int) -> np.ndarray:
+        out = np.empty((positions.shape[0], params.shape[1]))
+        for_each_tile(params.shape[1], lambda a, b: gaussian_lm.model_block(
+            params, u, m, n_peaks, out, a, b), tile=FIT_PIXELS * 16)
+        return out
+
+    one = model_of(np.ascontiguousarray(theta[: 1 + q]), 1)
+    if fits.n_peaks == 1:
+        return one
+    return np.where(fits.peaks == 2, model_of(theta, 2), one)  # pixels that kept one peak
