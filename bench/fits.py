@@ -191,12 +191,50 @@ def section(size: int = 256, darfix: bool = True) -> list[str]:
     return lines + [""]
 
 
+LARGE_MOTORS = (MotorAxis("mu", -0.5, 0.5, 26), MotorAxis("chi", -1.0, 1.0, 37))
+
+# `process` of the large mesh in a process of its own, so that its peak RSS is its own
+LARGE_SCRIPT = r"""
+import json, sys, time
+from dfxm_online.analysis.fits import FitSettings
+from dfxm_online.config import AnalysisConfig
+from dfxm_online.offline import analyse_scan
+path, dark = sys.argv[1], sys.argv[2] == "dark"
+t0 = time.perf_counter()
+r = analyse_scan(path, "1.1", AnalysisConfig(), f"{path}::2.1" if dark else None, progress=False, fit=FitSettings())
+total = time.perf_counter() - t0
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+print(json.dumps({"total_s": total, "fit_s": r.fit_info["fit_seconds"], "pixels": r.fit_info["fit_pixels"],
+                  "converged": r.fit_info["fit_converged_fraction"], "peak_rss_gb": hwm / 2**20}))
+"""
+
+
+def large_case(path: Path, dark: bool) -> dict:
+    """`process` (moments + fits) of the 962-frame (26 x 37) 2048^2 mesh in `path`."""
+    run = subprocess.run([sys.executable, "-c", LARGE_SCRIPT, str(path), "dark" if dark else "edges"],
+                         capture_output=True, text=True, cwd=ROOT)
+    if run.returncode != 0:
+        raise RuntimeError(run.stderr[-2000:])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--no-darfix", action="store_true")
+    parser.add_argument("--large", type=Path, metavar="FILE",
+                        help="also time process on the 26 x 37 mesh of 2048^2 frames in FILE (made there if "
+                             "missing: 8 GB)")
     args = parser.parse_args()
     print("\n".join(section(args.size, not args.no_darfix)))
+    if args.large:
+        if not args.large.exists():
+            make_mesh_file(args.large, 2048, motors=LARGE_MOTORS)
+        for dark in (False, True):
+            r = large_case(args.large, dark)
+            print(f"| 26x37 mesh, 2048^2, {'with' if dark else 'without'} --dark | {r['pixels']} pixels fitted, "
+                  f"{100 * r['converged']:.1f} % converged | fit {r['fit_s']:.1f} s (reading included) | "
+                  f"process {r['total_s']:.1f} s | peak RSS {r['peak_rss_gb']:.2f} GiB |")
 
 
 if __name__ == "__main__":

@@ -126,7 +126,9 @@ GroupsSpec = Mapping[str, Mapping[str, np.ndarray]]
 
 
 def _write(path: Path, maps: Mapping[str, np.ndarray], info: ProcessInfo, default: str | None,
-           title: str, axes: AxesSpec, groups: GroupsSpec, group_axes: Mapping[str, AxesSpec]) -> None:
+           title: str, axes: AxesSpec, groups: GroupsSpec | None = None,
+           group_axes: Mapping[str, AxesSpec] | None = None) -> None:
+    groups, group_axes = groups or {}, group_axes or {}
     with h5py.File(path, "w") as f:
         f.attrs["creator"] = "dfxm-online"
         f.attrs["NX_class"] = "NXroot"
