@@ -122,14 +122,14 @@ def test_noise_free_curves_give_the_parameters_back(n_motors):
     np.testing.assert_allclose(gaussian_model(fits, positions), curves, rtol=1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize("n_motors", [1, 2])
+@pytest.mark.parametrize("n_motors", [1, 2, 3])
 def test_poisson_errors_lie_within_three_standard_errors(n_motors):
     """With Poisson counts on a pedestal of known variance, each fitted parameter's error is
     within 3 reported standard errors for >= 95 % of the pixels (99.7 % if exact), and the
     errors are not inflated: within one standard error for 55-80 % (68 % if exact)."""
     rng = np.random.default_rng(RNG_SEED + 10 + n_motors)
     positions = grid(*MESHES[n_motors])
-    n_pixels = 3000
+    n_pixels = 3000 if n_motors < 3 else 1000
     t = truth_params(rng, positions, n_pixels)
     pedestal = 5.0  # Poisson photons under the signal, subtracted as the pipeline's background
     curves = rng.poisson(gaussian_curves(positions, t) + pedestal).astype(np.float32)

@@ -253,9 +253,12 @@ def _native(data: np.ndarray) -> np.ndarray:
     """Frames as the kernel reads them: float32/float64/uint16/int32... as they are (one
     compiled variant per type, cached), others converted to float32."""
     data = np.asarray(data)
-    if data.dtype.kind in "fiu" and data.dtype.itemsize <= 8:
+    if data.dtype.isnative and data.dtype.name in _KERNEL_TYPES:
         return data
     return data.astype(np.float32)
+
+
+_KERNEL_TYPES = ("float32", "float64", "uint8", "uint16", "uint32", "int16", "int32", "int64")
 
 
 def fit_gaussians(
