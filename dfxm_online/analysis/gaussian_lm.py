@@ -234,10 +234,15 @@ def _jacobian(theta, m, k_peaks, q, vm, tt, zz, g, jac, ag):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _normal_equations(jac, w, r, npar, hess, grad, jw):
+def _normal_equations(jac, w, r, npar, hess, grad, jw, zero):
     """hess = J^T W J, grad = J^T W r. The sums over frames vectorise; hess's rows go two
     columns at a time so that each pass over a row of W J feeds two sums (the dominant
-    cost of an iteration: 4.4 -> 2.5 us for 7 parameters and 441 frames, in one run)."""
+    cost of an iteration: 4.4 -> 2.5 us for 7 parameters and 441 frames, in one run).
+
+    `jac`, `jw` and `zero` float32 during the iterations: hess's sums (the bulk of the
+    work) then take twice the values per vector instruction, and the step only needs hess
+    roughly (the gradient, summed in float64, is what fixes the solution); float64 for the
+    covariance at the solution."""
     n = jac.shape[1]
     for a in range(npar):
         ja = jac[a]
@@ -254,8 +259,8 @@ def _normal_equations(jac, w, r, npar, hess, grad, jw):
         while b + 1 <= a:
             j0 = jac[b]
             j1 = jac[b + 1]
-            s0 = 0.0
-            s1 = 0.0
+            s0 = zero
+            s1 = zero
             for i in range(n):
                 x = wa[i]
                 s0 += x * j0[i]
@@ -267,7 +272,7 @@ def _normal_equations(jac, w, r, npar, hess, grad, jw):
             b += 2
         if b == a:
             j0 = jac[b]
-            s0 = 0.0
+            s0 = zero
             for i in range(n):
                 s0 += wa[i] * j0[i]
             hess[a, a] = s0
@@ -404,8 +409,11 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
     g = np.empty((2, n_peaks, n))
     tt = np.empty((2, n_peaks, m, n))
     zz = np.empty((2, n_peaks, m, n))
-    jac = np.empty((npar, n))
-    jw = np.empty((npar, n))
+    jac = np.empty((npar, n), dtype=np.float32)
+    jw = np.empty((npar, n), dtype=np.float32)
+    jac64 = np.empty((npar, n))
+    jw64 = np.empty((npar, n))
+    f32 = np.float32(0.0)
     hess = np.empty((npar, npar))
     damped = np.empty((npar, npar))
     low = np.empty((npar, npar))
@@ -462,7 +470,7 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
                 r[n_] = y[n_] - mu[cur, n_]
             chi2 = _weighted_chi2(y, mu[cur], w)
             _jacobian(theta, m, n_peaks, q, vm, tt[cur], zz[cur], g[cur], jac, ag)
-            _normal_equations(jac, w, r, npar, hess, grad, jw)
+            _normal_equations(jac, w, r, npar, hess, grad, jw, f32)
             if it >= NO_PEAK_AFTER and _no_peak(theta, hess, npar, n_peaks, q, low, unit, cov_col):
                 break
             accepted = False
@@ -516,8 +524,8 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
         for n_ in range(n):
             r[n_] = y[n_] - mu[cur, n_]
         chi2 = _weighted_chi2(y, mu[cur], w)
-        _jacobian(theta, m, n_peaks, q, vm, tt[cur], zz[cur], g[cur], jac, ag)
-        _normal_equations(jac, w, r, npar, hess, grad, jw)
+        _jacobian(theta, m, n_peaks, q, vm, tt[cur], zz[cur], g[cur], jac64, ag)
+        _normal_equations(jac64, w, r, npar, hess, grad, jw64, 0.0)
         red = chi2 / (n_valid - npar)
         ok = _cholesky(hess, npar, low)
         scale = max(red, 1.0)
