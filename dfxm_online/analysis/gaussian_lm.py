@@ -13,12 +13,16 @@ Why a hand-written LM and not scipy.optimize.least_squares per pixel: a 256^2 me
 darfix pays. Here a block of pixels is one nogil call, run on the project's tile threads
 (dfxm_online/online/tiles.py; no prange, so several daemon threads may call it at once).
 
-Weights are Poisson-like, var_n = max(mu_n, 1) + noise_var (the background's own per-frame
-variance), recomputed from the model at the start of each iteration and held fixed during
-it (iteratively reweighted least squares): its fixed point solves the Poisson
-quasi-likelihood equations sum (y - mu) / var * dmu/dtheta = 0, without the downward bias
-of weighting by the data (Neyman chi^2) or the upward one of a model-weighted chi^2
-minimised directly.
+Weights are Poisson-like, var_n = max(mu_n - b + noise_var, 1) (the peaks' Poisson
+variance plus the background's own per-frame variance, `_update_weights`), recomputed from
+the model at the start of each iteration and held fixed during it (iteratively reweighted
+least squares): its fixed point solves the Poisson quasi-likelihood equations
+sum (y - mu) / var * dmu/dtheta = 0, without the downward bias of weighting by the data
+(Neyman chi^2) or the upward one of a model-weighted chi^2 minimised directly.
+
+Measured (one core, 441 frames, two motors, 7 parameters, loaded VM): ~15-25k pixels/s;
+an iteration is one evaluation of a trial step (1.4 us), the Jacobian (0.8 us) and
+J^T W J (float32, ~1.9 us); 5-7 iterations per pixel from the moments' start.
 """
 
 from __future__ import annotations
