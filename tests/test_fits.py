@@ -27,6 +27,7 @@ from dfxm_online.analysis.rocking_curves import (
 )
 from dfxm_online.config import AnalysisConfig
 from dfxm_online.maps import signal_mask
+from dfxm_online.online.accumulators.background import RunningMean
 from dfxm_online.online.pipeline import ScanPipeline
 from dfxm_online.publish.nexus import ProcessInfo, read_group, read_maps_file, write_maps_file
 
@@ -346,6 +347,15 @@ def test_background_noise_variance_is_the_quietest_edge_group(recorded_stack):
         for group in (u <= 0.2 + 1e-9, u >= 0.8 - 1e-9):
             variances.append(flat[group].var(axis=0, ddof=1))
     np.testing.assert_allclose(background_noise_variance(pipe), np.min(variances, axis=0), rtol=1e-9)
+    # a dark scan (read noise only: no diffuse background) does not lower it...
+    dark = RunningMean(flat.shape[1])
+    dark.update(np.full((5, *frames.shape[1:]), 100, np.uint16) + np.arange(5, dtype=np.uint16)[:, None, None])
+    pipe.set_dark(dark)
+    assert pipe.dark_frames is dark
+    np.testing.assert_allclose(background_noise_variance(pipe), np.min(variances, axis=0), rtol=1e-9)
+    # ... and stands in only where no edge group has two frames
+    pipe.edges.counts[:] = 1
+    np.testing.assert_allclose(background_noise_variance(pipe), 2.5)
 
 
 def test_recorded_scan_fits_use_the_pipelines_background_and_mask(recorded_stack, monkeypatch):
