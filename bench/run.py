@@ -781,6 +781,9 @@ def main() -> None:
                              f"| {r['p99']:.3f} | {r['p99_steady']:.3f} | {r['peak_rss_mb']:.0f} |")
         finally:
             store.stop()
+    from fits import section as fits_section  # bench/fits.py: the per-pixel fits vs darfix
+
+    lines += [""] + fits_section(size=64 if args.quick else 256, darfix=not args.quick) if part is None else []
     text = "\n".join(lines) + "\n"
     if part is not None:
         print(text)

@@ -147,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TOML configuration file ([analysis] table)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-quicklook", action="store_true", help="no PNG of the maps beside the output file")
+    p.add_argument("--no-fit", action="store_true",
+                   help="skip the per-pixel Gaussian fits (/entry/fit) after the moments")
+    p.add_argument("--fit-peaks", type=int, choices=[1, 2], default=1,
+                   help="peaks per pixel in the fits (2: scans of one motor only)")
+    p.add_argument("--fit-max-iterations", type=int, default=100,
+                   help="Levenberg-Marquardt iterations per pixel at most")
+    p.add_argument("--fit-band-mb", type=int, default=1024,
+                   help="MiB of frames read at once for the fits (a band of detector rows)")
     _add_analysis_flags(p)
 
     p = sub.add_parser("view", help="the maps of the current scan, live (silx; needs dfxm-online[viewer])")
@@ -237,12 +245,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "process":
-        from .config import load_config
+        from .analysis.fits import FitSettings
+        from .config import ConfigError, load_config
         from .offline import process_to_file
 
         config = load_config(args.config, **_analysis_overrides(args))
+        fit = None
+        if not args.no_fit:
+            fit = FitSettings(max_peaks=args.fit_peaks, max_iterations=args.fit_max_iterations,
+                              band_mb=args.fit_band_mb)
+            try:
+                fit.validate()
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         out = process_to_file(args.file, args.output, args.scan, config.analysis, args.dark,
-                              progress=not args.no_progress, quicklook=not args.no_quicklook)
+                              progress=not args.no_progress, fit=fit, quicklook=not args.no_quicklook)
         print(out)
         return 0
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -20,6 +23,8 @@ from .acquisition.blissfile import (
 )
 from .acquisition.frames import Batch
 from .acquisition.geometry import ScanError, ScanGeometry
+from .analysis.fits import FitSettings
+from .analysis.rocking_curves import fit_recorded_scan
 from .config import AnalysisConfig
 from .images import load_images
 from .online.accumulators.background import RunningMean
@@ -29,6 +34,8 @@ from .publish.nexus import ProcessInfo, write_maps_file
 from .publish.quicklook import quicklook_path, write_quicklook
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_FIT = FitSettings()
 
 
 def mean_dark(url: str, default_file: str | Path | None = None, detector: str | None = None,
@@ -48,20 +55,36 @@ def mean_dark(url: str, default_file: str | Path | None = None, detector: str | 
     return mean
 
 
-def process_scan(
+@dataclass
+class ScanResult:
+    """What `process` makes of a recorded scan."""
+
+    maps: dict[str, np.ndarray]
+    axes: dict
+    geometry: ScanGeometry
+    frames_processed: int
+    #: what the maps come from and how they were made (/entry/process fields)
+    provenance: dict[str, object] = field(default_factory=dict)
+    #: /entry/fit maps (None: fits not run), their converged fraction and settings
+    fit_maps: dict[str, np.ndarray] | None = None
+    fit_info: dict[str, object] = field(default_factory=dict)
+
+
+def analyse_scan(
     path: str | Path,
     scan: str | int | None = None,
     config: AnalysisConfig | None = None,
     dark: str | RunningMean | np.ndarray | None = None,
     progress: bool = True,
-    provenance: dict | None = None,
-) -> tuple[dict[str, np.ndarray], dict, ScanGeometry, int]:
-    """Maps of a recorded scan; returns (maps, their axes, geometry, frames processed).
+    fit: FitSettings | None = None,
+) -> ScanResult:
+    """Maps of a recorded scan and, with `fit`, the per-pixel Gaussian fits after them.
 
     `scan` None takes the file's first scan with moving motors (a session usually starts
     with its dark scan). The one-pass moments are made final within each pixel's window
-    (`moment_window`), which reads the frames again. `provenance`, when given, is filled
-    with what the maps came from (scan file, entry, detector, motors, background rule...)."""
+    (`moment_window`), which reads the frames again; the fits read them once more, in bands
+    of rows, through the same preprocessing and background, started from the final moments
+    (`analysis.rocking_curves.fit_recorded_scan`)."""
     config = config or AnalysisConfig()
     if scan is None:
         scan = first_scan_with_motors(path, config.detector, config.motors)
@@ -90,12 +113,39 @@ def process_scan(
             rec.npoints, rule, dark if isinstance(dark, str) else ("image" if dark is not None else "none"),
             f"{config.moment_window:g} sigma x {passes}" if passes else "off",
         )
-        if provenance is not None:
-            provenance.update(scan_provenance(rec))
-            provenance.update(background_rule=rule, dark_scan=str(dark) if isinstance(dark, str) else "",
-                              moment_window=float(config.moment_window) if passes else 0.0,
-                              moment_window_passes=passes, points_dropped=pipeline.points_dropped)
-        return maps, maps.axes, geometry, pipeline.frames_processed
+        provenance = {**scan_provenance(rec), "background_rule": rule,
+                      "dark_scan": str(dark) if isinstance(dark, str) else "",
+                      "moment_window": float(config.moment_window) if passes else 0.0,
+                      "moment_window_passes": passes, "points_dropped": pipeline.points_dropped}
+        result = ScanResult(maps, maps.axes, geometry, pipeline.frames_processed, provenance)
+        if fit is not None and geometry.motors:
+            _fit(result, rec, pipeline, fit, progress)
+        return result
+
+
+def _fit(result: ScanResult, rec, pipeline: ScanPipeline, fit: FitSettings, progress: bool) -> None:
+    """The per-pixel fits of a recorded scan into `result` (maps and /entry/process fields)."""
+    t0 = time.perf_counter()
+    fits = fit_recorded_scan(rec, pipeline, result.maps, fit, progress)
+    seconds = time.perf_counter() - t0
+    result.fit_maps = fits.maps(pipeline.frame_shape)
+    fitted = int(fits.fitted.sum())
+    result.fit_info = {
+        "fit_converged_fraction": fits.converged_fraction,
+        "fit_pixels": fitted,
+        "fit_seconds": seconds,
+        "fit_settings": json.dumps({**fit.to_dict(), "model": fit_model_name(result.geometry.motor_names, fit),
+                                    "background": pipeline.background()[1]}, sort_keys=True),
+    }
+    logger.info("fits: %d pixels in %.1f s, %.1f %% converged", fitted, seconds,
+                100 * fits.converged_fraction if fitted else 0.0)
+
+
+def fit_model_name(motor_names: list[str], fit: FitSettings) -> str:
+    """A readable name of the fitted model, for /entry/process/fit_settings."""
+    kind = {1: "gaussian", 2: "bivariate gaussian", 3: "trivariate gaussian"}[len(motor_names)]
+    peaks = " (up to 2 peaks)" if fit.max_peaks == 2 else ""
+    return f"{kind} over {', '.join(motor_names)} + background{peaks}"
 
 
 def _progress(batches: Iterable[Batch], total: int, desc: str, enabled: bool) -> Iterator[Batch]:
@@ -106,23 +156,40 @@ def _progress(batches: Iterable[Batch], total: int, desc: str, enabled: bool) ->
             bar.update(batch.frames.shape[0])
 
 
+def process_scan(
+    path: str | Path,
+    scan: str | int | None = None,
+    config: AnalysisConfig | None = None,
+    dark: str | RunningMean | np.ndarray | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, np.ndarray], dict, ScanGeometry, int]:
+    """Maps of a recorded scan (no fits); returns (maps, their axes, geometry, frames processed)."""
+    result = analyse_scan(path, scan, config, dark, progress)
+    return result.maps, result.axes, result.geometry, result.frames_processed
+
+
 def process_to_file(
     path: str | Path, out: str | Path, scan: str | int | None = None, config: AnalysisConfig | None = None,
-    dark: str | RunningMean | np.ndarray | None = None, progress: bool = True, quicklook: bool = True,
+    dark: str | RunningMean | np.ndarray | None = None, progress: bool = True,
+    fit: FitSettings | None = DEFAULT_FIT, quicklook: bool = True,
 ) -> Path:
-    """`dfxm-online process`: maps of a recorded scan written in the daemon's layout (and,
-    with `quicklook`, their PNG beside them)."""
+    """`dfxm-online process`: maps of a recorded scan written in the daemon's layout, the
+    per-pixel fits under /entry/fit (`fit` None: no fits) and, with `quicklook`, the
+    maps' PNG beside them."""
     config = config or AnalysisConfig()
-    provenance: dict = {}
-    maps, axes, geometry, frames = process_scan(path, scan, config, dark, progress, provenance)
+    result = analyse_scan(path, scan, config, dark, progress, fit)
+    geometry, provenance = result.geometry, result.provenance
     info = ProcessInfo(
-        state="complete", frames_processed=frames, frames_expected=geometry.npoints,
-        scan_key=f"{Path(path).resolve()}::{provenance['raw_entry']}",
-        config=config.model_dump_json(), extra=provenance,
+        state="complete", frames_processed=result.frames_processed, frames_expected=geometry.npoints,
+        scan_key=f"{Path(path).resolve()}::{provenance['raw_entry']}", config=config.model_dump_json(),
+        extra={**provenance, **result.fit_info},
     )
-    path = write_maps_file(out, maps, info, default_map(geometry.motor_names), geometry.title, axes)
+    groups = {"fit": result.fit_maps} if result.fit_maps is not None else None
+    out = write_maps_file(out, result.maps, info, default_map(geometry.motor_names), geometry.title,
+                          result.axes, groups=groups)
     if quicklook and geometry.motors:
-        write_quicklook(maps, geometry.motor_names, quicklook_path(path),
-                        f"{Path(path).name}: {provenance['raw_file']}::{provenance['raw_entry']} - "
-                        f"{', '.join(geometry.motor_names)} - {frames} frames", axes.get("mosaicity_key"))
-    return path
+        write_quicklook(result.maps, geometry.motor_names, quicklook_path(out),
+                        f"{Path(out).name}: {provenance['raw_file']}::{provenance['raw_entry']} - "
+                        f"{', '.join(geometry.motor_names)} - {result.frames_processed} frames",
+                        result.axes.get("mosaicity_key"))
+    return out

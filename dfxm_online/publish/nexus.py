@@ -6,6 +6,11 @@ Layout (a contract: viewers and users rely on it):
     /entry/maps/<map>              NXdata, @signal = "<map>", dataset <map>
     /entry/process                 NXprocess: program, version, config (JSON), state, reason,
                                    frames_processed, frames_expected, scan_key, updated
+                                   (+ ProcessInfo.extra fields, e.g. the fits' settings)
+
+and, for the scan-end analyses, further collections of maps laid out like /entry/maps
+(`groups` of `write_maps_file`): /entry/fit/<map> (the per-pixel fits), /entry/strain/<map>,
+/entry/bss/<map>, ... each <map> an NXdata whose signal is named like the group.
 
 The file is written to a hidden temporary file in the same folder and renamed over the old
 one (fsync'ed first when it must be durable), so a reader (silx, h5py) opening the path always sees a complete file: either the
@@ -81,8 +86,37 @@ def process_fields(info: ProcessInfo) -> dict[str, object]:
     return fields_
 
 
+def _write_collection(parent: h5py.Group, name: str, maps: Mapping[str, np.ndarray], axes: AxesSpec) -> h5py.Group:
+    """`parent/name` (NXcollection) with one NXdata per map: the dataset named like its group
+    (the signal), image / rgba-image interpretation, and the map's axes when given."""
+    group = parent.create_group(name)
+    group.attrs["NX_class"] = "NXcollection"
+    for map_name, values in maps.items():
+        nxdata = group.create_group(map_name)
+        nxdata.attrs["NX_class"] = "NXdata"
+        nxdata.attrs["signal"] = map_name
+        arr = file_array(values)
+        dset = nxdata.create_dataset(map_name, data=arr)
+        if arr.ndim == 2:
+            dset.attrs["interpretation"] = "image"
+        elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
+            dset.attrs["interpretation"] = "rgba-image"
+        if map_name in axes:
+            names = []
+            for axis_name, axis_values in axes[map_name]:
+                nxdata.create_dataset(axis_name, data=np.asarray(axis_values))
+                names.append(axis_name)
+            nxdata.attrs["axes"] = names
+    return group
+
+
+GroupsSpec = Mapping[str, Mapping[str, np.ndarray]]
+
+
 def _write(path: Path, maps: Mapping[str, np.ndarray], info: ProcessInfo, default: str | None,
-           title: str, axes: AxesSpec) -> None:
+           title: str, axes: AxesSpec, groups: GroupsSpec | None = None,
+           group_axes: Mapping[str, AxesSpec] | None = None) -> None:
+    groups, group_axes = groups or {}, group_axes or {}
     with h5py.File(path, "w") as f:
         f.attrs["creator"] = "dfxm-online"
         f.attrs["NX_class"] = "NXroot"
@@ -90,26 +124,13 @@ def _write(path: Path, maps: Mapping[str, np.ndarray], info: ProcessInfo, defaul
         entry.attrs["NX_class"] = "NXentry"
         if title:
             entry["title"] = title
-        group = entry.create_group("maps")
-        group.attrs["NX_class"] = "NXcollection"
-        for name, values in maps.items():
-            nxdata = group.create_group(name)
-            nxdata.attrs["NX_class"] = "NXdata"
-            nxdata.attrs["signal"] = name
-            arr = file_array(values)
-            dset = nxdata.create_dataset(name, data=arr)
-            if arr.ndim == 2:
-                dset.attrs["interpretation"] = "image"
-            elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
-                dset.attrs["interpretation"] = "rgba-image"
-            if name in axes:
-                names = []
-                for axis_name, values in axes[name]:
-                    nxdata.create_dataset(axis_name, data=np.asarray(values))
-                    names.append(axis_name)
-                nxdata.attrs["axes"] = names
+        group = _write_collection(entry, "maps", maps, axes)
         if default and default in group:
             select_default_plot(group[default])
+        for name, group_maps in groups.items():
+            if name in ("maps", "process", "title"):
+                raise ValueError(f"group name {name!r} is taken by the maps file's own layout")
+            _write_collection(entry, name, group_maps, group_axes.get(name, {}))
         process = entry.create_group("process")
         process.attrs["NX_class"] = "NXprocess"
         for key, value in process_fields(info).items():
@@ -124,8 +145,14 @@ def write_maps_file(
     title: str = "",
     axes: AxesSpec | None = None,
     durable: bool = True,
+    groups: GroupsSpec | None = None,
+    group_axes: Mapping[str, AxesSpec] | None = None,
 ) -> Path:
     """Write the maps file atomically (temporary file + rename); return its path.
+
+    `groups`: further collections beside /entry/maps, {"fit": {"amplitude": ..., ...}} ->
+    /entry/fit/amplitude/amplitude (NXdata, as the maps), with `group_axes` per group
+    ({"fit": {map: [(axis name, values), ...]}}). A name may hold a slash ("bss/nmf").
 
     The rename alone is what keeps readers from ever seeing a torn file. `durable` also
     fsyncs the file before the rename, so that the version on disk survives a power cut;
@@ -137,7 +164,7 @@ def write_maps_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        _write(tmp, maps, info, default, title, axes or {})
+        _write(tmp, maps, info, default, title, axes or {}, groups or {}, group_axes or {})
         if durable:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -159,3 +186,9 @@ def read_maps_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, o
             value = dset[()]
             process[name] = value.decode() if isinstance(value, bytes) else value
     return maps, process
+
+
+def read_group(path: str | Path, name: str) -> dict[str, np.ndarray]:
+    """The maps of one collection of a maps file (`read_group(path, "fit")`: /entry/fit)."""
+    with h5py.File(path, "r") as f:
+        return {map_name: nxdata[map_name][()] for map_name, nxdata in f[f"entry/{name}"].items()}
