@@ -25,7 +25,7 @@ from .acquisition.frames import Batch
 from .acquisition.geometry import ScanError, ScanGeometry
 from .analysis.fits import FitSettings
 from .analysis.rocking_curves import fit_recorded_scan
-from .config import AnalysisConfig
+from .config import AnalysisConfig, ConfigError
 from .images import load_images
 from .online.accumulators.background import RunningMean
 from .online.maps import default_map
@@ -93,6 +93,11 @@ def analyse_scan(
     with open_scan(path, scan, detector=config.detector, motors=config.motors,
                    monitor=config.monitor) as rec:
         geometry = rec.geometry()
+        if fit is not None:  # refused before any frame is read
+            try:
+                fit.validate(len(geometry.motors))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         dark_image = mean_dark(dark, path, rec.detector) if isinstance(dark, str) else dark
         pipeline = ScanPipeline(geometry, rec.frame_shape, config, dark_image,
                                 load_images(config.images), has_monitor=rec.monitor is not None)
