@@ -41,13 +41,20 @@ def frame_totals(frames: np.ndarray, mask: np.ndarray | None = None) -> np.ndarr
     return flat[:, np.asarray(mask, dtype=bool).reshape(-1)].sum(axis=1, dtype=np.float64)
 
 
-def grid_edges(axis: MotorAxis) -> np.ndarray:
-    """(npoints + 1,) increasing bin edges centred on the axis's nominal points."""
+def grid_centres(axis: MotorAxis) -> np.ndarray:
+    """The axis's nominal points, increasing."""
     n = max(int(axis.npoints), 1)
     if n == 1 or axis.high == axis.low:
+        return np.array([0.5 * (axis.low + axis.high)])
+    return np.linspace(axis.low, axis.high, n)
+
+
+def grid_edges(axis: MotorAxis) -> np.ndarray:
+    """(npoints + 1,) increasing bin edges centred on the axis's nominal points."""
+    centres = grid_centres(axis)
+    if centres.size == 1:
         half = 0.5 * (abs(axis.scale) if axis.scale else 1.0)
         return np.array([axis.low - half, axis.high + half])
-    centres = np.linspace(axis.low, axis.high, n)
     step = centres[1] - centres[0]
     return np.concatenate([centres - step / 2, [centres[-1] + step / 2]])
 
@@ -75,7 +82,7 @@ def orientation_distribution(
     edges = [grid_edges(a) for a in axes]
     intensity, _ = np.histogramdd(coords, bins=edges, weights=totals)
     frames, _ = np.histogramdd(coords, bins=edges)
-    centres = {a.name: 0.5 * (e[1:] + e[:-1]) for a, e in zip(axes, edges)}
+    centres = {a.name: grid_centres(a) for a in axes}
     return Distribution(intensity=intensity, frames=frames.astype(np.int64), axes=centres)
 
 
