@@ -37,7 +37,12 @@ def test_weak_beam_frames_are_darfix_threshold_removal():
 def test_weak_beam_com_is_the_brute_force_com_of_the_kept_values():
     frames, pos, axes = _mesh()
     kept = weak_beam.weak_beam_frames(frames, 1.5)
-    maps = weak_beam.weak_beam_maps(frames, pos, axes, 1.5, min_intensity_fraction=0.0)
+    # streamed in batches of 10 frames, in two passes
+    def batches():
+        return ((np.arange(i, min(i + 10, len(frames))), frames[i : i + 10]) for i in range(0, len(frames), 10))
+
+    np.testing.assert_allclose(weak_beam.pixel_std(batches()), frames.std(axis=0), rtol=1e-12)
+    maps = weak_beam.weak_beam_maps(batches, pos, axes, 1.5, min_intensity_fraction=0.0)
     total = kept.sum(axis=0)
     for name in ("mu", "chi"):
         com = np.tensordot(pos[name], kept, axes=1) / total

@@ -58,13 +58,17 @@ class DriftEstimate:
     (darfix's convention; the sample drifted by -shift per frame); `coarse` the estimate
     from the half sums alone; `scale_factor` h/|coarse| chosen by the search (1 when not
     refined); `refined` whether the frames were searched; `score` the normalised variance
-    of the corrected sum at the chosen scale (NaN if not refined)."""
+    of the corrected sum at the chosen scale (NaN if not refined); `similarity` the
+    correlation coefficient of the two half sums once registered (near 1 when the halves
+    image the same structure, as a drift needs; a mesh whose halves light up different
+    grains gives a low value and a meaningless shift)."""
 
     shift_per_frame: tuple[float, float]
     coarse: tuple[float, float]
     scale_factor: float
     refined: bool
     score: float
+    similarity: float = float("nan")
 
     def total(self, n_frames: int) -> tuple[float, float]:
         """The correction of the last frame (n - 1)·shift: the drift over the scan."""
@@ -80,6 +84,16 @@ def coarse_shift(first_half: np.ndarray, second_half: np.ndarray, n_frames: int)
         return np.zeros(2)
     shift, _, _ = phase_cross_correlation(a, b, upsample_factor=UPSAMPLE, normalization=None)
     return 2.0 * np.asarray(shift, dtype=np.float64) / n_frames
+
+
+def half_similarity(first_half: np.ndarray, second_half: np.ndarray, shift: np.ndarray) -> float:
+    """Pearson correlation of the first half sum and the second moved by `shift` (the
+    registration phase_cross_correlation found, circular Fourier shift)."""
+    a = np.asarray(first_half, np.float64)
+    b = np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(np.asarray(second_half, np.float64)), shift)).real
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
 def _binned(frames: np.ndarray, binning: int) -> np.ndarray:
@@ -169,10 +183,11 @@ def estimate_drift(
     """Linear drift of a scan of `n_frames` frames from its two half sums; refined by the
     scale search over the frames when `batches` ((indices, frames) in any order) is given."""
     coarse = coarse_shift(first_half, second_half, n_frames)
+    similarity = half_similarity(first_half, second_half, coarse * n_frames / 2.0)
     length = float(np.hypot(*coarse))
     as_tuple = (float(coarse[0]), float(coarse[1]))
     if length == 0 or batches is None:
-        return DriftEstimate(as_tuple, as_tuple, 1.0, False, float("nan"))
+        return DriftEstimate(as_tuple, as_tuple, 1.0, False, float("nan"), similarity)
     direction = coarse / length
     step = 2.0 * length / steps  # darfix: h in [0, 3|s0|) by 2|s0| / steps
     lengths = np.arange(steps + steps // 2) * step
@@ -182,7 +197,7 @@ def estimate_drift(
     log.info("drift scale search: coarse %.4g px/frame, chosen %.4g", length, h)
     shift = direction * h
     return DriftEstimate((float(shift[0]), float(shift[1])), as_tuple, h / length, True,
-                         float(scores[best]))
+                         float(scores[best]), similarity)
 
 
 def apply_drift(

@@ -16,7 +16,7 @@ images without the frames.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -35,19 +35,54 @@ def weak_beam_frames(frames: np.ndarray, n_sigma: float) -> np.ndarray:
     return out
 
 
+def pixel_std(batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """(H, W) population standard deviation of each pixel over all the frames of `batches`
+    ((indices, frames (B, H, W))), merged batch by batch (Chan et al.: no cancellation of
+    Σx² - n·mean² on large counts)."""
+    count, mean, m2 = 0, None, None
+    for _, frames in batches:
+        frames = np.asarray(frames, dtype=np.float64)
+        b = frames.shape[0]
+        if b == 0:
+            continue
+        bmean = frames.mean(axis=0)
+        bm2 = ((frames - bmean) ** 2).sum(axis=0)
+        if mean is None:
+            count, mean, m2 = b, bmean, bm2
+            continue
+        total = count + b
+        delta = bmean - mean
+        mean = mean + delta * (b / total)
+        m2 = m2 + bm2 + delta**2 * (count * b / total)
+        count = total
+    if mean is None:
+        raise ValueError("no frames")
+    return np.sqrt(m2 / count)
+
+
 def weak_beam_maps(
-    frames: np.ndarray,
+    frame_batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
     positions: Mapping[str, np.ndarray],
     axes: Sequence[MotorAxis],
     n_sigma: float,
     min_intensity_fraction: float = 0.05,
 ) -> dict[str, np.ndarray]:
-    """Moment maps (`intensity`, `com_<m>`, `fwhm_<m>`, ...) of the weak-beam frames."""
-    kept = weak_beam_frames(frames, n_sigma)
-    shape = kept.shape[1:]
-    sums = PowerSums(axes, shape[0] * shape[1])
-    sums.update(kept, {a.name: np.asarray(positions[a.name]) for a in axes})
-    return moment_maps(sums.snapshot(), [a.name for a in axes], shape, min_intensity_fraction)
+    """Moment maps (`intensity`, `com_<m>`, `fwhm_<m>`, ...) of the weak-beam frames.
+
+    `frame_batches()` starts a pass over the frames, yielding (scan indices (B,), frames
+    (B, H, W)); two passes are made (the standard deviation, then the moments of the kept
+    values). `positions` are the recorded positions of every frame of the scan, by index."""
+    std = pixel_std(frame_batches())
+    top = n_sigma * std
+    sums: PowerSums | None = None
+    for indices, frames in frame_batches():
+        kept = np.array(frames, dtype=np.float64)
+        kept[kept > top[None]] = 0.0
+        if sums is None:
+            sums = PowerSums(axes, top.size)
+        index = np.asarray(indices)
+        sums.update(kept, {a.name: np.asarray(positions[a.name])[index] for a in axes})
+    return moment_maps(sums.snapshot(), [a.name for a in axes], top.shape, min_intensity_fraction)
 
 
 def zsum_along(frames: np.ndarray, values: np.ndarray, decimals: int = 6) -> tuple[np.ndarray, np.ndarray]:
