@@ -39,17 +39,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 
 from ..online.preprocess import block_sums
+from ..online.tiles import for_each_tile
 
 log = logging.getLogger(__name__)
 
 UPSAMPLE = 1000  # darfix's upsample_factor
 DEFAULT_STEPS = 50  # darfix's default steps of the scale search
+#: frames used by the scale search at most (evenly spread): its cost is frames x steps x
+#: frequencies (962 frames of 256^2: 2.9-5.1 s on 2 loaded cores; 256 of them: 0.8 s)
+DEFAULT_MAX_FRAMES = 256
+#: frequencies per range of the scale search (a 64-frame batch's terms: 2 MB)
+FREQUENCY_TILE = 2048
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,24 @@ def normalised_variance_of_spectrum(spectrum: np.ndarray, shape: tuple[int, int]
     return (power / n - mean**2) / mean if mean != 0 else float("nan")
 
 
+def _add_candidates(spectra: np.ndarray, index: np.ndarray, phase: np.ndarray, sums: np.ndarray,
+                    start: int, stop: int) -> None:
+    """sums[j, k] += Σ_b spectra[b, k] · exp(-2πi index_b phase_k)ʲ for the frequencies
+    start <= k < stop and every candidate j."""
+    # a range of frequencies at a time, so that the batch's terms stay in cache while the
+    # candidates are summed, on the tile threads (numpy releases the GIL), in complex64
+    # (the score is a ratio of sums: ~1e-8 relative, tested). 962 frames of 256^2, 75
+    # candidates, 2 loaded cores: 17 s in whole-array complex128 passes, 10.8 s by
+    # frequency ranges, 2.9-5.1 s in complex64
+    ratio = np.exp(-2j * np.pi * np.outer(index, phase[start:stop])).astype(np.complex64)
+    term = spectra[:, start:stop].astype(np.complex64)
+    out = sums[:, start:stop]
+    for j in range(out.shape[0]):
+        out[j] += term.sum(axis=0)
+        if j + 1 < out.shape[0]:
+            term *= ratio
+
+
 def scale_scores(
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
     direction: np.ndarray,
@@ -146,18 +171,24 @@ def scale_scores(
             ky = np.fft.fftfreq(shape[0])[:, None]
             kx = np.fft.rfftfreq(shape[1])[None, :]
             # cycles per binned pixel of a shift of `step` native pixels
-            phase = (ky * direction[0] + kx * direction[1]) * (step / binning)
-            sums = np.zeros((n_steps, *phase.shape), dtype=np.complex128)
-        index = np.asarray(indices, dtype=np.float64)[:, None, None]
-        ratio = np.exp(-2j * np.pi * phase[None] * index)
-        term = np.fft.rfft2(binned)
-        for j in range(n_steps):
-            sums[j] += term.sum(axis=0)
-            if j + 1 < n_steps:
-                term *= ratio
+            phase = ((ky * direction[0] + kx * direction[1]) * (step / binning)).reshape(-1)
+            sums = np.zeros((n_steps, phase.size), dtype=np.complex128)
+        index = np.asarray(indices, dtype=np.float64)
+        spectra = np.fft.rfft2(binned).reshape(len(index), -1)
+
+        for_each_tile(phase.size, partial(_add_candidates, spectra, index, phase, sums),
+                      tile=FREQUENCY_TILE)
     if sums is None:
         raise ValueError("no frames")
-    return np.array([normalised_variance_of_spectrum(s, shape) for s in sums])
+    return np.array([normalised_variance_of_spectrum(s.reshape(shape[0], -1), shape) for s in sums])
+
+
+def _subset(batches: Iterable[tuple[np.ndarray, np.ndarray]], keep: np.ndarray):
+    """The frames of `batches` whose index is in `keep`."""
+    for indices, frames in batches:
+        chosen = np.isin(np.asarray(indices), keep)
+        if chosen.any():
+            yield np.asarray(indices)[chosen], np.asarray(frames)[chosen]
 
 
 def _vertex(x: np.ndarray, y: np.ndarray, best: int) -> float:
@@ -179,9 +210,12 @@ def estimate_drift(
     batches: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
     steps: int = DEFAULT_STEPS,
     binning: int = 1,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
 ) -> DriftEstimate:
     """Linear drift of a scan of `n_frames` frames from its two half sums; refined by the
-    scale search over the frames when `batches` ((indices, frames) in any order) is given."""
+    scale search over the frames when `batches` ((indices, frames) in any order) is given,
+    using at most `max_frames` frames evenly spread over the scan (darfix's `nimages`, a
+    random subset there)."""
     coarse = coarse_shift(first_half, second_half, n_frames)
     similarity = half_similarity(first_half, second_half, coarse * n_frames / 2.0)
     length = float(np.hypot(*coarse))
@@ -191,6 +225,8 @@ def estimate_drift(
     direction = coarse / length
     step = 2.0 * length / steps  # darfix: h in [0, 3|s0|) by 2|s0| / steps
     lengths = np.arange(steps + steps // 2) * step
+    if max_frames is not None and n_frames > max_frames:
+        batches = _subset(batches, np.round(np.linspace(0, n_frames - 1, max_frames)).astype(np.int64))
     scores = scale_scores(batches, direction, step, lengths.size, binning)
     best = int(np.nanargmax(scores))
     h = _vertex(lengths, scores, best)

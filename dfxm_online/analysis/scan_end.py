@@ -74,7 +74,9 @@ Group = dict[str, Any]
 
 #: largest side of the frames in the drift scale search (binned down to it by default)
 DRIFT_SEARCH_SIDE = 512
-DEFAULT_DRIFT_STEPS = drift.DEFAULT_STEPS  # (the option `drift` hides the module in the class)
+# (the option `drift` hides the module in the class body)
+DEFAULT_DRIFT_STEPS = drift.DEFAULT_STEPS
+DEFAULT_DRIFT_MAX_FRAMES = drift.DEFAULT_MAX_FRAMES
 
 
 @dataclass
@@ -86,6 +88,8 @@ class ScanEndOptions:
     drift: bool = True
     drift_steps: int = DEFAULT_DRIFT_STEPS
     drift_binning: int = 0
+    #: frames used by the scale search at most, evenly spread [256]
+    drift_max_frames: int = DEFAULT_DRIFT_MAX_FRAMES
     #: below this correlation of the registered half sums the drift is reported as not
     #: reliable [0.8]: the halves do not image the same structure (e.g. a mesh whose halves
     #: light up different grains), so their shift is not a drift
@@ -300,7 +304,7 @@ class _Run:
         binning = self.opt.drift_binning or max(1, int(np.ceil(max(np.shape(first)) / DRIFT_SEARCH_SIDE)))
         batches = None if self.frames is None else self.frames()
         est = drift.estimate_drift(np.asarray(first), np.asarray(second), self.n_frames, batches,
-                                   self.opt.drift_steps, binning)
+                                   self.opt.drift_steps, binning, self.opt.drift_max_frames)
         total = est.total(self.n_frames)
         self.groups["/entry/drift"] = {
             "shift_per_frame": np.array(est.shift_per_frame),
