@@ -114,3 +114,23 @@ def test_nica_and_nmf_from_the_online_sketch_match_the_full_matrix():
     assert _match(on_sketch.components, on_full.components) > 0.99
     err = np.linalg.norm(x - on_sketch.weights @ on_sketch.components) / np.linalg.norm(x)
     assert err < on_full.relative_error + 0.01
+
+
+def test_pca_and_nica_on_the_sketch_equal_them_on_its_dense_matrix():
+    """The low-rank eigen-problems (QR of the thin factor) give the dense ones' results."""
+    x, _, _ = _data()
+    acc = OnlinePCA(x.shape[1], 6)
+    acc.update(x)
+    acc.finish()
+    snap = acc.snapshot()
+    sketch = bss.DataMatrix.from_sketch(snap["mean"], snap["weights"], snap["components"])
+    dense = bss.DataMatrix.dense(snap["mean"] + snap["weights"] @ snap["components"])
+    a, b = bss.pca(sketch, 4), bss.pca(dense, 4)
+    np.testing.assert_allclose(a.explained_variance[:4], b.explained_variance[:4], rtol=1e-9)
+    np.testing.assert_allclose(a.explained_variance_ratio[:6], b.explained_variance_ratio[:6], atol=1e-12)
+    np.testing.assert_allclose(a.components, b.components, atol=1e-8)
+    np.testing.assert_allclose(np.abs(bss.whitening(sketch, 3)), np.abs(bss.whitening(dense, 3)), rtol=1e-6, atol=1e-12)
+    # NICA from either: the same sources (the eigenvectors' signs, hence the start of the
+    # rotation and the order of the sources, may differ)
+    na, nb = bss.nica(sketch, 3), bss.nica(dense, 3)
+    assert _match(na.components, nb.components) > 0.999

@@ -109,6 +109,36 @@ class DataMatrix:
         return nndsvda(self.left, self.right, k)
 
 
+def _symmetric_eig(matrix: DataMatrix, centre_frames: bool, centre_pixels: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (decreasing, clipped at 0) and eigenvectors (n, ·) of X' X'ᵀ, X' = X with
+    the mean frame removed (`centre_frames`: PCA, frames as samples) or each frame's mean
+    over the pixels removed (`centre_pixels`: NICA's whitening).
+
+    For the sketch X = L R this is the q x q problem of (C L) (R Rᵀ) (C L)ᵀ through a QR of
+    the thin n x q factor: an n x n `eigh` of 962 frames took 4.6 s on the loaded 2 cores."""
+    n, p = matrix.shape
+    if matrix.x is None:
+        left, middle = matrix.left, matrix.right @ matrix.right.T
+        if centre_frames:
+            left = left - left.mean(axis=0)
+        if centre_pixels:
+            r1 = matrix.right.sum(axis=1)
+            middle = middle - np.outer(r1, r1) / p
+        q, b = np.linalg.qr(left)
+        eigval, small = np.linalg.eigh(b @ middle @ b.T)
+        eigvec = q @ small
+    else:
+        gram = matrix.gram()
+        if centre_frames:
+            row = gram.mean(axis=1)
+            gram = gram - row[:, None] - row[None, :] + row.mean()  # C G C, C = I - 11ᵀ/n
+        if centre_pixels:
+            mu = matrix.row_sums() / p
+            gram = gram - p * np.outer(mu, mu)
+        eigval, eigvec = np.linalg.eigh(gram)
+    return np.maximum(eigval[::-1], 0.0), eigvec[:, ::-1]
+
+
 @dataclass(frozen=True)
 class Factorisation:
     """X ~ weights @ components: `components` (k, P), `weights` (n, k), `relative_error`
@@ -142,14 +172,11 @@ def relative_error(matrix: DataMatrix, w: np.ndarray, h: np.ndarray) -> float:
 def pca(matrix: DataMatrix, n_components: int) -> PCASpectrum:
     """PCA of the frames (samples) through the centred n x n Gram matrix."""
     n, p = matrix.shape
-    gram = matrix.gram()
     ones = np.full((n, 1), 1.0 / n)
     mean = matrix.t_times(ones)[0]  # the mean frame (P,)
     centring = np.eye(n) - 1.0 / n
-    cov = centring @ gram @ centring
-    eigval, eigvec = np.linalg.eigh(cov)
-    eigval, eigvec = np.maximum(eigval[::-1], 0.0), eigvec[:, ::-1]
-    rank = max(min(n - 1, p), 1)
+    eigval, eigvec = _symmetric_eig(matrix, centre_frames=True, centre_pixels=False)
+    rank = max(min(n - 1, p, eigval.size), 1)
     eigval, eigvec = eigval[:rank], eigvec[:, :rank]
     k = min(int(n_components), rank)
     sing = np.sqrt(eigval[:k])
@@ -205,10 +232,8 @@ def whitening(matrix: DataMatrix, k: int) -> np.ndarray:
     """Q (k, n): Q C Qᵀ = I for the covariance C of the frames' values over the pixels
     (each frame centred by its mean over the pixels), C's top k eigenvectors."""
     n, p = matrix.shape
-    mu = matrix.row_sums() / p
-    cov = (matrix.gram() - p * np.outer(mu, mu)) / max(p - 1, 1)
-    eigval, eigvec = np.linalg.eigh(cov)
-    eigval, eigvec = eigval[::-1][:k], eigvec[:, ::-1][:, :k]
+    eigval, eigvec = _symmetric_eig(matrix, centre_frames=False, centre_pixels=True)
+    eigval, eigvec = eigval[:k] / max(p - 1, 1), eigvec[:, :k]
     if not (eigval > 0).all():
         raise ValueError(f"the frames have fewer than {k} independent directions")
     return eigvec.T / np.sqrt(eigval)[:, None]
