@@ -74,6 +74,26 @@ def _binning(text: str) -> int | str:
         raise argparse.ArgumentTypeError("expected 'auto' or an integer >= 1") from None
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object of options")
+    return value
+
+
+def _scan_end_options(values: dict | None):
+    from .analysis.scan_end import ScanEndOptions
+    from .config import ConfigError
+
+    try:
+        return ScanEndOptions.from_dict(values or {})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--scan-end: {exc}") from None
+
+
 def _motor_spec(values: list[str]) -> tuple[str, float, float, int]:
     name, start, stop, points = values
     return name, float(start), float(stop), int(points)
@@ -147,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TOML configuration file ([analysis] table)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-quicklook", action="store_true", help="no PNG of the maps beside the output file")
+    p.add_argument("--no-scan-end", action="store_true",
+                   help="skip darfix's other analyses (drift, mask, domains, strain, BSS, ...; docs/analyses.md)")
+    p.add_argument("--scan-end", type=_json_object, metavar="JSON",
+                   help='options of those analyses, e.g. \'{"detector_preset": "pco_edge_2x", "weak_beam_sigma": 3}\'')
     p.add_argument("--no-fit", action="store_true",
                    help="skip the per-pixel Gaussian fits (/entry/fit) after the moments")
     p.add_argument("--fit-peaks", type=int, choices=[1, 2], default=1,
@@ -259,7 +283,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         out = process_to_file(args.file, args.output, args.scan, config.analysis, args.dark,
-                              progress=not args.no_progress, fit=fit, quicklook=not args.no_quicklook)
+                              progress=not args.no_progress, fit=fit, quicklook=not args.no_quicklook,
+                              scan_end=None if args.no_scan_end else _scan_end_options(args.scan_end))
         print(out)
         return 0
 

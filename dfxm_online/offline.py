@@ -25,6 +25,7 @@ from .acquisition.frames import Batch
 from .acquisition.geometry import ScanError, ScanGeometry
 from .analysis.fits import FitSettings
 from .analysis.rocking_curves import fit_recorded_scan
+from .analysis.scan_end import ScanEndOptions, scan_end_groups
 from .config import AnalysisConfig, ConfigError
 from .images import load_images
 from .online.accumulators.background import RunningMean
@@ -36,6 +37,7 @@ from .publish.quicklook import quicklook_path, write_quicklook
 logger = logging.getLogger(__name__)
 
 DEFAULT_FIT = FitSettings()
+DEFAULT_SCAN_END = ScanEndOptions()
 
 
 def mean_dark(url: str, default_file: str | Path | None = None, detector: str | None = None,
@@ -68,6 +70,8 @@ class ScanResult:
     #: /entry/fit maps (None: fits not run), their converged fraction and settings
     fit_maps: dict[str, np.ndarray] | None = None
     fit_info: dict[str, object] = field(default_factory=dict)
+    #: the scan-end analyses' NXdata groups by path (/entry/drift, /entry/maps/mask, ...)
+    nxdata: dict[str, dict] = field(default_factory=dict)
 
 
 def analyse_scan(
@@ -77,6 +81,7 @@ def analyse_scan(
     dark: str | RunningMean | np.ndarray | None = None,
     progress: bool = True,
     fit: FitSettings | None = None,
+    scan_end: ScanEndOptions | None = None,
 ) -> ScanResult:
     """Maps of a recorded scan and, with `fit`, the per-pixel Gaussian fits after them.
 
@@ -125,7 +130,28 @@ def analyse_scan(
         result = ScanResult(maps, maps.axes, geometry, pipeline.frames_processed, provenance)
         if fit is not None and geometry.motors:
             _fit(result, rec, pipeline, fit, progress)
+        if scan_end is not None and geometry.motors:
+            _scan_end(result, rec, pipeline, batch, scan_end)
         return result
+
+
+def _scan_end(result: ScanResult, rec, pipeline: ScanPipeline, batch: int, options: ScanEndOptions) -> None:
+    """darfix's other analyses (analysis/scan_end.py) into `result`: their NXdata groups
+    and /entry/process fields; the frames they need are read again, through the chain."""
+
+    def frame_batches():
+        for b in rec.batches(batch):
+            yield np.arange(b.start, b.start + len(b.frames)), pipeline.preprocessed(b.frames, b.positions, b.monitor)
+
+    t0 = time.perf_counter()
+    groups, fields = scan_end_groups(
+        result.maps, result.geometry.motors, positions=rec.positions, positioners=rec.positioners(),
+        accumulators=pipeline.extras, frame_batches=frame_batches, n_frames=rec.npoints, options=options,
+    )
+    result.nxdata = groups
+    result.fit_info.update(fields)
+    logger.info("scan-end analyses: %d groups in %.1f s%s", len(groups), time.perf_counter() - t0,
+                f"; skipped: {fields['scan_end_skipped']}" if fields.get("scan_end_skipped") else "")
 
 
 def _fit(result: ScanResult, rec, pipeline: ScanPipeline, fit: FitSettings, progress: bool) -> None:
@@ -177,12 +203,14 @@ def process_to_file(
     path: str | Path, out: str | Path, scan: str | int | None = None, config: AnalysisConfig | None = None,
     dark: str | RunningMean | np.ndarray | None = None, progress: bool = True,
     fit: FitSettings | None = DEFAULT_FIT, quicklook: bool = True,
+    scan_end: ScanEndOptions | None = DEFAULT_SCAN_END,
 ) -> Path:
     """`dfxm-online process`: maps of a recorded scan written in the daemon's layout, the
-    per-pixel fits under /entry/fit (`fit` None: no fits) and, with `quicklook`, the
-    maps' PNG beside them."""
+    per-pixel fits under /entry/fit (`fit` None: no fits), darfix's other analyses
+    (`scan_end` None: none; analysis/scan_end.py) and, with `quicklook`, the maps' PNG
+    beside them."""
     config = config or AnalysisConfig()
-    result = analyse_scan(path, scan, config, dark, progress, fit)
+    result = analyse_scan(path, scan, config, dark, progress, fit, scan_end)
     geometry, provenance = result.geometry, result.provenance
     info = ProcessInfo(
         state="complete", frames_processed=result.frames_processed, frames_expected=geometry.npoints,
@@ -191,7 +219,7 @@ def process_to_file(
     )
     groups = {"fit": result.fit_maps} if result.fit_maps is not None else None
     out = write_maps_file(out, result.maps, info, default_map(geometry.motor_names), geometry.title,
-                          result.axes, groups=groups)
+                          result.axes, groups=groups, nxdata=result.nxdata)
     if quicklook and geometry.motors:
         write_quicklook(result.maps, geometry.motor_names, quicklook_path(out),
                         f"{Path(out).name}: {provenance['raw_file']}::{provenance['raw_entry']} - "

@@ -57,6 +57,17 @@ class RecordedScan:
                 None if self.monitor is None else self.monitor[start:stop],
             )
 
+    def positioners(self) -> dict[str, np.ndarray | float]:
+        """The scan's recorded positioners (`instrument/positioners`): a value, or one per
+        point, by name (mainx, obx, obpitch, ffz... for the scan-end analyses)."""
+        group = self._file[self.scan].get("instrument/positioners", {})
+        out: dict[str, np.ndarray | float] = {}
+        for name, item in group.items():
+            if isinstance(item, h5py.Dataset) and item.dtype.kind in "fiu":
+                value = item[()]
+                out[name] = float(value) if np.ndim(value) == 0 else np.asarray(value, dtype=np.float64)
+        return out
+
     def close(self) -> None:
         self._file.close()
 

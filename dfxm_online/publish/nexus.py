@@ -113,9 +113,43 @@ def _write_collection(parent: h5py.Group, name: str, maps: Mapping[str, np.ndarr
 GroupsSpec = Mapping[str, Mapping[str, np.ndarray]]
 
 
+def _write_nxdata(f: h5py.File, where: str, content: Mapping[str, object]) -> None:
+    """One NXdata at the absolute path `where` (parents made as NXcollection): its entries
+    in order, the first (or "@signal") the signal; "@axes" its axes' names ("." for a
+    dimension without one), "@units" {dataset: unit} (the scan-end analyses' groups,
+    analysis/scan_end.py)."""
+    parent = f
+    parts = [p for p in where.strip("/").split("/") if p]
+    for part in parts[:-1]:
+        if part not in parent:
+            parent.create_group(part).attrs["NX_class"] = "NXcollection"
+        parent = parent[part]
+    group = parent.create_group(parts[-1])
+    group.attrs["NX_class"] = "NXdata"
+    data = {k: v for k, v in content.items() if not k.startswith("@")}
+    signal = str(content.get("@signal") or next(iter(data)))
+    group.attrs["signal"] = signal
+    for name, values in data.items():
+        arr = np.asarray(values)
+        if arr.dtype.kind == "U":
+            group[name] = str(values) if arr.ndim == 0 else np.array(arr, dtype=h5py.string_dtype())
+            continue
+        dset = group.create_dataset(name, data=file_array(arr) if arr.dtype.kind == "f" else arr)
+        if name == signal and arr.ndim == 2:
+            dset.attrs["interpretation"] = "image"
+        elif name == signal and arr.ndim == 3 and arr.shape[-1] in (3, 4):
+            dset.attrs["interpretation"] = "rgba-image"
+    if "@axes" in content:
+        group.attrs["axes"] = [str(a) for a in content["@axes"]]
+    for name, unit in dict(content.get("@units") or {}).items():
+        if name in group:
+            group[name].attrs["units"] = str(unit)
+
+
 def _write(path: Path, maps: Mapping[str, np.ndarray], info: ProcessInfo, default: str | None,
            title: str, axes: AxesSpec, groups: GroupsSpec | None = None,
-           group_axes: Mapping[str, AxesSpec] | None = None) -> None:
+           group_axes: Mapping[str, AxesSpec] | None = None,
+           nxdata: Mapping[str, Mapping[str, object]] | None = None) -> None:
     groups, group_axes = groups or {}, group_axes or {}
     with h5py.File(path, "w") as f:
         f.attrs["creator"] = "dfxm-online"
@@ -131,6 +165,8 @@ def _write(path: Path, maps: Mapping[str, np.ndarray], info: ProcessInfo, defaul
             if name in ("maps", "process", "title"):
                 raise ValueError(f"group name {name!r} is taken by the maps file's own layout")
             _write_collection(entry, name, group_maps, group_axes.get(name, {}))
+        for where, content in (nxdata or {}).items():
+            _write_nxdata(f, where, content)
         process = entry.create_group("process")
         process.attrs["NX_class"] = "NXprocess"
         for key, value in process_fields(info).items():
@@ -147,12 +183,15 @@ def write_maps_file(
     durable: bool = True,
     groups: GroupsSpec | None = None,
     group_axes: Mapping[str, AxesSpec] | None = None,
+    nxdata: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Path:
     """Write the maps file atomically (temporary file + rename); return its path.
 
     `groups`: further collections beside /entry/maps, {"fit": {"amplitude": ..., ...}} ->
     /entry/fit/amplitude/amplitude (NXdata, as the maps), with `group_axes` per group
     ({"fit": {map: [(axis name, values), ...]}}). A name may hold a slash ("bss/nmf").
+    `nxdata`: single NXdata groups by absolute path ({"/entry/drift": {...}}), as the
+    scan-end analyses give them (`_write_nxdata`).
 
     The rename alone is what keeps readers from ever seeing a torn file. `durable` also
     fsyncs the file before the rename, so that the version on disk survives a power cut;
@@ -164,7 +203,7 @@ def write_maps_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        _write(tmp, maps, info, default, title, axes or {}, groups or {}, group_axes or {})
+        _write(tmp, maps, info, default, title, axes or {}, groups or {}, group_axes or {}, nxdata or {})
         if durable:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
