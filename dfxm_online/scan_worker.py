@@ -115,7 +115,8 @@ class ScanWorker(threading.Thread):
         try:
             scan = self.d.store.load_scan(self.key)
         except Exception as exc:
-            logger.error("scan %s cannot be loaded: %s", self.key, exc)
+            # a scan the store no longer holds (expired, or deleted meanwhile): nothing to do
+            logger.warning("scan %s cannot be loaded: %s", self.key, one_line(exc))
             return
         session = getattr(scan, "session", None) or "no_session"
         path = self.d.claims.claim(maps_file_of(self.d.output_dir, scan), self.key)
@@ -299,6 +300,7 @@ class ScanWorker(threading.Thread):
             self.publisher.provenance.update(background_rule=self.pipeline.background()[1],
                                              points_dropped=self.pipeline.points_dropped)
             if final and self._reread is not None:
+                self.buffers = MapBuffers()  # the live versions' arrays are not needed any more
                 # the window from float64 maps: the one-pass maps rounded to float32 would
                 # move window edges by their rounding (offline `process` uses float64 too)
                 maps = self._windowed(self.pipeline.snapshot(np.float64, binning))

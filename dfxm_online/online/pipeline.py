@@ -25,6 +25,9 @@ from .orientation import KEY_SIZE, kam, mosaicity_rgb
 from .preprocess import DarkStep, MonitorStep, PreprocessChain, binned_shape
 from .registry import REGISTRY
 
+#: bytes of windowed float32 frames made at once by `windowed_maps`
+WINDOW_CHUNK_BYTES = 64 << 20
+
 if TYPE_CHECKING:
     from ..acquisition.frames import Batch
 
@@ -381,7 +384,12 @@ class ScanPipeline:
             for batch in reread():
                 frames, positions, monitor = self._finite_points(batch.frames, batch.positions, batch.monitor)
                 frames = self.preprocessed(frames, positions, monitor)
-                sums.update(window.apply(frames, positions, offset), positions)
+                # windowed a few frames at a time: the float32 copy stays small (a batch of
+                # 32 frames of 2048^2 would be 512 MB beside the second set of sums)
+                step = max(1, WINDOW_CHUNK_BYTES // max(1, 4 * window.n_pixels))
+                for start in range(0, len(frames), step):
+                    part = {k: np.asarray(v)[start:start + step] for k, v in positions.items()}
+                    sums.update(window.apply(frames[start:start + step], part, offset), part)
             self.points_dropped = dropped
             if sums.count == 0:
                 raise ScanError("the scan's frames could not be read again for the windowed moments")
