@@ -55,14 +55,23 @@ def _analysis_overrides(args: argparse.Namespace) -> dict:
     }
 
 
-def _json_list(text: str) -> list:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(value, list):
-        raise argparse.ArgumentTypeError("expected a JSON list of steps")
-    return value
+def _json_of(kind: type, what: str):
+    """An argparse type: JSON text that must decode to a `kind` (the error says `what`)."""
+
+    def parse(text: str):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+        if not isinstance(value, kind):
+            raise argparse.ArgumentTypeError(f"expected {what}")
+        return value
+
+    return parse
+
+
+_json_list = _json_of(list, "a JSON list of steps")
+_json_object = _json_of(dict, "a JSON object of options")
 
 
 def _binning(text: str) -> int | str:
@@ -72,16 +81,6 @@ def _binning(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError("expected 'auto' or an integer >= 1") from None
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object of options")
-    return value
 
 
 def _scan_end_options(values: dict | None):
