@@ -64,3 +64,21 @@ def test_a_quicklook_png_beside_every_final_maps_file_and_process_output(make_da
     again = simulate(redis_url, SimulationSpec(kind="rocking", points=7, frame_shape=(24, 20),
                                                scan_dir=tmp_path / "t", session="nopng", peak_counts=3000.0))
     assert not quicklook_path(wait_done(off, again.scan_key).path).exists()
+
+
+def test_quicklooks_drawn_on_several_threads_at_once(tmp_path):
+    """Scans ending together draw their PNGs on several threads: matplotlib is not
+    thread-safe (a segmentation fault in its text rendering), so drawing is serialised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from dfxm_online.publish.quicklook import write_quicklook
+
+    rng = np.random.default_rng(0)
+    maps = {"com_mu": rng.normal(size=(30, 20)), "com_chi": rng.normal(size=(30, 20)),
+            "fwhm_mu": rng.random((30, 20)), "intensity": rng.random((30, 20)), "kam": rng.random((30, 20))}
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda k: write_quicklook(maps, ["mu", "chi"], tmp_path / f"q{k}.png", f"scan {k}"),
+                              range(12)))
+    assert all(p.exists() and p.stat().st_size > 1000 for p in paths)

@@ -11,6 +11,7 @@ like the maps.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -33,10 +34,22 @@ def _range(data: np.ndarray) -> tuple[float, float]:
     return float(low), float(high if high > low else low + 1)
 
 
+#: matplotlib (its pyplot state, its FreeType text rendering) is not thread-safe: two scans
+#: ending at once drew their PNGs on two threads and crashed the process (a segmentation
+#: fault in FreeType's text measuring). One figure at a time in a process.
+_DRAWING = threading.Lock()
+
+
 def write_quicklook(maps: Mapping[str, np.ndarray], motors: Sequence[str], path: str | Path, title: str,
                     key_axes: Sequence[tuple[str, np.ndarray]] | None = None) -> Path:
     """Draw the maps into `path` (PNG); `key_axes` are the mosaicity key's axes, (second
     motor values, first motor values) as the maps file stores them."""
+    with _DRAWING:
+        return _draw(maps, motors, Path(path), title, key_axes)
+
+
+def _draw(maps: Mapping[str, np.ndarray], motors: Sequence[str], path: Path, title: str,
+          key_axes: Sequence[tuple[str, np.ndarray]] | None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,7 +87,6 @@ def write_quicklook(maps: Mapping[str, np.ndarray], motors: Sequence[str], path:
     for ax in cells[panels:]:
         ax.axis("off")
     fig.suptitle(title)
-    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     try:
         fig.savefig(tmp, dpi=72)
