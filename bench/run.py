@@ -52,13 +52,19 @@ def frames_per_second(update, frames, positions, batch: int, repeat: int) -> flo
 PASSES = 5
 
 
-def bench_accumulators(size: int, n_frames: int, batch: int) -> list[tuple[str, float]]:
+def synthetic_mesh(size: int, n_frames: int) -> tuple[np.ndarray, tuple[MotorAxis, MotorAxis], dict]:
+    """The accumulator benchmarks' scan: `n_frames` uint16 frames of size x size (counts
+    90-4000) on an 8 x 8 mesh of mu and chi, repeated; (frames, axes, positions)."""
     rng = np.random.default_rng(0)
     frames = rng.integers(90, 4000, size=(n_frames, size, size), dtype=np.uint16)
     axes = (MotorAxis("mu", -0.4, 0.4, 8), MotorAxis("chi", -1, 1, 8))
     mu = np.tile(np.linspace(-0.4, 0.4, 8), n_frames // 8 + 1)[:n_frames]
     chi = np.repeat(np.linspace(-1, 1, 8), n_frames // 8 + 1)[:n_frames]
-    pos = {"mu": mu, "chi": chi}
+    return frames, axes, {"mu": mu, "chi": chi}
+
+
+def bench_accumulators(size: int, n_frames: int, batch: int) -> list[tuple[str, float]]:
+    frames, axes, pos = synthetic_mesh(size, n_frames)
     p = size * size
     rows = []
     ps = PowerSums(axes, p)
@@ -125,12 +131,7 @@ def bench_compute_core(size: int, n_frames: int, batch: int) -> dict:
     15 moment sums alone, in alternating rounds (frames/s: median, min-max)."""
     from dfxm_online.online import kernels
 
-    rng = np.random.default_rng(0)
-    frames = rng.integers(90, 4000, size=(n_frames, size, size), dtype=np.uint16)
-    axes = (MotorAxis("mu", -0.4, 0.4, 8), MotorAxis("chi", -1, 1, 8))
-    mu = np.tile(np.linspace(-0.4, 0.4, 8), n_frames // 8 + 1)[:n_frames]
-    chi = np.repeat(np.linspace(-1, 1, 8), n_frames // 8 + 1)[:n_frames]
-    pos = {"mu": mu, "chi": chi}
+    frames, axes, pos = synthetic_mesh(size, n_frames)
     geometry = ScanGeometry(axes, n_frames, "det")
     pipes = {"numba": ScanPipeline(geometry, (size, size)), "numpy": ScanPipeline(geometry, (size, size))}
     mono = pipes["numba"].moments.monomials(reduced_coordinates(axes, pos))
