@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "holds --latency-budget (the final maps stay full resolution)")
     p.add_argument("--latency-budget", type=float,
                    help="frame-to-map latency (p99, s) the live maps hold (default 0.5)")
+    p.add_argument("--post-scan", metavar="WORKFLOW",
+                   help="the scan-end workflow: a shipped graph name (default post_scan), a .json path, or none")
+    p.add_argument("--ewoksjob", action="store_true",
+                   help="run the scan-end workflows on ewoksjob (Celery) workers ([post_scan] celery_config, queue)")
     _add_analysis_flags(p)
 
     p = sub.add_parser("simulate", help="publish a simulated DFXM scan through blissdata")
@@ -185,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", help="follow the daemon's announcements on this store (dfxm-online:maps stream)")
     p.add_argument("--output-dir", type=Path, help="without --redis: watch the maps files under this folder")
 
+    p = sub.add_parser("workflows", help="the ewoks graphs shipped with dfxm-online (ewoks execute FILE ...)")
+    p.add_argument("--list", action="store_true", help="print the path of each shipped graph")
+
     p = sub.add_parser("store", help="the embedded blissdata store")
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--port", type=int)
@@ -226,6 +233,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0 if info else 1
         return 0
 
+    if args.command == "workflows":
+        from .workflow.catalog import graph_names, graph_path
+
+        for name in graph_names():
+            print(graph_path(name))
+        return 0
+
     if args.command == "serve":
         from .config import load_config
         from .daemon import Daemon
@@ -235,6 +249,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             dark_pattern=args.dark_pattern, dark=args.dark,
             live_binning=args.live_binning, latency_budget=args.latency_budget, **_analysis_overrides(args),
         )
+        post_scan = {k: v for k, v in (("workflow", args.post_scan), ("ewoksjob", args.ewoksjob or None)) if v is not None}
+        if post_scan:
+            config.post_scan = config.post_scan.model_copy(update=post_scan)
         Daemon(args.redis, args.output_dir, config).run()
         return 0
 

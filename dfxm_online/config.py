@@ -141,6 +141,65 @@ class AnalysisConfig(_Model):
 
 
 
+#: the workflow a daemon starts at each scan's end unless configured otherwise (the test
+#: suite's daemons set "none": most tests are about the live path)
+DEFAULT_POST_SCAN_WORKFLOW = "post_scan"
+
+
+def _default_workflow() -> str:
+    return DEFAULT_POST_SCAN_WORKFLOW
+
+
+class PostScanConfig(_Model):
+    """The scan-end workflow the daemon starts when a scan ends ([post_scan] in the TOML):
+    which graph, where it runs (a local pool of processes or ewoksjob workers), and its
+    analysis settings (the graph's inputs, workflow/job.py)."""
+
+    #: the graph: a shipped one by name ("post_scan"), a path to a .json graph, or "none"
+    workflow: str = Field(default_factory=_default_workflow)
+    #: per scan type (the scan's `type` in its scan_info, e.g. "amesh", "ascan"): a graph
+    #: name, a path or "none", instead of `workflow`
+    workflows: dict[str, str] = Field(default_factory=dict)
+    #: an aborted scan gets its workflow when at least this fraction of its points came in
+    aborted_min_fraction: float = Field(0.5, ge=0, le=1)
+    #: workflows running at once in the local pool (processes; the live path keeps its cores)
+    processes: int = Field(1, ge=1, le=64)
+    #: nice level of the local workflow processes (0-19: above the live path's priority never)
+    nice: int = Field(10, ge=0, le=19)
+    #: seconds a local workflow may run before it is stopped and marked failed
+    timeout: float = Field(3600.0, gt=0)
+    #: submit to ewoksjob (Celery) workers instead of the local pool
+    ewoksjob: bool = False
+    #: the Celery configuration of the ewoksjob client (a python or yaml file, see
+    #: services/celeryconfig.py); None: the environment's EWOKS_CONFIG_URI
+    celery_config: str | None = None
+    #: the ewoksjob queue
+    queue: str = "dfxm-online"
+    #: keep the scan's accumulator state file (`<maps>.state.h5`, ~15 float64 sums per pixel:
+    #: 0.5-0.8 GB for 2048^2 frames) after its workflow succeeded; a failed one's is kept
+    #: always, to run it again
+    keep_state: bool = False
+    #: the graph's analysis inputs (workflow/job.py): fits, their settings and shards, the
+    #: scan-end analyses and their options, the quick-look
+    fit: bool = True
+    fit_settings: dict[str, Any] = Field(default_factory=dict)
+    fit_shards: int = Field(1, ge=1, le=256)
+    scan_end: bool = True
+    scan_end_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("workflow")
+    @classmethod
+    def _graph(cls, value: str) -> str:
+        if not value:
+            raise ValueError('empty: give a graph name, a .json path or "none"')
+        return value
+
+    def workflow_for(self, scan_type: str) -> str | None:
+        """The graph to start for a scan of `scan_type`; None: none."""
+        chosen = self.workflows.get(scan_type, self.workflow)
+        return None if chosen.lower() == "none" else chosen
+
+
 class DaemonConfig(_Model):
     """The daemon's own settings plus the analysis settings."""
 
@@ -172,6 +231,8 @@ class DaemonConfig(_Model):
     #: would need more fails at its first frame with the reason, instead of taking the
     #: machine's memory (a 2048^2 two-motor scan needs ~1.2 GB; 0: no limit)
     memory_budget_mb: int = Field(8192, ge=0)
+    #: the scan-end workflow (ewoks) started when a scan ends
+    post_scan: PostScanConfig = Field(default_factory=PostScanConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
 
     @field_validator("dark_pattern")

@@ -36,6 +36,7 @@ from .publish.layout import PathClaims
 from .publish.metrics import Metrics, serve_http
 from .publish.recovery import abandon_running_files, final_process_fields
 from .scan_worker import ScanStatus, ScanWorker, maps_file_of
+from .workflow.trigger import PostScanRecord, PostScanRunner
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class Daemon:
         self.darks = DarkRegistry(mean_dark(self.config.dark) if self.config.dark else None)
         self.claims = PathClaims()  # one maps file per scan, never another scan's
         self.announcer = Announcer(redis_url)  # publish/announce.py: the viewers' stream
+        # workflow/trigger.py: the scan-end workflows, in a local pool of processes or on ewoksjob
+        self.post_scan = PostScanRunner(self.config.post_scan, self.metrics.registry, on_done=self._workflow_done)
         self.stop_event = threading.Event()
         self.workers: dict[str, ScanWorker] = {}
         self._status: OrderedDict[str, ScanStatus] = OrderedDict()
@@ -114,8 +117,22 @@ class Daemon:
     def status(self) -> dict:
         with self._lock:
             scans = {k: vars(v).copy() for k, v in self._status.items()}
+        for key, record in self.post_scan.status().items():
+            if key in scans:
+                scans[key]["post_scan"] = record
         return {"redis_url": self.shown_url, "output_dir": str(self.output_dir),
                 "store_connected": self.ready.is_set(), "scans": scans}
+
+    def _workflow_done(self, key: str, path: Path, record: PostScanRecord) -> None:
+        """A scan-end workflow has ended: its version of the maps file is announced (the
+        viewers show the fits), or its failure, recorded in the daemon's version."""
+        worker = self.workers.get(key)
+        status = self.scan_status(key)
+        if worker is None or worker.publisher is None or status is None:
+            return
+        worker.publisher.versions += 1
+        self.announcer.announce(key, str(Path(path).resolve()), worker.publisher.versions, status.state,
+                                status.frames_processed, status.frames_expected, 1)
 
     def scan_status(self, key: str) -> ScanStatus | None:
         with self._lock:
@@ -155,6 +172,7 @@ class Daemon:
             self._thread.join(timeout)
         for worker in list(self.workers.values()):
             worker.join(timeout)
+        self.post_scan.stop()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

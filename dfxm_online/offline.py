@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .acquisition.blissfile import (
+    RecordedScan,
     find_detector,
     first_scan_with_motors,
     open_scan,
@@ -29,7 +30,7 @@ from .analysis.scan_end import ScanEndOptions, scan_end_groups
 from .config import AnalysisConfig, ConfigError
 from .images import load_images
 from .online.accumulators.background import RunningMean
-from .online.maps import default_map
+from .online.maps import Maps, default_map
 from .online.pipeline import ScanPipeline
 from .publish.nexus import ProcessInfo, write_maps_file
 from .publish.quicklook import quicklook_path, write_quicklook
@@ -89,7 +90,8 @@ def analyse_scan(
     with its dark scan). The one-pass moments are made final within each pixel's window
     (`moment_window`), which reads the frames again; the fits read them once more, in bands
     of rows, through the same preprocessing and background, started from the final moments
-    (`analysis.rocking_curves.fit_recorded_scan`)."""
+    (`analysis.rocking_curves.fit_recorded_scan`). The ewoks graphs run the same steps
+    (`accumulate`, `final_maps`, `fit_maps`, `scan_end_analyses`), one task each."""
     config = config or AnalysisConfig()
     if scan is None:
         scan = first_scan_with_motors(path, config.detector, config.motors)
@@ -97,47 +99,79 @@ def analyse_scan(
     scan = scan_name(scan)
     with open_scan(path, scan, detector=config.detector, motors=config.motors,
                    monitor=config.monitor) as rec:
-        geometry = rec.geometry()
         if fit is not None:  # refused before any frame is read
-            try:
-                fit.validate(len(geometry.motors))
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        dark_image = mean_dark(dark, path, rec.detector) if isinstance(dark, str) else dark
-        pipeline = ScanPipeline(geometry, rec.frame_shape, config, dark_image,
-                                load_images(config.images), has_monitor=rec.monitor is not None)
-        batch = config.frames_per_batch(rec.frame_shape, rec.frames.dtype)
-        name = f"{Path(path).name}::{scan}"
-        for batch_ in _progress(rec.batches(batch), rec.npoints, name, progress):
-            pipeline.update(batch_.frames, batch_.positions, batch_.monitor)
-        pipeline.finish()
-        maps = pipeline.snapshot()
-        _, rule = pipeline.background()
-        passes = config.moment_window_passes if geometry.motors and config.moment_window > 0 else 0
-        reads = iter(range(1, passes + 1))
-        maps = pipeline.windowed_maps(maps, lambda: _progress(
-            rec.batches(batch), rec.npoints, f"{name} window {next(reads)}/{passes}", progress))
-        logger.info(
-            "%s: detector %s %dx%d, motors %s, %d points, background %s, dark %s, moment window %s",
-            name, rec.detector, *pipeline.frame_shape, ", ".join(geometry.motor_names) or "none",
-            rec.npoints, rule, dark if isinstance(dark, str) else ("image" if dark is not None else "none"),
-            f"{config.moment_window:g} sigma x {passes}" if passes else "off",
-        )
-        provenance = {**scan_provenance(rec), "background_rule": rule,
-                      "dark_scan": str(dark) if isinstance(dark, str) else "",
-                      "moment_window": float(config.moment_window) if passes else 0.0,
-                      "moment_window_passes": passes, "points_dropped": pipeline.points_dropped}
-        result = ScanResult(maps, maps.axes, geometry, pipeline.frames_processed, provenance)
-        if fit is not None and geometry.motors:
-            _fit(result, rec, pipeline, fit, progress)
-        if scan_end is not None and geometry.motors:
-            _scan_end(result, rec, pipeline, batch, scan_end)
+            check_fit(fit, rec.geometry())
+        pipeline = accumulate(rec, config, dark, progress)
+        maps, provenance = final_maps(rec, pipeline, progress)
+        provenance["dark_scan"] = str(dark) if isinstance(dark, str) else ""
+        result = ScanResult(maps, maps.axes, pipeline.geometry, pipeline.frames_processed, provenance)
+        if fit is not None and pipeline.geometry.motors:
+            result.fit_maps, result.fit_info = fit_maps(rec, pipeline, maps, fit, progress)
+        if scan_end is not None and pipeline.geometry.motors:
+            result.nxdata, fields = scan_end_analyses(rec, pipeline, maps, scan_end)
+            result.fit_info.update(fields)
         return result
 
 
-def _scan_end(result: ScanResult, rec, pipeline: ScanPipeline, batch: int, options: ScanEndOptions) -> None:
-    """darfix's other analyses (analysis/scan_end.py) into `result`: their NXdata groups
+def check_fit(fit: FitSettings, geometry: ScanGeometry) -> None:
+    """Refuse fit settings the scan cannot take (a ConfigError, before any frame is read)."""
+    try:
+        fit.validate(len(geometry.motors))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def accumulate(rec: RecordedScan, config: AnalysisConfig, dark: str | RunningMean | np.ndarray | None = None,
+               progress: bool = True, geometry: ScanGeometry | None = None,
+               report: Report | None = None) -> ScanPipeline:
+    """The one-pass accumulators of a recorded scan (what the daemon keeps while a scan
+    runs); `dark` a dark scan's 'FILE::SCAN' (or scan in the same file), frames or image."""
+    geometry = geometry or rec.geometry()
+    dark_image = mean_dark(dark, rec.path, rec.detector) if isinstance(dark, str) else dark
+    pipeline = ScanPipeline(geometry, rec.frame_shape, config, dark_image,
+                            load_images(config.images), has_monitor=rec.monitor is not None)
+    batch = config.frames_per_batch(rec.frame_shape, rec.frames.dtype)
+    for batch_ in _progress(rec.batches(batch), rec.npoints, f"{rec.path.name}::{rec.scan}", progress, report):
+        pipeline.update(batch_.frames, batch_.positions, batch_.monitor)
+    pipeline.finish()
+    return pipeline
+
+
+def final_maps(rec: RecordedScan, pipeline: ScanPipeline, progress: bool = True,
+               report: Report | None = None) -> tuple[Maps, dict[str, object]]:
+    """The final maps of an accumulated scan (the moments within each pixel's window, the
+    frames read again from `rec`) and the /entry/process fields that say how they were made."""
+    config, geometry = pipeline.config, pipeline.geometry
+    maps = pipeline.snapshot()
+    _, rule = pipeline.background()
+    passes = config.moment_window_passes if geometry.motors and config.moment_window > 0 else 0
+    reads = iter(range(1, passes + 1))
+    batch = config.frames_per_batch(rec.frame_shape, rec.frames.dtype)
+    name = f"{rec.path.name}::{rec.scan}"
+
+    def reread() -> Iterator[Batch]:
+        n = next(reads)
+        return _progress(rec.batches(batch), rec.npoints, f"{name} window {n}/{passes}", progress,
+                         None if report is None else (lambda f: report((n - 1 + f) / passes)))
+
+    maps = pipeline.windowed_maps(maps, reread)
+    logger.info(
+        "%s: detector %s %dx%d, motors %s, %d points, background %s, dark %s, moment window %s",
+        name, rec.detector, *pipeline.frame_shape, ", ".join(geometry.motor_names) or "none",
+        rec.npoints, rule, "none" if pipeline.dark is None and not pipeline.dark_in_chain else "yes",
+        f"{config.moment_window:g} sigma x {passes}" if passes else "off",
+    )
+    provenance = {**scan_provenance(rec), "background_rule": rule, "dark_scan": "",
+                  "moment_window": float(config.moment_window) if passes else 0.0,
+                  "moment_window_passes": passes, "points_dropped": pipeline.points_dropped}
+    return maps, provenance
+
+
+def scan_end_analyses(rec: RecordedScan, pipeline: ScanPipeline, maps: Mapping[str, np.ndarray],
+                      options: ScanEndOptions, only: Collection[str] | None = None) -> tuple[dict, dict]:
+    """darfix's other analyses (analysis/scan_end.py; `only` a subset): their NXdata groups
     and /entry/process fields; the frames they need are read again, through the chain."""
+    batch = pipeline.config.frames_per_batch(rec.frame_shape, rec.frames.dtype)
 
     def frame_batches():
         for b in rec.batches(batch):
@@ -145,31 +179,33 @@ def _scan_end(result: ScanResult, rec, pipeline: ScanPipeline, batch: int, optio
 
     t0 = time.perf_counter()
     groups, fields = scan_end_groups(
-        result.maps, result.geometry.motors, positions=rec.positions, positioners=rec.positioners(),
+        maps, pipeline.geometry.motors, positions=rec.positions, positioners=rec.positioners(),
         accumulators=pipeline.extras, frame_batches=frame_batches, n_frames=rec.npoints, options=options,
+        only=only,
     )
-    result.nxdata = groups
-    result.fit_info.update(fields)
     logger.info("scan-end analyses: %d groups in %.1f s%s", len(groups), time.perf_counter() - t0,
                 f"; skipped: {fields['scan_end_skipped']}" if fields.get("scan_end_skipped") else "")
+    return groups, fields
 
 
-def _fit(result: ScanResult, rec, pipeline: ScanPipeline, fit: FitSettings, progress: bool) -> None:
-    """The per-pixel fits of a recorded scan into `result` (maps and /entry/process fields)."""
+def fit_maps(rec: RecordedScan, pipeline: ScanPipeline, maps: Mapping[str, np.ndarray], fit: FitSettings,
+             progress: bool = True, rows: tuple[int, int] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """The per-pixel fits of a recorded scan: /entry/fit maps and /entry/process fields;
+    `rows` fits only that band of detector rows (a shard; the other rows NaN)."""
     t0 = time.perf_counter()
-    fits = fit_recorded_scan(rec, pipeline, result.maps, fit, progress)
+    fits = fit_recorded_scan(rec, pipeline, maps, fit, progress, rows=rows)
     seconds = time.perf_counter() - t0
-    result.fit_maps = fits.maps(pipeline.frame_shape)
     fitted = int(fits.fitted.sum())
-    result.fit_info = {
+    info = {
         "fit_converged_fraction": fits.converged_fraction,
         "fit_pixels": fitted,
         "fit_seconds": seconds,
-        "fit_settings": json.dumps({**fit.to_dict(), "model": fit_model_name(result.geometry.motor_names, fit),
+        "fit_settings": json.dumps({**fit.to_dict(), "model": fit_model_name(pipeline.geometry.motor_names, fit),
                                     "background": pipeline.background()[1]}, sort_keys=True),
     }
     logger.info("fits: %d pixels in %.1f s, %.1f %% converged", fitted, seconds,
                 100 * fits.converged_fraction if fitted else 0.0)
+    return fits.maps(pipeline.frame_shape), info
 
 
 def fit_model_name(motor_names: list[str], fit: FitSettings) -> str:
@@ -179,12 +215,21 @@ def fit_model_name(motor_names: list[str], fit: FitSettings) -> str:
     return f"{kind} over {', '.join(motor_names)} + background{peaks}"
 
 
-def _progress(batches: Iterable[Batch], total: int, desc: str, enabled: bool) -> Iterator[Batch]:
-    """`batches` with a tqdm bar counting frames (long offline reads)."""
+#: a progress callback: the fraction done of a long read (an ewoks task's progress)
+Report = Callable[[float], None]
+
+
+def _progress(batches: Iterable[Batch], total: int, desc: str, enabled: bool,
+              report: Report | None = None) -> Iterator[Batch]:
+    """`batches` with a tqdm bar counting frames (long offline reads), and `report`ed."""
+    done = 0
     with tqdm(total=total, desc=desc, unit="frame", disable=not enabled) as bar:
         for batch in batches:
             yield batch
             bar.update(batch.frames.shape[0])
+            done += batch.frames.shape[0]
+            if report is not None and total:
+                report(min(1.0, done / total))
 
 
 def process_scan(

@@ -41,6 +41,8 @@ from .online.preprocess import PreprocessChain, _ImageStep
 from .publish.layout import maps_path, scan_folder
 from .publish.nexus import file_dtype
 from .publish.provenance import live_provenance
+from .publish.scan_state import save_state, state_path
+from .workflow.job import Job
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -91,6 +93,7 @@ class ScanWorker(threading.Thread):
         self.buffers = MapBuffers()  # the live snapshots' arrays, allocated once per scan
         #: the scan's frames read again from its start, for the final windowed moments
         self._reread: Callable[[], Iterable[Batch]] | None = None
+        self._job: Job | None = None  # the scan-end workflow's job (`_hand_off`)
         self.metrics = daemon.metrics
 
     def _stop_requested(self) -> bool:
@@ -246,9 +249,15 @@ class ScanWorker(threading.Thread):
             self.publish("running")
         end_reason = self._end_reason(scan)
         self.publisher.provenance.update(end_time=str(scan.info.get("end_time", "")), end_reason=end_reason)
+        workflow = self._workflow(geometry, end_reason)
         if self.pipeline is not None:
             self.pipeline.finish()
-            if geometry.motors and config.analysis.moment_window > 0:
+            if workflow:
+                # the scan-end workflow makes the final maps (window, fits, analyses) from
+                # the saved state and the scan file, in its own process: the daemon's final
+                # version is the full-resolution one-pass maps, and its memory is freed now
+                workflow = self._hand_off(scan, workflow)
+            elif geometry.motors and config.analysis.moment_window > 0:
                 def reread() -> Iterator[Batch]:
                     again = LiveFrameSource(scan, geometry, batch_size, config.read_timeout, 0.0)
                     return again.batches(self._stop_requested)
@@ -269,6 +278,43 @@ class ScanWorker(threading.Thread):
         else:
             self.publish("aborted", f"scan ended with {end_reason} after {processed} of {st.frames_expected} points")
         logger.info("scan %s done: %s, %d frames", self.key, self.status.state, processed)
+        if workflow:
+            self.d.post_scan.submit(self.key, Path(st.path), workflow, self._job)
+
+    def _workflow(self, geometry: ScanGeometry, end_reason: str) -> str | None:
+        """The scan-end workflow this scan gets ([post_scan]: per scan type; an aborted scan
+        only with enough of its points), None for none."""
+        cfg, st = self.d.config.post_scan, self.status
+        if st.dark or not geometry.motors or self.pipeline is None or not st.frames_processed:
+            return None
+        complete = end_reason == "SUCCESS" and st.frames_expected in (0, st.frames_processed)
+        if not complete and st.frames_processed < cfg.aborted_min_fraction * st.frames_expected:
+            logger.info("scan %s: no scan-end workflow, %d of %d points came in", self.key, st.frames_processed,
+                        st.frames_expected)
+            return None
+        return cfg.workflow_for(geometry.scan_type)
+
+    def _hand_off(self, scan, workflow: str) -> str | None:
+        """Save the scan's accumulator state beside its maps file and prepare the workflow's
+        job; None (and the reason in the file) when the state cannot be saved."""
+        cfg, st, provenance = self.d.config.post_scan, self.status, self.publisher.provenance
+        filename = str(getattr(scan, "path", None) or scan.info.get("filename") or "")
+        try:
+            state = save_state(state_path(st.path), self.pipeline, self.key, raw_file=filename,
+                               raw_entry=f"{st.number}.1")
+        except (OSError, RuntimeError) as exc:
+            reason = one_line(f"accumulator state not saved: {exc}")
+            logger.error("scan %s: no scan-end workflow: %s", self.key, reason)
+            provenance.update({"post_scan/workflow": workflow, "post_scan/state": "failed",
+                               "post_scan/reason": reason})
+            return None
+        self._job = Job(filename=filename, scan=f"{st.number}.1", output=st.path, state=str(state),
+                        scan_key=self.key, fit=cfg.fit, fit_settings=cfg.fit_settings, fit_shards=cfg.fit_shards,
+                        queue=cfg.queue, scan_end=cfg.scan_end, scan_end_options=cfg.scan_end_options,
+                        quicklook=self.d.config.quicklook, ewoksjob=cfg.ewoksjob)
+        provenance.update({"post_scan/workflow": workflow, "post_scan/state": "queued", "post_scan/reason": "",
+                           "moment_window_reason": f"applied by the scan-end workflow {workflow}"})
+        return workflow
 
     # -- maps ------------------------------------------------------------------------------
     def _frame_shape(self) -> tuple[int, int] | None:

@@ -12,6 +12,16 @@ from dfxm_online.daemon import Daemon, ScanStatus
 from dfxm_online.store import EmbeddedStore
 
 
+@pytest.fixture(autouse=True)
+def _no_scan_end_workflow(monkeypatch):
+    """Daemons of the tests start no scan-end workflow unless a test configures one
+    ([post_scan] workflow): most tests are about the live path, and a workflow process per
+    scan would multiply their time (tests/test_workflows.py covers the workflows)."""
+    import dfxm_online.config
+
+    monkeypatch.setattr(dfxm_online.config, "DEFAULT_POST_SCAN_WORKFLOW", "none")
+
+
 @pytest.fixture(scope="session")
 def store(tmp_path_factory) -> Iterator[EmbeddedStore]:
     """One store for the whole test session, started by the project itself, stopped after."""

@@ -97,9 +97,12 @@ def fit_recorded_scan(
     maps: Mapping[str, np.ndarray],
     settings: FitSettings | None = None,
     progress: bool = False,
+    rows: tuple[int, int] | None = None,
 ) -> GaussianFits:
     """Per-pixel Gaussian fits of a recorded scan whose frames `pipeline` has processed and
-    whose moment maps are `maps` (float64 or float32; the start and the signal mask).
+    whose moment maps are `maps` (float64 or float32; the start and the signal mask);
+    `rows` (first, end) fits only that band of detector rows: a shard of a fit spread over
+    workers, whose shards `GaussianFits.put` together give the whole fit.
 
     `rec` is an open `RecordedScan` (frames, positions, monitor). Bands with no pixel in
     the signal mask are not read.
@@ -120,6 +123,9 @@ def fit_recorded_scan(
     result = GaussianFits.empty(tuple(names), settings.max_peaks, n_pixels)
     dtype = band_dtype(pipeline, rec.frames.dtype)
     bands = row_bands(rec.npoints, (height, width), dtype.itemsize, settings.band_mb)
+    if rows is not None:  # one shard of the scan's fit (the other rows stay NaN)
+        lo, hi = max(0, int(rows[0])), min(height, int(rows[1]))
+        bands = [(max(r0, lo), min(r1, hi)) for r0, r1 in bands if r1 > lo and r0 < hi]
     rows_with_signal = mask.reshape(height, width).any(axis=1)
     batch = pipeline.config.frames_per_batch(rec.frame_shape, rec.frames.dtype)
     logger.info("fitting %d pixels (%s background) in %d band(s) of rows", int(mask.sum()), label, len(bands))

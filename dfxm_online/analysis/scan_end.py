@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -557,21 +557,34 @@ def scan_end_groups(
     frame_batches: Batches | None = None,
     n_frames: int | None = None,
     options: ScanEndOptions | None = None,
+    only: Collection[str] | None = None,
 ) -> tuple[dict[str, Group], dict[str, Any]]:
     """Every scan-end analysis that its inputs allow: (groups, process fields); see the
-    module docstring for the arguments, the group layout and what runs."""
+    module docstring for the arguments, the group layout and what runs.
+
+    `only` runs a subset (names of ANALYSES), as the ewoks graphs' stages do, each in its
+    own task; the sample axes are always worked out (every group's axes need them)."""
+    unknown = sorted(set(only or ()) - set(ANALYSES))
+    if unknown:
+        raise ValueError(f"unknown scan-end analysis {', '.join(unknown)} (known: {', '.join(ANALYSES)})")
     run = _Run(maps, motors, positions, positioners, accumulators, frame_batches, n_frames,
                options or ScanEndOptions())
-    run.run("sample axes", run.pixel_size)
-    run.run("gradient correction", run.gradient)
-    run.run("drift", run.drift)
-    run.run("mask", run.grain_mask)
-    run.run("domains", run.domains)
-    run.run("orientation distribution", run.distribution)
-    run.run("strain", run.strain)
-    run.run("weak beam", run.weak_beam)
-    run.run("zsum", run.zsum)
-    run.run("rsm", run.rsm)
-    run.run("bss", run.blind_source_separation)
+    steps = {
+        "sample axes": run.pixel_size, "gradient correction": run.gradient, "drift": run.drift,
+        "mask": run.grain_mask, "domains": run.domains, "orientation distribution": run.distribution,
+        "strain": run.strain, "weak beam": run.weak_beam, "zsum": run.zsum, "rsm": run.rsm,
+        "bss": run.blind_source_separation,
+    }
+    for name in ANALYSES:
+        if only is None or name in only or name == "sample axes":
+            run.run(name, steps[name])
+    if only is not None and "sample axes" not in only:
+        run.groups.pop("/entry/sample_axes", None)
+        run.skipped = [s for s in run.skipped if not s.startswith("sample axes:")]
     run.process["scan_end_skipped"] = "\n".join(run.skipped)
     return run.groups, run.process
+
+
+#: the scan-end analyses in the order they run (a mask before the domains inside it)
+ANALYSES = ("sample axes", "gradient correction", "drift", "mask", "domains", "orientation distribution",
+            "strain", "weak beam", "zsum", "rsm", "bss")

@@ -63,6 +63,8 @@ class ScanPipeline:
         self.extras = registry.build(self.config, geometry, self.frame_shape, first_index)
         self.dark: np.ndarray | None = None
         self.dark_frames: RunningMean | None = None  # see set_dark
+        #: the dark as given (a dark scan's running mean or an image), saved with the state
+        self.dark_source: RunningMean | np.ndarray | None = dark
         #: points left out for a non-finite motor position (`update`)
         self.points_dropped = 0
         if dark is not None and not self.dark_in_chain:
@@ -151,6 +153,7 @@ class ScanPipeline:
             raw = image.reshape((1, *self.raw_shape))
             image = (self.chain(raw) - self.chain(np.zeros_like(raw)))[0].astype(np.float64)
         self.dark = image.reshape(-1)
+        self.dark_source = dark
         # the dark frames' spread (read noise), for the fits' noise model where no edge
         # group has two frames; not transformed by a chain, so only without one
         self.dark_frames = dark if isinstance(dark, RunningMean) and not self.chain.steps else None

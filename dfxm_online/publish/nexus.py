@@ -222,6 +222,8 @@ def read_maps_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, o
         for name, group in f["entry/maps"].items():
             maps[name] = group[name][()]
         for name, dset in f["entry/process"].items():
+            if isinstance(dset, h5py.Group):  # a record such as /entry/process/post_scan
+                continue
             value = dset[()]
             process[name] = value.decode() if isinstance(value, bytes) else value
     return maps, process
