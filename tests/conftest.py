@@ -39,7 +39,7 @@ def redis_url(store: EmbeddedStore) -> str:
     import redis
     from blissdata.redis_engine.store import DataStore
 
-    redis.Redis.from_url(store.url).flushall()
+    redis.Redis.from_url(store.url).flushdb()  # database 0: the ewoksjob tests keep their broker in 1 and 2
     DataStore(store.url, init_db=True)
     return store.url
 

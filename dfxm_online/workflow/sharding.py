@@ -7,9 +7,10 @@ the same frames). The fit stage submits `fit_shards` bands to the workflow's ewo
 
 - a band whose job failed (its worker died: Celery's WorkerLostError, or any error) is
   submitted again, at most `RETRIES` times;
-- a band no worker has picked up yet when the stage has nothing else to do is revoked and
-  fitted by the stage itself, so that a queue whose only worker runs this very workflow
-  cannot deadlock (a band picked up meanwhile is fitted twice: same result, same file).
+- a band no worker has picked up `STEAL_AFTER` seconds after its submission, when the stage
+  has nothing else to do, is revoked and fitted by the stage itself, so that a queue whose
+  only worker runs this very workflow cannot deadlock (a band picked up meanwhile is fitted
+  twice: same result, same file).
 
 Only paths cross the broker: the job (JSON) with the state and maps parts on shared storage.
 """
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 RETRIES = 2
 #: seconds between looks at the bands' jobs
 POLL = 0.2
+#: seconds a band may wait for a worker before the stage fits it itself
+STEAL_AFTER = 30.0
 
 
 def row_shards(height: int, shards: int) -> list[tuple[int, int]]:
@@ -60,6 +63,7 @@ def fit_sharded(job: Job) -> Job:
     shards = row_shards(pipeline.frame_shape[0], job.fit_shards)
     stages = [f"fit_{i}" for i in range(len(shards))]
     pending = {i: _submit(job, shards[i], stages[i]) for i in range(1, len(shards))}
+    submitted = dict.fromkeys(pending, time.monotonic())
     tries = dict.fromkeys(pending, 0)
     logger.info("%s: fit in %d bands of rows, %d submitted to queue %s", job.output, len(shards), len(pending), job.queue)
     fit_band(job, shards[0], stages[0])
@@ -75,7 +79,9 @@ def fit_sharded(job: Job) -> Job:
                     tries[i] += 1
                     logger.warning("fit band %s failed (%s): submitted again", shards[i], exc)
                     pending[i] = _submit(job, shards[i], stages[i])
-            elif not future.running():  # still queued (workers track STARTED: services/celeryconfig.py)
+                    submitted[i] = time.monotonic()
+            elif time.monotonic() - submitted[i] > STEAL_AFTER and not future.running():
+                # still queued (workers track STARTED: services/celeryconfig.py)
                 future.abort()
                 logger.info("fit band %s not picked up by a worker: fitted here", shards[i])
                 fit_band(job, shards[i], stages[i])

@@ -1,0 +1,174 @@
+"""The scan-end workflows on real ewoksjob (Celery) workers: two `ewoksjob worker` processes
+started here, the embedded store as broker and result backend (databases 1 and 2), the
+daemon submitting post_scan.json, a fit sharded over the workers, a worker killed mid-band."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from dfxm_online.acquisition.simulate import SimulationSpec, simulate
+from dfxm_online.config import DaemonConfig, PostScanConfig
+from dfxm_online.workflow import stages
+from dfxm_online.workflow.job import Job
+from dfxm_online.workflow.parts import read_part
+from dfxm_online.workflow.run import execute
+from dfxm_online.workflow.sharding import fit_sharded
+from tests.conftest import wait_done
+from tests.test_workflows import wait_workflow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Workers:
+    queue: str
+    config: Path
+    procs: list[subprocess.Popen]
+    logs: list[Path]
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def workers(store, tmp_path_factory):
+    """Two ewoksjob workers (one process slot each) on a queue of their own."""
+    tmp = tmp_path_factory.mktemp("ewoksjob")
+    config = tmp / "celeryconfig.py"
+    shutil.copy(ROOT / "services" / "celeryconfig.py", config)
+    queue = f"dfxm-test-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "EWOKS_CONFIG_URI": str(config), "DFXM_CELERY_REDIS": store.url}
+    procs, logs = [], []
+    for i in (1, 2):
+        log = tmp / f"worker{i}.log"
+        procs.append(subprocess.Popen(
+            [str(Path(sys.executable).with_name("ewoksjob")), "worker", "-Q", queue, "--concurrency", "1",
+             "-n", f"w{i}-{queue}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
+            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=tmp))
+        logs.append(log)
+    deadline = time.monotonic() + 120
+    while not all("ready." in log.read_text() for log in logs):
+        assert time.monotonic() < deadline, "ewoksjob workers did not start: " + logs[0].read_text()[-2000:]
+        assert all(p.poll() is None for p in procs), logs[0].read_text()[-2000:]
+        time.sleep(0.2)
+    previous = {k: os.environ.get(k) for k in ("EWOKS_CONFIG_URI", "DFXM_CELERY_REDIS")}
+    os.environ.update(EWOKS_CONFIG_URI=str(config), DFXM_CELERY_REDIS=store.url)  # this process is a client
+    yield Workers(queue, config, procs, logs)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _spec(tmp_path: Path) -> SimulationSpec:
+    return SimulationSpec(kind="mosaicity", frame_shape=(24, 20), scan_dir=tmp_path / "scans", dark_frames=8,
+                          session="job", peak_counts=3000.0, background=5.0, image_mode="lima", zigzag=True)
+
+
+def _entry_datasets(path: Path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f["entry"].visititems(lambda name, obj: out.__setitem__(name, obj[()])
+                              if isinstance(obj, h5py.Dataset) and not name.startswith("process") else None)
+    return out
+
+
+def test_daemon_submits_post_scan_to_an_ewoksjob_worker(workers, make_daemon, redis_url, tmp_path):
+    """The job id is Celery's, the record reaches `done`, and the maps equal the same graph
+    run in this process from the same saved state."""
+    daemon = make_daemon(DaemonConfig(publish_period=0.2, post_scan=PostScanConfig(
+        workflow="post_scan", ewoksjob=True, celery_config=str(workers.config), queue=workers.queue,
+        keep_state=True)))
+    result = simulate(redis_url, _spec(tmp_path))
+    status = wait_done(daemon, result.scan_key)
+    record = wait_workflow(daemon, result.scan_key)
+    assert record["state"] == "done", record["reason"]
+    assert record["queue"] == workers.queue and len(record["job_id"]) == 36
+    path = Path(status.path)
+    with h5py.File(path, "r") as f:
+        assert f["entry/process/post_scan/job_id"][()].decode() == record["job_id"]
+        assert f["entry/process/post_scan/state"][()].decode() == "done"
+        assert "entry/fit/peak_mu" in f
+    assert any(record["job_id"] in log.read_text() for log in workers.logs)
+    # the same graph, in this process, from the state the daemon saved
+    local = tmp_path / "local" / "maps.h5"
+    local.parent.mkdir()
+    execute("post_scan", {"filename": str(result.filename), "scan": f"{result.scan_number}.1",
+                          "output": str(local), "state": str(path.with_name(f"{path.stem}.state.h5")),
+                          "scan_key": result.scan_key})
+    ref, got = _entry_datasets(local), _entry_datasets(path)
+    assert set(ref) == set(got)
+    for name, value in ref.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def _prepared_job(redis_url, tmp_path) -> Job:
+    result = simulate(redis_url, _spec(tmp_path))
+    job = Job(filename=str(result.filename), scan=f"{result.scan_number}.1", output=str(tmp_path / "out" / "maps.h5"),
+              dark=f"{result.filename}::{result.dark_number}.1")
+    return stages.moments(stages.read_scan(job))
+
+
+def test_sharded_fit_over_two_workers_equals_the_one_process_fit(workers, redis_url, tmp_path):
+    job = _prepared_job(redis_url, tmp_path)
+    one = read_part(stages.fit_band(job).parts[-1]).groups["fit"]
+    sharded = fit_sharded(job.model_copy(update={"fit_shards": 3, "ewoksjob": True, "queue": workers.queue}))
+    part = read_part(sharded.parts[-1])
+    assert part.process["fit_shards"] == 3
+    assert set(part.groups["fit"]) == set(one)
+    for name, values in one.items():
+        np.testing.assert_array_equal(part.groups["fit"][name], values, err_msg=name)
+    logs = "".join(log.read_text() for log in workers.logs)
+    assert logs.count("Task ewoksjob.apps.ewoks.execute_graph") >= 2  # the bands ran on the workers
+
+
+def test_a_worker_killed_mid_band_gets_its_band_fitted_again(workers, redis_url, tmp_path):
+    """Both workers' process slots are frozen (SIGSTOP) so that each holds one band; one is
+    killed (SIGKILL) and the other thawed: the killed band is fitted again (Celery starts a
+    new process slot; the job fails with WorkerLostError and the fit stage submits it again),
+    and the assembled fit is still the one-process fit."""
+    job = _prepared_job(redis_url, tmp_path)
+    one = read_part(stages.fit_band(job).parts[-1]).groups["fit"]
+    slots = [_children(p.pid) for p in workers.procs]
+    assert all(len(s) == 1 for s in slots), slots
+    for (pid,) in slots:
+        os.kill(pid, signal.SIGSTOP)
+    out: dict[str, Job] = {}
+    thread = threading.Thread(target=lambda: out.setdefault("job", fit_sharded(job.model_copy(update={
+        "fit_shards": 3, "ewoksjob": True, "queue": workers.queue}))))
+    thread.start()
+    time.sleep(3.0)  # both bands handed to the frozen slots
+    os.kill(slots[1][0], signal.SIGKILL)
+    os.kill(slots[0][0], signal.SIGCONT)
+    thread.join(120)
+    assert not thread.is_alive() and "job" in out
+    deadline = time.monotonic() + 30
+    while _children(workers.procs[1].pid) in ([], slots[1]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _children(workers.procs[1].pid) not in ([], slots[1])  # a new process slot
+    fit = read_part(out["job"].parts[-1]).groups["fit"]
+    for name, values in one.items():
+        np.testing.assert_array_equal(fit[name], values, err_msg=name)
