@@ -98,10 +98,11 @@ def _entry_datasets(path: Path) -> dict[str, np.ndarray]:
 
 def test_daemon_submits_post_scan_to_an_ewoksjob_worker(workers, make_daemon, redis_url, tmp_path):
     """The job id is Celery's, the record reaches `done`, and the maps equal the same graph
-    run in this process from the same saved state."""
+    run in this process from the same saved state. The fit is sharded in two bands from
+    inside the worker's task (the other band goes to the other worker)."""
     daemon = make_daemon(DaemonConfig(publish_period=0.2, post_scan=PostScanConfig(
         workflow="post_scan", ewoksjob=True, celery_config=str(workers.config), queue=workers.queue,
-        keep_state=True)))
+        keep_state=True, fit_shards=2)))
     result = simulate(redis_url, _spec(tmp_path))
     status = wait_done(daemon, result.scan_key)
     record = wait_workflow(daemon, result.scan_key)
@@ -112,6 +113,7 @@ def test_daemon_submits_post_scan_to_an_ewoksjob_worker(workers, make_daemon, re
         assert f["entry/process/post_scan/job_id"][()].decode() == record["job_id"]
         assert f["entry/process/post_scan/state"][()].decode() == "done"
         assert "entry/fit/peak_mu" in f
+        assert f["entry/process/fit_shards"][()] == 2
     assert any(record["job_id"] in log.read_text() for log in workers.logs)
     # the same graph, in this process, from the state the daemon saved
     local = tmp_path / "local" / "maps.h5"
@@ -167,10 +169,12 @@ def test_a_worker_killed_mid_band_gets_its_band_fitted_again(workers, redis_url,
         time.sleep(0.05)
     victim = workers.procs[got[0]]
     (slot,) = _children(victim.pid)
-    time.sleep(1.0)  # the band is running (a band job takes seconds: imports, state, fit)
-    os.kill(slot, signal.SIGKILL)
+    os.kill(slot, signal.SIGKILL)  # at once: the band is being handed over or runs (it takes ~0.5 s warm)
     thread.join(180)
     assert not thread.is_alive() and "job" in out
+    deadline = time.monotonic() + 20
+    while "signal 9" not in workers.logs[got[0]].read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
     log = workers.logs[got[0]].read_text()
     assert "exited with 'signal 9 (SIGKILL)'" in log
     retried = "submitted again" in caplog.text

@@ -21,6 +21,7 @@ import logging
 import time
 
 import numpy as np
+from celery.result import AsyncResult
 
 from .catalog import load_graph
 from .job import Job
@@ -69,20 +70,22 @@ def fit_sharded(job: Job) -> Job:
     fit_band(job, shards[0], stages[0])
     while pending:
         for i, future in list(pending.items()):
-            if future.done():
-                try:
-                    future.result(timeout=0)
-                    del pending[i]
-                except Exception as exc:  # noqa: BLE001 - any failure of a band is retried
-                    if tries[i] >= RETRIES:
-                        raise RuntimeError(f"fit band {shards[i]} failed {tries[i] + 1} times: {exc}") from exc
-                    tries[i] += 1
-                    logger.warning("fit band %s failed (%s): submitted again", shards[i], exc)
-                    pending[i] = _submit(job, shards[i], stages[i])
-                    submitted[i] = time.monotonic()
-            elif time.monotonic() - submitted[i] > STEAL_AFTER and not future.running():
+            # the job's state and result from the backend, without AsyncResult.get(): this
+            # stage runs inside a Celery task itself, where get() is refused
+            result = AsyncResult(future.uuid)
+            state = result.state
+            if state == "SUCCESS":
+                del pending[i]
+            elif state in ("FAILURE", "REVOKED"):
+                if tries[i] >= RETRIES:
+                    raise RuntimeError(f"fit band {shards[i]} failed {tries[i] + 1} times: {result.result}")
+                tries[i] += 1
+                logger.warning("fit band %s failed (%s): submitted again", shards[i], result.result)
+                pending[i] = _submit(job, shards[i], stages[i])
+                submitted[i] = time.monotonic()
+            elif state == "PENDING" and time.monotonic() - submitted[i] > STEAL_AFTER:
                 # still queued (workers track STARTED: services/celeryconfig.py)
-                future.abort()
+                result.revoke()
                 logger.info("fit band %s not picked up by a worker: fitted here", shards[i])
                 fit_band(job, shards[i], stages[i])
                 del pending[i]
