@@ -44,6 +44,8 @@ def run_demo(output_dir: Path, shape: tuple[int, int] = (512, 512), rate: float 
         if status is None:
             raise RuntimeError("the daemon did not pick up the simulated scan")
         maps_file = Path(status.path)
+        logger.info("waiting for the scan-end workflow (window, fits, analyses) of %s", maps_file.name)
+        record = daemon.post_scan.wait(result.scan_key, 600)
         truth_file = maps_file.with_name(maps_file.stem + "_truth.h5")
         write_truth(truth_file, result.model)
         maps, process = read_maps_file(maps_file)
@@ -71,6 +73,11 @@ def run_demo(output_dir: Path, shape: tuple[int, int] = (512, 512), rate: float 
             + ", ".join(f"{100 * v:.1f} % for {m}" for m, v in fwhm_err.items())
             + ". Open the maps with `silx view` (NeXus default plot: com_mu) or the PNG."
         )
+        if record is not None:
+            print(f"\nThe scan-end workflow ({record.workflow}, local pool) ended '{record.state}'"
+                  + (f": {record.reason}" if record.reason else
+                     f" {record.ended - record.submitted:.1f} s after the scan: per-pixel Gaussian fits in "
+                     "/entry/fit, drift, grain mask, domains and blind source separation in the same file."))
         return maps_file
     finally:
         if daemon is not None:

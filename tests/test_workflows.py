@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -141,13 +140,9 @@ def test_state_file_round_trip_and_merge(recorded, tmp_path):
 
 
 def wait_workflow(daemon, key: str, timeout: float = 180.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = daemon.post_scan.record(key)
-        if record is not None and record.state in ("done", "failed"):
-            return vars(record)
-        time.sleep(0.2)
-    raise AssertionError(f"workflow of {key} not finished: {daemon.post_scan.record(key)}")
+    record = daemon.post_scan.wait(key, timeout)
+    assert record is not None and record.state in ("done", "failed"), f"workflow of {key} not finished: {record}"
+    return vars(record)
 
 
 def test_daemon_runs_post_scan_and_its_maps_are_the_offline_graph_s(make_daemon, redis_url, tmp_path):

@@ -122,6 +122,16 @@ class PostScanRunner:
             entry = self._entries.get(key)
             return None if entry is None else PostScanRecord(**asdict(entry.record))
 
+    def wait(self, key: str, timeout: float) -> PostScanRecord | None:
+        """The record of `key`'s workflow once it has ended (done or failed), or as it is
+        after `timeout` seconds (None: no workflow for that scan)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.record(key)
+            if record is None or record.state in ("done", "failed") or time.monotonic() > deadline:
+                return record
+            time.sleep(0.1)
+
     def status(self) -> dict[str, dict]:
         with self._lock:
             return {k: asdict(e.record) for k, e in self._entries.items()}
