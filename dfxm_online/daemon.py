@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+import h5py
 import redis
 from blissdata.exceptions import NoScanAvailable
 from blissdata.redis_engine.scan import ScanState
@@ -36,7 +37,8 @@ from .publish.layout import PathClaims
 from .publish.metrics import Metrics, serve_http
 from .publish.recovery import abandon_running_files, final_process_fields
 from .scan_worker import ScanStatus, ScanWorker, maps_file_of
-from .workflow.trigger import PostScanRecord, PostScanRunner
+from .workflow.job import post_scan_job
+from .workflow.trigger import PostScanRecord, PostScanRunner, interrupted, record_in_file
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class Daemon:
         self._http = None
         self.store: DataStore | None = None
         self.ready = threading.Event()  # set once the listener follows the store
+        self._resumed = False  # the previous run's unfinished workflows (once, at the first connection)
 
     # -- status ----------------------------------------------------------------------------
     def register(self, status: ScanStatus) -> None:
@@ -218,7 +221,33 @@ class Daemon:
             logger.info("scan %s %s: processing it from its first point", key, ended)
             self._spawn(key)
         abandon_running_files(self.output_dir, set(keys))
+        if not self._resumed:
+            self._resumed = True
+            self._resume_workflows()
         return since
+
+    def _resume_workflows(self) -> None:
+        """Start again the scan-end workflows a previous run left queued, running or stopped
+        (their saved states are still there): a restart loses no scan's fits."""
+        from .publish.scan_state import STATE_FORMAT
+
+        if self.config.post_scan.workflow.lower() == "none" and not self.config.post_scan.workflows:
+            return
+        for maps, state, record in interrupted(self.output_dir):
+            try:
+                with h5py.File(state, "r") as f:
+                    attrs = {k: str(v) for k, v in f.attrs.items()} if f.attrs.get("format") == STATE_FORMAT else {}
+            except OSError as exc:
+                logger.warning("%s: workflow not resumed, state unreadable: %s", maps, one_line(exc))
+                continue
+            if not attrs.get("raw_file"):
+                continue
+            workflow = record.get("workflow") or self.config.post_scan.workflow
+            logger.info("scan %s: resuming its scan-end workflow (%s)", attrs["scan_key"], record.get("state"))
+            job = post_scan_job(self.config.post_scan, self.config.quicklook, filename=attrs["raw_file"],
+                                scan=attrs["raw_entry"], output=str(maps), state=str(state), scan_key=attrs["scan_key"])
+            record_in_file(maps, PostScanRecord(workflow, reason="resumed after a daemon restart"))
+            self.post_scan.submit(attrs["scan_key"], maps, workflow, job)
 
     def _final_file(self, key: str) -> bool:
         """Whether the scan `key` already has its final maps file (any final state)."""

@@ -42,7 +42,7 @@ from .publish.layout import maps_path, scan_folder
 from .publish.nexus import file_dtype
 from .publish.provenance import live_provenance
 from .publish.scan_state import save_state, state_path
-from .workflow.job import Job
+from .workflow.job import Job, post_scan_job
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -308,10 +308,8 @@ class ScanWorker(threading.Thread):
             provenance.update({"post_scan/workflow": workflow, "post_scan/state": "failed",
                                "post_scan/reason": reason})
             return None
-        self._job = Job(filename=filename, scan=f"{st.number}.1", output=st.path, state=str(state),
-                        scan_key=self.key, fit=cfg.fit, fit_settings=cfg.fit_settings, fit_shards=cfg.fit_shards,
-                        queue=cfg.queue, scan_end=cfg.scan_end, scan_end_options=cfg.scan_end_options,
-                        quicklook=self.d.config.quicklook, ewoksjob=cfg.ewoksjob)
+        self._job = post_scan_job(cfg, self.d.config.quicklook, filename=filename, scan=f"{st.number}.1",
+                                  output=st.path, state=str(state), scan_key=self.key)
         provenance.update({"post_scan/workflow": workflow, "post_scan/state": "queued", "post_scan/reason": "",
                            "moment_window_reason": f"applied by the scan-end workflow {workflow}"})
         return workflow

@@ -205,3 +205,26 @@ def test_failing_workflow_is_reported_and_the_daemon_goes_on(make_daemon, redis_
     assert wait_done(daemon, second.scan_key).state == "complete"
     metrics = daemon.metrics.text().decode()
     assert 'dfxm_workflows_total{state="failed"}' in metrics
+
+
+def test_a_workflow_stopped_with_the_daemon_is_resumed_by_the_next(make_daemon, redis_url, tmp_path):
+    """Stopped while its scan's workflow runs, the daemon records it `failed` ("daemon stopped
+    during the workflow") and keeps the state; the next daemon on the same folder runs it
+    again from that state, to `done`."""
+    config = DaemonConfig(publish_period=0.2, post_scan=PostScanConfig(workflow="post_scan", fit=False))
+    first = make_daemon(config, output_dir=tmp_path / "maps")
+    spec = SimulationSpec(kind="rocking", frame_shape=(16, 16), scan_dir=tmp_path / "scans", session="stop",
+                          image_mode="array")
+    result = simulate(redis_url, spec)
+    status = wait_done(first, result.scan_key)
+    first.stop()  # the workflow process needs seconds to start: it is still running
+    with h5py.File(status.path, "r") as f:
+        assert f["entry/process/post_scan/reason"][()].decode() == "daemon stopped during the workflow"
+    assert state_path(status.path).exists()
+    second = make_daemon(config, output_dir=tmp_path / "maps")
+    record = wait_workflow(second, result.scan_key)
+    assert record["state"] == "done", record["reason"]
+    with h5py.File(status.path, "r") as f:
+        assert f["entry/process/post_scan/state"][()].decode() == "done"
+        assert f["entry/process/state"][()].decode() == "complete"
+        assert "entry/drift" in f

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..acquisition.blissfile import scan_name
-from ..config import ConfigError
+from ..config import ConfigError, PostScanConfig
 
 
 class Job(BaseModel):
@@ -87,3 +87,13 @@ def job_from(values: dict[str, Any]) -> Job:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ())) or "input"
         raise ConfigError(f"workflow parameter {where}: {err['msg']}") from None
+
+
+def post_scan_job(config: PostScanConfig, quicklook: bool, *, filename: str, scan: str, output: str, state: str,
+                  scan_key: str) -> Job:
+    """The job the daemon gives a scan's post-scan workflow: its files, and the analysis
+    settings of the daemon's [post_scan] configuration."""
+    return Job(filename=filename, scan=scan, output=output, state=state, scan_key=scan_key, fit=config.fit,
+               fit_settings=config.fit_settings, fit_shards=config.fit_shards, queue=config.queue,
+               scan_end=config.scan_end, scan_end_options=config.scan_end_options, quicklook=quicklook,
+               ewoksjob=config.ewoksjob)

@@ -305,3 +305,18 @@ def _last_line(stderr: str, code: int) -> str:
         if line.startswith("workflow failed: "):
             return line.removeprefix("workflow failed: ")
     return one_line(lines[-1]) if lines else f"workflow process exited with code {code}"
+
+
+def interrupted(output_dir: Path) -> list[tuple[Path, Path, dict[str, str]]]:
+    """Workflows a previous daemon left unfinished under `output_dir`: (maps file, its
+    saved state, the record) of every state file whose maps file says its workflow is
+    queued or running, or was stopped with the daemon."""
+    from .stages import post_scan_record
+
+    found = []
+    for state in sorted(Path(output_dir).rglob("*.state.h5")):
+        maps = state.with_name(state.name.removesuffix(".state.h5") + ".h5")
+        record = post_scan_record(maps)
+        if record.get("state") in ("queued", "running") or record.get("reason", "").startswith("daemon stopped"):
+            found.append((maps, state, record))
+    return found
