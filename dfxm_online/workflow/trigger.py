@@ -168,7 +168,11 @@ class PostScanRunner:
             entry = self._queue.get()
             if entry is None:
                 return
-            self._run_local(entry)
+            try:
+                self._run_local(entry)
+            except Exception as exc:  # noqa: BLE001 - e.g. no process could be started: this scan's workflow fails
+                logger.debug("scan %s workflow traceback", entry.key, exc_info=True)
+                self._ended(entry, one_line(f"workflow not run: {type(exc).__name__}: {exc}"))
 
     def _run_local(self, entry: _Entry) -> None:
         entry.record.job_id = entry.job.job_id = entry.job.job_id or f"local-{uuid.uuid4()}"
