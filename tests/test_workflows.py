@@ -228,3 +228,18 @@ def test_a_workflow_stopped_with_the_daemon_is_resumed_by_the_next(make_daemon, 
         assert f["entry/process/post_scan/state"][()].decode() == "done"
         assert f["entry/process/state"][()].decode() == "complete"
         assert "entry/drift" in f
+
+
+def test_the_workflow_is_chosen_per_scan_type_and_bad_keys_are_named(tmp_path):
+    from dfxm_online.config import ConfigError, load_config
+
+    path = tmp_path / "d.toml"
+    path.write_text('[post_scan]\nworkflow = "post_scan"\nworkflows = {ascan = "none", dscan = "my.json"}\n')
+    post = load_config(path).post_scan
+    assert post.workflow_for("amesh") == "post_scan"
+    assert post.workflow_for("ascan") is None and post.workflow_for("dscan") == "my.json"
+    path.write_text("[post_scan]\nprocesses = 0\n")
+    with pytest.raises(ConfigError, match="post_scan.processes"):
+        load_config(path)
+    with pytest.raises(ValueError, match="no workflow 'nope'"):
+        graph_path("nope")
