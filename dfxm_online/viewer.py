@@ -76,6 +76,7 @@ class Version:
     frames: str = ""
     map_binning: str = "1"
     version: int = 0
+    announced: str = ""  # when the daemon announced it (UTC ISO 8601; "" for a file seen)
 
     @property
     def label(self) -> str:
@@ -162,8 +163,12 @@ def build_window(redis_url: str | None = None, output_dir: str | Path | None = N
             self._seen: dict[Path, float] = {}
 
         def stop(self) -> None:
+            """Stop and wait for the thread: Qt aborts the process when a QThread object is
+            destroyed while its thread runs (each read blocks at most 0.2 s; a store that
+            does not answer times out after 2 s)."""
             self._stop = True
-            self.wait(3000)
+            if not self.wait(5000):
+                logger.warning("the viewer's follower thread did not stop")
 
         def run(self) -> None:
             if redis_url:
@@ -174,7 +179,8 @@ def build_window(redis_url: str | None = None, output_dir: str | Path | None = N
         def _follow_stream(self) -> None:
             import redis
 
-            client = redis.Redis.from_url(redis_url, decode_responses=True)
+            client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=2.0,
+                                          socket_connect_timeout=2.0)
             last = "$"
             while not self._stop:
                 try:
@@ -188,7 +194,8 @@ def build_window(redis_url: str | None = None, output_dir: str | Path | None = N
                         last = entry_id  # the next read goes on from here
                         self.announced.emit(Version(fields.get("scan_key", ""), fields.get("path", ""),
                                                     fields.get("state", ""), fields.get("frames", ""),
-                                                    fields.get("map_binning", "1"), int(fields.get("version", 0))))
+                                                    fields.get("map_binning", "1"), int(fields.get("version", 0)),
+                                                    fields.get("time", "")))
 
         def _watch(self) -> None:
             while not self._stop:
