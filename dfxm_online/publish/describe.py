@@ -5,8 +5,8 @@ NXdata `title`), the quick-look PNG (publish/quicklook.py) and the live viewer (
 so that the three label a map alike. Pure, no I/O.
 
 Units follow NeXus (`units` attribute, UDUNITS spelling): motor angles in `deg`, translation
-motors in `mm` (a strain scan may move `ffz`), intensities in `counts` (per monitor unit when
-the chain normalises by a monitor), detector pixels as `pixel`, sample positions in `um`,
+motors in `mm` (a strain scan may move `ffz`), intensities in `counts` (at the reference
+monitor value when the chain normalises by a monitor), detector pixels as `pixel`, sample positions in `um`,
 ratios and shape statistics (skewness, kurtosis, strain, correlation, chi²) `dimensionless`,
 and decomposition components, whose scale is arbitrary, `a.u.`.
 """
