@@ -180,3 +180,60 @@ def test_daemon_file_is_self_describing(make_daemon, redis_url, tmp_path):
         assert default.group.name == "/entry/maps/com_mu" and default.axes_names == ["row (pixel)", "column (pixel)"]
         # the NeXus @default chain (root -> entry -> maps -> com_mu), as silx view follows it
         assert text(f["entry"].attrs["default"]) == "maps" and get_default(f["entry"]).group == com
+
+
+def test_quicklook_panels_units_fits_and_key_in_degrees(mosaicity_file, tmp_path):
+    """The quick-look of a processed scan: COM, mosaicity and key, FWHM, intensity, KAM and
+    the fits' peak and FWHM per motor, each titled with its units; the key drawn over the
+    motors in degrees, so that a pixel's colour sits in the key at its (COM mu, COM chi)."""
+    import matplotlib.image
+
+    from dfxm_online.publish.quicklook import _DRAWING, draw_figure, quicklook_path, quicklook_title
+
+    rec = mosaicity_file
+    out = process_to_file(rec.filename, tmp_path / "maps.h5", rec.scan_number, progress=False,
+                          scan_end=ScanEndOptions(detector_preset="pco_edge_2x"))
+    png = matplotlib.image.imread(quicklook_path(out))
+    # three rows of four 4.0 x 3.8 in panels at 72 dpi: the fits have a row of their own
+    assert abs(png.shape[0] - 3 * 3.8 * 72) <= 1 and png.shape[1] == 4 * 4 * 72
+    maps, process = read_maps_file(out)
+    fits = read_group(out, "fit")
+    with h5py.File(out) as f:
+        key_group = f["entry/maps/mosaicity_key"]
+        key_axes = [(name, key_group[name][()]) for name in ("chi", "mu")]
+        sample = (f["entry/sample_axes/y"][()], f["entry/sample_axes/x"][()])
+    title = quicklook_title("sample_0001.h5::1.1", "sample_0001", ["mu", "chi"], 81, 81, "complete")
+    assert title == "sample_0001.h5::1.1 - dataset sample_0001 - mu, chi - 81/81 frames - complete"
+    with _DRAWING:
+        import matplotlib.pyplot as plt
+
+        fig = draw_figure(maps, ["mu", "chi"], title, key_axes, fits, sample)
+        try:
+            panels = {ax.get_label(): ax for ax in fig.axes if ax.get_label() and not ax.get_label().startswith("<")}
+            assert list(panels) == ["com_mu", "com_chi", "mosaicity", "mosaicity_key", "fwhm_mu", "fwhm_chi",
+                                    "intensity", "kam", "fit/peak_mu", "fit/peak_chi", "fit/fwhm_mu", "fit/fwhm_chi"]
+            assert panels["com_mu"].get_title() == "com_mu (deg)" and panels["intensity"].get_title() == "intensity (counts)"
+            assert panels["fit/peak_mu"].get_title() == "fit/peak_mu (deg)"
+            assert panels["com_mu"].get_ylabel() == "sample y (um)"
+            key = panels["mosaicity_key"]
+            assert key.get_xlabel() == "mu (deg)" and key.get_ylabel() == "chi (deg)"
+            assert fig.get_suptitle() == title
+            fig.canvas.draw()
+            pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float) / 255
+            height = pixels.shape[0]
+            mu, chi = maps["com_mu"], maps["com_chi"]
+            (mu_lo, mu_hi), (chi_lo, chi_hi) = key.get_xlim(), key.get_ylim()
+            inside = np.isfinite(mu) & np.isfinite(chi) & (mu > mu_lo) & (mu < mu_hi) & (chi > chi_lo) & (chi < chi_hi)
+            checked = 0
+            x0, y0, x1, y1 = key.get_window_extent().extents
+            for i, j in zip(*np.nonzero(inside)):
+                x, y = key.transData.transform((mu[i, j], chi[i, j]))
+                if not (x0 + 3 < x < x1 - 3 and y0 + 3 < y < y1 - 3):  # not on the frame's lines
+                    continue
+                drawn = pixels[height - int(round(y)), int(round(x))]
+                assert np.abs(drawn - maps["mosaicity"][i, j]).max() < 0.08, (i, j)
+                checked += 1
+            assert checked > 100
+        finally:
+            plt.close(fig)
+    assert process["state"] == "complete"
