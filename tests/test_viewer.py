@@ -137,6 +137,7 @@ def test_a_live_scan_is_shown_as_the_daemon_announces_it(app, make_daemon, redis
     window = build_window(redis_url=redis_url)
     window.show()
     seen: dict[tuple[str, int], tuple[str, float]] = {}  # (scan, version) shown -> (state, delay)
+    placed: set[tuple] = set()  # (map binning, origin, scale) of the images on show
     try:
         pump(app, 0.5)
         daemon = make_daemon(DaemonConfig(publish_period=0.2, live_binning=2))
@@ -149,6 +150,9 @@ def test_a_live_scan_is_shown_as_the_daemon_announces_it(app, make_daemon, redis
             v = window.shown
             if v is not None and v.announced:
                 seen.setdefault((v.scan_key, v.version), (v.state, window.shown_at - epoch(v.announced)))
+                image = window.plot.getActiveImage()  # (none before a version with maps)
+                if image is not None:
+                    placed.add((int(v.map_binning), tuple(image.getOrigin()), tuple(image.getScale())))
             return v is not None and v.state == "complete"
 
         assert pump(app, 90, record), window.statusBar().currentMessage()
@@ -160,6 +164,10 @@ def test_a_live_scan_is_shown_as_the_daemon_announces_it(app, make_daemon, redis
         maps, process = read_maps_file(status.path)
         np.testing.assert_array_equal(shown(window), maps["com_mu"])
         assert process["map_binning"] == 1
+        # the live maps binned 2x2 and the final ones cover the same frame pixels (the
+        # file's axes: block centres), so the picture does not jump at the scan's end
+        assert placed >= {(2, (-0.5, -0.5), (2.0, 2.0)), (1, (-0.5, -0.5), (1.0, 1.0))}
+        assert all(scale == (b, b) and origin == (-0.5, -0.5) for b, origin, scale in placed), placed
     finally:
         close(app, window)
 

@@ -110,7 +110,7 @@ def process_fields(info: ProcessInfo) -> dict[str, object]:
 
 
 #: maps that are per-frame curves (frames, components), not images
-_TABLES = ("pca_weights", "nmf_weights", "weights")
+_TABLES = ("pca_weights", "nmf_weights")
 #: units of the axes the scan-end groups name, other than motors
 _AXIS_UNITS = {"component": DIMENSIONLESS, "frames": DIMENSIONLESS, "q_x": "r.l.u.", "q_y": "r.l.u.",
                "q_z": "r.l.u.", ROW_AXIS: "pixel", COLUMN_AXIS: "pixel"}
@@ -147,15 +147,19 @@ class _Describer:
         text = self.annotate(dset, description, units)
         group.attrs["title"] = (name.rsplit("/", 1)[0] + ": " if "/" in name else "") + text
 
-    def axis(self, group: h5py.Group, name: str, values: np.ndarray, units: str | None = None) -> None:
-        """A named axis dataset in `group` (a motor's values: its unit)."""
-        if name in group:
+    def axis(self, group: h5py.Group, name: str, values: np.ndarray) -> None:
+        """A named axis dataset in `group`, described (`describe_axis`)."""
+        if name not in group:
+            self.describe_axis(group.create_dataset(name, data=np.asarray(values)))
+
+    def describe_axis(self, dset: h5py.Dataset) -> None:
+        """An axis dataset's long_name and units, unless it has units (or is text): a
+        motor's unit for a motor's values, the table's for the others."""
+        if "units" in dset.attrs or dset.dtype.kind in "OSU":
             return
-        dset = group.create_dataset(name, data=np.asarray(values))
-        if dset.dtype.kind in "OSU":
-            return
-        unit = units or _AXIS_UNITS.get(name) or (motor_unit(name) if name in self.motors else "")
-        self.annotate(dset, describe(name, self.motors) if unit in ("", "a.u.") else Description(name, unit), unit)
+        name = dset.name.rsplit("/", 1)[-1]
+        unit = _AXIS_UNITS.get(name) or (motor_unit(name) if name in self.motors else describe(name).units)
+        self.annotate(dset, Description(name, unit))
 
     def image_axes(self, group: h5py.Group, shape: tuple[int, int]) -> list[str]:
         """`y` and `x` of an image of `shape` in `group`: sample µm when known and of this
@@ -271,11 +275,8 @@ def _write_nxdata(f: h5py.File, where: str, content: Mapping[str, object], descr
     if axes is not None:
         group.attrs["axes"] = axes
         for name in axes:
-            if name != "." and name in group and "units" not in group[name].attrs:
-                dset = group[name]
-                if dset.dtype.kind not in "OSU":
-                    unit = _AXIS_UNITS.get(name) or (motor_unit(name) if name in describer.motors else "")
-                    describer.annotate(dset, Description(name, unit) if unit else describe(name, describer.motors))
+            if name != "." and isinstance(group.get(name), h5py.Dataset):
+                describer.describe_axis(group[name])
 
 
 def _motors(info: ProcessInfo, maps: Mapping[str, np.ndarray]) -> list[str]:
