@@ -2,19 +2,20 @@
 
 One window for the beamtime: a list of the scans seen (session / dataset / scan, state,
 frames processed / expected, map binning), a map chooser, the chosen map in a silx plot with
-its colour bar (units in the title, a robust default colour range: the 1st-99th percentile,
-so kurtosis outliers do not flatten it) and, for the mosaicity map, its colour key beside it
-with the two motors' axes in degrees. Labels, units and axes come from the maps file itself
-(the NXdata `long_name`, `units` and axes datasets that publish/nexus.py writes), so the
-pixel readout is in sample µm when the file knows the pixel size, else in frame pixels;
-images are drawn as silx draws them, row 0 at the bottom. It follows new scans by itself: the newest running
-scan is shown unless the user picked one ("Follow the newest scan" unticked).
+its colour bar (labelled with the map's units; a robust default colour range, the 1st-99th
+percentile, so kurtosis outliers do not flatten it) and, for the mosaicity map, its colour
+key beside it with the two motors' axes in degrees. Labels, units and axes come from the
+maps file itself (the NXdata `long_name`, `units` and axes datasets that publish/nexus.py
+writes), so the pixel readout is in sample µm when the file knows the pixel size, else in
+frame pixels; images are drawn as silx draws them, row 0 at the bottom. It follows new scans
+by itself: the newest running scan is shown unless the user picked one ("Follow the newest
+scan" unticked).
 
 Push, not polling: with `--redis` the viewer blocks on the store's `dfxm-online:maps`
 stream (publish/announce.py) on a thread of its own and repaints as soon as a version is
 announced; without it, it watches the output folder (or one file) for new versions. A
-file that cannot be read (missing, another process writing it) is reported in the status
-bar and skipped, never fatal. Needs the `viewer` extra (`pip install "dfxm-online[viewer]"`).
+file that cannot be read (missing, torn, another process writing it) is reported in the
+status bar and skipped, the last map staying on show, never fatal. Needs the `viewer` extra (`pip install "dfxm-online[viewer]"`).
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ import numpy as np
 
 from .publish.announce import STREAM
 from .publish.describe import describe
+from .publish.quicklook import robust_range
 from .publish.recovery import maps_files
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class MapInfo:
@@ -124,15 +127,6 @@ def _placement(axes: list, shape: tuple[int, ...]) -> tuple[tuple[float, float],
         step = (values[-1] - values[0]) / (len(values) - 1) if len(values) > 1 else 1.0
         origin[plot_axis], scale[plot_axis], labels[plot_axis] = values[0] - step / 2, step, spec[2]
     return (origin[0], origin[1]), (scale[0], scale[1]), labels
-
-
-def robust_range(data: np.ndarray) -> tuple[float, float]:
-    finite = np.asarray(data, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    if not finite.size:
-        return 0.0, 1.0
-    low, high = np.percentile(finite, [1, 99])
-    return float(low), float(high if high > low else low + 1.0)
 
 
 def newest_files(output_dir: Path) -> list[tuple[float, Path]]:

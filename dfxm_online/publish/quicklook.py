@@ -46,10 +46,11 @@ def quicklook_title(scan: str, dataset: str, motors: Sequence[str], frames: int,
     return " - ".join(p for p in parts if p)
 
 
-def _range(data: np.ndarray) -> tuple[float, float]:
+def robust_range(data: np.ndarray) -> tuple[float, float]:
     """A robust colour range: the 1st to 99th percentile of the finite values (outliers, as
-    kurtosis has, do not flatten the scale)."""
-    finite = data[np.isfinite(data)]
+    kurtosis has, do not flatten the scale); the PNG's and the live viewer's default."""
+    finite = np.asarray(data, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
     if not finite.size:
         return 0.0, 1.0
     low, high = np.percentile(finite, [1, 99])
@@ -134,7 +135,7 @@ def draw_figure(maps: Mapping[str, np.ndarray], motors: Sequence[str], title: st
             ax.imshow(data, origin="lower", interpolation="nearest", extent=extent)
         else:
             data = np.asarray(data, dtype=np.float64)
-            low, high = _range(data)
+            low, high = robust_range(data)
             cmap = "viridis" if name.startswith(("com_", "fit/peak_")) else "magma"
             image = ax.imshow(data, origin="lower", cmap=cmap, vmin=low, vmax=high, interpolation="nearest",
                               extent=extent)
