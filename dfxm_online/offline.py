@@ -33,7 +33,7 @@ from .online.accumulators.background import RunningMean
 from .online.maps import Maps, default_map
 from .online.pipeline import ScanPipeline
 from .publish.nexus import ProcessInfo, write_maps_file
-from .publish.quicklook import quicklook_path, write_quicklook
+from .publish.quicklook import quicklook_path, quicklook_title, write_quicklook
 
 logger = logging.getLogger(__name__)
 
@@ -266,8 +266,11 @@ def process_to_file(
     out = write_maps_file(out, result.maps, info, default_map(geometry.motor_names), geometry.title,
                           result.axes, groups=groups, nxdata=result.nxdata)
     if quicklook and geometry.motors:
+        sample = result.nxdata.get("/entry/sample_axes")  # µm axes when the pixel size is known
         write_quicklook(result.maps, geometry.motor_names, quicklook_path(out),
-                        f"{Path(out).name}: {provenance['raw_file']}::{provenance['raw_entry']} - "
-                        f"{', '.join(geometry.motor_names)} - {result.frames_processed} frames",
-                        result.axes.get("mosaicity_key"))
+                        quicklook_title(f"{Path(str(provenance['raw_file'])).name}::{provenance['raw_entry']}",
+                                        str(provenance.get("dataset") or ""), geometry.motor_names,
+                                        result.frames_processed, geometry.npoints, "complete"),
+                        result.axes.get("mosaicity_key"), fits=result.fit_maps,
+                        image_axes=(sample["y"], sample["x"]) if sample else None)
     return out

@@ -2,43 +2,71 @@
 
 One window for the beamtime: a list of the scans seen (session / dataset / scan, state,
 frames processed / expected, map binning), a map chooser, the chosen map in a silx plot with
-its colour bar (units in the title, a robust default colour range: the 1st-99th percentile,
-so kurtosis outliers do not flatten it) and, for the mosaicity map, its colour key beside it
-with the two motors' axes in degrees. It follows new scans by itself: the newest running
-scan is shown unless the user picked one ("Follow the newest scan" unticked).
+its colour bar (labelled with the map's units; a robust default colour range, the 1st-99th
+percentile, so kurtosis outliers do not flatten it) and, for the mosaicity map, its colour
+key beside it with the two motors' axes in degrees. Labels, units and axes come from the
+maps file itself (the NXdata `long_name`, `units` and axes datasets that publish/nexus.py
+writes), so the pixel readout is in sample µm when the file knows the pixel size, else in
+frame pixels; images are drawn as silx draws them, row 0 at the bottom. It follows new scans
+by itself: the newest running scan is shown unless the user picked one ("Follow the newest
+scan" unticked).
 
 Push, not polling: with `--redis` the viewer blocks on the store's `dfxm-online:maps`
 stream (publish/announce.py) on a thread of its own and repaints as soon as a version is
 announced; without it, it watches the output folder (or one file) for new versions. A
-file that cannot be read (missing, another process writing it) is reported in the status
-bar and skipped, never fatal. Needs the `viewer` extra (`pip install "dfxm-online[viewer]"`).
+file that cannot be read (missing, torn, another process writing it) is reported in the
+status bar and skipped, the last map staying on show, never fatal. Needs the `viewer` extra (`pip install "dfxm-online[viewer]"`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from .publish.announce import STREAM
+from .publish.describe import describe
+from .publish.quicklook import robust_range
 from .publish.recovery import maps_files
 
 logger = logging.getLogger(__name__)
 
-#: units of the maps by name prefix (the maps file's own `units` attributes win)
-UNITS = {"com_": "deg", "fwhm_": "deg", "cov_": "deg²", "kam": "deg", "skewness_": "", "kurtosis_": "",
-         "intensity": "counts", "background": "counts", "sum": "counts", "max": "counts"}
+
+@dataclass
+class MapInfo:
+    """What the file says about one map: its label (long_name, units included), units,
+    title and axes [(dataset name, values, label)], in dimension order (None: no axis)."""
+
+    label: str
+    units: str = ""
+    title: str = ""
+    axes: list = field(default_factory=list)
 
 
-def units_of(name: str) -> str:
-    for prefix, unit in UNITS.items():
-        if name.startswith(prefix):
-            return unit
-    return ""
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _map_info(group: h5py.Group, signal: h5py.Dataset, key: str) -> MapInfo:
+    """A map's labels and axes as the file gives them; a file written before maps were
+    self-describing gets the words of publish/describe.py."""
+    fallback = describe(key)
+    units = _text(signal.attrs.get("units", fallback.units))
+    label = _text(signal.attrs.get("long_name", fallback.label))
+    axes = []
+    for name in [_text(a) for a in np.atleast_1d(group.attrs.get("axes", []))]:
+        if name == "." or name not in group or not isinstance(group[name], h5py.Dataset):
+            axes.append(None)
+            continue
+        dset = group[name]
+        unit = _text(dset.attrs.get("units", ""))
+        axes.append((name, dset[()], _text(dset.attrs.get("long_name", f"{name} ({unit})" if unit else name))))
+    return MapInfo(label, units, _text(group.attrs.get("title", label)), axes)
 
 
 @dataclass
@@ -51,6 +79,7 @@ class Version:
     frames: str = ""
     map_binning: str = "1"
     version: int = 0
+    announced: str = ""  # when the daemon announced it (UTC ISO 8601; "" for a file seen)
 
     @property
     def label(self) -> str:
@@ -60,12 +89,12 @@ class Version:
         return f"{where} — {self.state} {self.frames}{binned}"
 
 
-def read_version(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, list]]:
+def read_version(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, MapInfo]]:
     """Maps (`/entry/maps` and the scan-end groups such as `/entry/fit`), process fields and
-    the axes of the maps that have them, of a maps file; raises OSError/KeyError when the
-    file cannot be read (missing, being replaced)."""
+    what the file says of each map (`MapInfo`: label, units, axes) of a maps file; raises
+    OSError/KeyError when the file cannot be read (missing, torn, being replaced)."""
     maps: dict[str, np.ndarray] = {}
-    axes: dict[str, list] = {}
+    infos: dict[str, MapInfo] = {}
     with h5py.File(path, "r") as f:
         entry = f["entry"]
         for collection_name, collection in entry.items():
@@ -74,25 +103,30 @@ def read_version(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str
             for name, group in collection.items():
                 if not isinstance(group, h5py.Group) or "signal" not in group.attrs:
                     continue
-                signal = group.attrs["signal"]
+                signal = _text(group.attrs["signal"])
+                if signal not in group:
+                    continue
                 key = name if collection_name == "maps" else f"{collection_name}/{name}"
                 maps[key] = group[signal][()]
-                names = group.attrs.get("axes")
-                if names is not None:
-                    axes[key] = [(str(a), group[a][()]) for a in np.atleast_1d(names) if str(a) in group]
-        process = {k: (v[()].decode() if isinstance(v[()], bytes) else str(v[()])) for k, v in entry["process"].items()}
+                infos[key] = _map_info(group, group[signal], key)
+        process = {k: _text(v[()]) for k, v in entry["process"].items()}
         default = entry["maps"].attrs.get("default") if "maps" in entry else None
-        process["default_map"] = default.decode() if isinstance(default, bytes) else str(default or "")
-    return maps, process, axes
+        process["default_map"] = _text(default or "")
+    return maps, process, infos
 
 
-def robust_range(data: np.ndarray) -> tuple[float, float]:
-    finite = np.asarray(data, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    if not finite.size:
-        return 0.0, 1.0
-    low, high = np.percentile(finite, [1, 99])
-    return float(low), float(high if high > low else low + 1.0)
+def _placement(axes: list, shape: tuple[int, ...]) -> tuple[tuple[float, float], tuple[float, float], list[str]]:
+    """(origin, scale, [x label, y label]) of an image in a silx plot from its (row,
+    column) axes of cell centres; without axes, pixel i spans [i, i + 1), silx's default."""
+    origin, scale, labels = [0.0, 0.0], [1.0, 1.0], ["column", "row"]
+    for dim, plot_axis in ((1, 0), (0, 1)):  # columns along x, rows along y
+        spec = axes[dim] if dim < len(axes) else None
+        if spec is None or len(spec[1]) != shape[dim]:
+            continue
+        values = np.asarray(spec[1], dtype=np.float64)
+        step = (values[-1] - values[0]) / (len(values) - 1) if len(values) > 1 else 1.0
+        origin[plot_axis], scale[plot_axis], labels[plot_axis] = values[0] - step / 2, step, spec[2]
+    return (origin[0], origin[1]), (scale[0], scale[1]), labels
 
 
 def newest_files(output_dir: Path) -> list[tuple[float, Path]]:
@@ -123,8 +157,12 @@ def build_window(redis_url: str | None = None, output_dir: str | Path | None = N
             self._seen: dict[Path, float] = {}
 
         def stop(self) -> None:
+            """Stop and wait for the thread: Qt aborts the process when a QThread object is
+            destroyed while its thread runs (each read blocks at most 0.2 s; a store that
+            does not answer times out after 2 s)."""
             self._stop = True
-            self.wait(3000)
+            if not self.wait(5000):
+                logger.warning("the viewer's follower thread did not stop")
 
         def run(self) -> None:
             if redis_url:
@@ -135,7 +173,8 @@ def build_window(redis_url: str | None = None, output_dir: str | Path | None = N
         def _follow_stream(self) -> None:
             import redis
 
-            client = redis.Redis.from_url(redis_url, decode_responses=True)
+            client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=2.0,
+                                          socket_connect_timeout=2.0)
             last = "$"
             while not self._stop:
                 try:
@@ -149,7 +188,8 @@ def build_window(redis_url: str | None = None, output_dir: str | Path | None = N
                         last = entry_id  # the next read goes on from here
                         self.announced.emit(Version(fields.get("scan_key", ""), fields.get("path", ""),
                                                     fields.get("state", ""), fields.get("frames", ""),
-                                                    fields.get("map_binning", "1"), int(fields.get("version", 0))))
+                                                    fields.get("map_binning", "1"), int(fields.get("version", 0)),
+                                                    fields.get("time", "")))
 
         def _watch(self) -> None:
             while not self._stop:
@@ -168,7 +208,10 @@ def build_window(redis_url: str | None = None, output_dir: str | Path | None = N
             self.versions: dict[str, Version] = {}
             self.current: str | None = None
             self.maps: dict[str, np.ndarray] = {}
-            self.axes: dict[str, list] = {}
+            self.infos: dict[str, MapInfo] = {}
+            self.shown: Version | None = None  # the version on show and when it was drawn
+            self.shown_at = 0.0
+            self._on_show: tuple | None = None
             central = qt.QWidget()
             layout = qt.QHBoxLayout(central)
             side = qt.QVBoxLayout()
@@ -185,7 +228,10 @@ def build_window(redis_url: str | None = None, output_dir: str | Path | None = N
             self.plot = Plot2D()
             self.plot.setKeepDataAspectRatio(True)
             self.key = Plot2D()
-            self.key.setMaximumWidth(260)
+            self.key.setMaximumWidth(340)
+            self.key.getColorBarWidget().setVisible(False)
+            self.key.getColorBarAction().setVisible(False)
+            self.key.setAxesMargins(0.3, 0.12, 0.05, 0.15)  # room for the motor's label (a narrow plot)
             self.key.setVisible(False)
             layout.addWidget(self.plot, 4)
             layout.addWidget(self.key, 1)
@@ -225,11 +271,15 @@ def build_window(redis_url: str | None = None, output_dir: str | Path | None = N
             self.load(self.versions[self.current])
 
         def load(self, version: Version) -> None:
+            """Read and show a version; a file that cannot be read now (missing, torn,
+            being replaced) is reported in the status bar and the last map stays shown."""
             try:
-                self.maps, process, self.axes = read_version(version.path)
-            except (OSError, KeyError) as exc:
+                maps, process, infos = read_version(version.path)
+            except (OSError, KeyError, ValueError) as exc:
                 self.statusBar().showMessage(f"{version.path}: cannot be read now ({exc})")
+                logger.info("%s: cannot be read now: %s", version.path, exc)
                 return
+            self.maps, self.infos = maps, infos
             chosen = self.chooser.currentText()
             self.chooser.blockSignals(True)
             self.chooser.clear()
@@ -243,36 +293,51 @@ def build_window(redis_url: str | None = None, output_dir: str | Path | None = N
                 f"{version.path}: {process.get('state', '')}, {process.get('frames_processed', '')}/"
                 f"{process.get('frames_expected', '')} frames, map binning {process.get('map_binning', '1')}")
             self._show_map(default)
+            self.shown = version
+            self.shown_at = time.time()
 
         # -- maps ----------------------------------------------------------------------
         def _show_map(self, name: str) -> None:
             if name not in self.maps:
                 return
             data = self.maps[name]
-            self.plot.clear()
-            if data.ndim == 3 and data.shape[-1] in (3, 4):
-                self.plot.addImage(data, legend=name, origin=(0, 0))
+            info = self.infos.get(name) or MapInfo(describe(name).label)
+            rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
+            image = data if data.ndim == 2 or rgb else data[0]  # a stack (per motor value): its first image
+            axes = info.axes if rgb or data.ndim == 2 else info.axes[-2:]
+            origin, scale, labels = _placement(axes, image.shape)
+            # a new version of the map on show keeps the user's zoom
+            reset = (name, image.shape) != self._on_show
+            self._on_show = (name, image.shape)
+            self.plot.remove(kind="image")
+            if rgb:
+                self.plot.addImage(image, legend=name, origin=origin, scale=scale, resetzoom=reset)
             else:
-                image = data if data.ndim == 2 else data[0]  # a stack (per motor value): its first image
                 low, high = robust_range(image)
-                self.plot.addImage(image, legend=name, colormap={"name": "viridis", "normalization": "linear",
-                                                                 "autoscale": False, "vmin": low, "vmax": high})
-            unit = units_of(name.split("/")[-1])
-            self.plot.setGraphTitle(f"{name} ({unit})" if unit else name)
+                self.plot.addImage(image, legend=name, origin=origin, scale=scale, resetzoom=reset,
+                                   colormap={"name": "viridis", "normalization": "linear", "autoscale": False,
+                                             "vmin": low, "vmax": high})
+            colour_bar = self.plot.getColorBarWidget()
+            colour_bar.setVisible(not rgb)  # an RGB image has no colour scale: its key is beside it
+            colour_bar.setLegend("" if rgb else info.label)
+            self.plot.setGraphXLabel(labels[0])
+            self.plot.setGraphYLabel(labels[1])
+            scan = self.versions[self.current].label.split(" — ")[0] if self.current in self.versions else ""
+            self.plot.setGraphTitle(f"{info.title}\n{scan}" if scan else info.title)
             key = self.maps.get("mosaicity_key")
             self.key.setVisible(name == "mosaicity" and key is not None)
             if name == "mosaicity" and key is not None:
-                self.key.clear()
-                spec = self.axes.get("mosaicity_key", [])
-                origin, scale = (0, 0), (1, 1)
-                if len(spec) == 2:
-                    second, first = np.asarray(spec[0][1]), np.asarray(spec[1][1])
-                    step = (first[1] - first[0] if len(first) > 1 else 1, second[1] - second[0] if len(second) > 1 else 1)
-                    origin, scale = (first[0] - step[0] / 2, second[0] - step[1] / 2), step
-                    self.key.setGraphXLabel(f"{spec[1][0]} (deg)")
-                    self.key.setGraphYLabel(f"{spec[0][0]} (deg)")
-                self.key.addImage(key, legend="key", origin=origin, scale=scale)
-                self.key.setGraphTitle("mosaicity key")
+                self._show_key(key, self.infos.get("mosaicity_key"))
+
+        def _show_key(self, key: np.ndarray, info: MapInfo | None) -> None:
+            """The mosaicity key: columns along the first motor, rows along the second, in
+            the units the file gives their axes (degrees)."""
+            origin, scale, labels = _placement(info.axes if info else [], key.shape)
+            self.key.clear()
+            self.key.addImage(key, legend="key", origin=origin, scale=scale)
+            self.key.setGraphXLabel(labels[0])
+            self.key.setGraphYLabel(labels[1])
+            self.key.setGraphTitle("mosaicity key")
 
         def closeEvent(self, event) -> None:  # noqa: N802 - Qt's naming
             self.follower.stop()
