@@ -266,11 +266,21 @@ def process_to_file(
     out = write_maps_file(out, result.maps, info, default_map(geometry.motor_names), geometry.title,
                           result.axes, groups=groups, nxdata=result.nxdata)
     if quicklook and geometry.motors:
-        sample = result.nxdata.get("/entry/sample_axes")  # µm axes when the pixel size is known
-        write_quicklook(result.maps, geometry.motor_names, quicklook_path(out),
-                        quicklook_title(f"{Path(str(provenance['raw_file'])).name}::{provenance['raw_entry']}",
-                                        str(provenance.get("dataset") or ""), geometry.motor_names,
-                                        result.frames_processed, geometry.npoints, "complete"),
-                        result.axes.get("mosaicity_key"), fits=result.fit_maps,
-                        image_axes=(sample["y"], sample["x"]) if sample else None)
+        draw_quicklook(out, result.maps, result.axes, geometry, provenance, result.frames_processed,
+                       result.fit_maps, result.nxdata, "complete")
     return out
+
+
+def draw_quicklook(out: Path, maps: Mapping[str, np.ndarray], axes: Mapping, geometry: ScanGeometry,
+                   provenance: Mapping[str, object], frames: int, fit_maps: Mapping[str, np.ndarray] | None,
+                   nxdata: Mapping[str, Mapping], state: str) -> Path:
+    """The quick-look PNG beside the maps file `out` of a recorded scan's analysis (`process`
+    and the scan-end workflows draw the same one)."""
+    sample = nxdata.get("/entry/sample_axes")  # µm axes when the pixel size is known
+    return write_quicklook(maps, geometry.motor_names, quicklook_path(out),
+                           quicklook_title(f"{Path(str(provenance['raw_file'])).name}::{provenance['raw_entry']}",
+                                           str(provenance.get("dataset") or ""), geometry.motor_names,
+                                           frames, geometry.npoints, state),
+                           axes.get("mosaicity_key"), fits=fit_maps,
+                           image_axes=(sample["y"], sample["x"]) if sample else None)
+

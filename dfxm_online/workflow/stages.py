@@ -32,12 +32,19 @@ from ..acquisition.geometry import ScanError
 from ..analysis.fits import FitSettings
 from ..analysis.scan_end import ScanEndOptions
 from ..config import AnalysisConfig, ConfigError, load_config
-from ..offline import Report, accumulate, check_fit, final_maps, fit_maps, scan_end_analyses
+from ..offline import (
+    Report,
+    accumulate,
+    check_fit,
+    draw_quicklook,
+    final_maps,
+    fit_maps,
+    scan_end_analyses,
+)
 from ..online.maps import default_map
 from ..online.pipeline import ScanPipeline
 from ..publish.atomic import file_lock
 from ..publish.nexus import ProcessInfo, read_maps_file, write_maps_file
-from ..publish.quicklook import quicklook_path, write_quicklook
 from ..publish.scan_state import load_state, save_state
 from .job import Job
 from .parts import Part, read_part, write_part
@@ -208,9 +215,9 @@ def write_nexus(job: Job) -> Path:
         out = write_maps_file(job.output, result.maps, info, default_map(geometry.motor_names), geometry.title,
                               result.axes, groups=groups or None, nxdata=result.nxdata)
     if job.quicklook and geometry.motors:
-        write_quicklook(result.maps, geometry.motor_names, quicklook_path(out),
-                        f"{Path(out).name}: {process.get('raw_file', job.filename)}::{job.scan} - "
-                        f"{', '.join(geometry.motor_names)} - {frames} frames", result.axes.get("mosaicity_key"))
+        draw_quicklook(out, result.maps, result.axes, geometry, {"raw_file": job.filename, "raw_entry": job.scan,
+                                                                 **process}, frames, groups.get("fit"),
+                       result.nxdata, info.state)
     shutil.rmtree(job.work_dir, ignore_errors=True)
     logger.info("%s written by the scan-end workflow in %.1f s", out, time.time() - job.started)
     return out
