@@ -11,7 +11,8 @@ tiled `w @ x`), as `kernels.frame_pass_backend()` says.
 Measured at 2048^2 uint16, 2 cores: the numpy version of moments + edge baseline +
 projections ran at 76 frames/s (three passes, each converting every frame); the fused C pass
 that followed at ~380-480 frames/s on AVX-512 but 12 on an AVX2-only EPYC, where the tiled
-numpy product of the same sums ran at 152 (issue 20). The numba pass runs at the figures of
+numpy product of the same sums ran at 152 (issue 20). The numba pass (register blocks of
+running sums over a packed sub-tile, `kernels/frame_pass.py`) runs at the figures of
 bench/RESULTS.md on every code path (host, AVX2, generic), next to the numpy tiled product.
 
 Rounding: integer frames' group sums (and squares up to 16 bits) and maxima are exact on
