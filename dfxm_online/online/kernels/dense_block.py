@@ -62,6 +62,9 @@ def _make_block(mr: int, nv: int):
     def block(typingctx, xs, w, sums, row, px, sx, n_frames):
         """sums[row + r, sx + j] += sum_{f < n_frames} w[f, row + r] * xs[f, px + j] for
         r < mr, j < nv * VECTOR (xs (F, X), w (F, R), sums (R, P): C-contiguous float64)."""
+        if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == types.float64
+                   for a in (xs, w, sums)):
+            return None  # the code below takes rows as shape[1] elements apart: C order only
         sig = types.void(xs, w, sums, types.intp, types.intp, types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
