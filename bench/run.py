@@ -130,6 +130,7 @@ def bench_compute_core(size: int, n_frames: int, batch: int) -> dict:
     projections) on the numba pass and on the numpy floor, and the numpy tiled product of the
     15 moment sums alone, in alternating rounds (frames/s: median, min-max)."""
     from dfxm_online.online import kernels
+    from dfxm_online.online.tiles import n_threads
 
     frames, axes, pos = synthetic_mesh(size, n_frames)
     geometry = ScanGeometry(axes, n_frames, "det")
@@ -150,15 +151,20 @@ def bench_compute_core(size: int, n_frames: int, batch: int) -> dict:
     for run in variants.values():  # compile, fault the memory in
         run()
     rates: dict[str, list[float]] = {k: [] for k in variants}
+    # frames per second of this process's CPU time over the tile threads: on a machine shared
+    # with other work the wall-clock rate measures the share of the cores it got as well
+    cpu_rates: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(CORE_ROUNDS):
         for name, run in variants.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run()
             rates[name].append(n_frames / (time.perf_counter() - t0))
+            cpu_rates[name].append(n_frames * n_threads() / (time.process_time() - c0))
     name, _ = kernels.numba_target()
     return {"target": name, "instruction_set": kernels.instruction_set(), "auto": kernels.frame_pass_backend()
             if kernels.requested_backend() == "auto" else None,
-            **{k: (float(np.median(v)), float(min(v)), float(max(v))) for k, v in rates.items()}}
+            **{k: (float(np.median(v)), float(min(v)), float(max(v))) for k, v in rates.items()},
+            "cpu": {k: float(np.median(v)) for k, v in cpu_rates.items()}}
 
 
 def compute_core_paths(size: int, n_frames: int, batch: int) -> list[str]:
@@ -172,7 +178,7 @@ def compute_core_paths(size: int, n_frames: int, batch: int) -> list[str]:
                               str(n_frames), str(batch)], env=child_env, capture_output=True, text=True)
         if run.returncode != 0:
             rows.append(f"| {label} | failed: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else '?'} |"
-                        " | | | | |")
+                        " | | | | | |")
             continue
         r = json.loads(run.stdout.strip().splitlines()[-1])
         print(json.dumps({"path": label, **r}), flush=True)
@@ -180,9 +186,12 @@ def compute_core_paths(size: int, n_frames: int, batch: int) -> list[str]:
         def fps(v: list[float]) -> str:
             return f"{v[0]:.0f} ({v[1]:.0f}-{v[2]:.0f})"
 
-        chosen = r["numba"] if r["auto"] == "numba" else r["numpy floor"]
+        chosen = "numba" if r["auto"] == "numba" else "numpy floor"
+        cpu = r["cpu"]
         rows.append(f"| {label} | {r['target']} ({r['instruction_set']}) | {fps(r['numba'])} | {fps(r['numpy floor'])} "
-                    f"| {fps(r['numpy product'])} | {r['auto']}: {chosen[0] / r['numpy product'][0]:.2f}x |")
+                    f"| {fps(r['numpy product'])} | {r['auto']}: {r[chosen][0] / r['numpy product'][0]:.2f}x "
+                    f"| {cpu['numba']:.0f} / {cpu['numpy floor']:.0f} / {cpu['numpy product']:.0f}: "
+                    f"{cpu[chosen] / cpu['numpy product']:.2f}x |")
     return rows
 
 
@@ -651,7 +660,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
-    parser.add_argument("--only", choices=("accumulators", "e2e", "latency"),
+    parser.add_argument("--only", choices=("compute-core", "accumulators", "e2e", "latency"),
                         help="run one part and print it (RESULTS.md is written by full runs only)")
     parser.add_argument("--runs", help="e2e runs as mode:size:frames,... (with --only e2e)")
     parser.add_argument("--latency-runs",
@@ -691,14 +700,20 @@ def main() -> None:
         "numpy tiled product of the 15 moment sums (`w @ x` over 16k-pixel tiles, one BLAS thread "
         "per tile thread; OpenBLAS picks its kernel for the real CPU whatever the numba target). "
         f"frames/s over {CORE_FRAMES} frames: median (min-max) of {CORE_ROUNDS} alternating rounds. "
-        "Last column: what `DFXM_KERNELS=auto` runs on that target, over the numpy tiled product.",
+        "Then what `DFXM_KERNELS=auto` runs on that target, over the numpy tiled product. Last column: "
+        "the same per CPU time (frames per second of the process's CPU time x the tile threads: "
+        "numba / numpy floor / numpy product, and auto over the product), which a machine shared "
+        "with other work changes less than the wall-clock rates.",
         "",
         "| path | numba target | compute core, numba | compute core, numpy floor | numpy tiled product (15 sums) "
-        "| auto, over the product |",
-        "|---|---|---|---|---|---|",
+        "| auto, over the product | per CPU time: numba / floor / product, auto over the product |",
+        "|---|---|---|---|---|---|---|",
     ]
-    if part in (None, "accumulators"):
+    if part in (None, "accumulators", "compute-core"):
         lines += compute_core_paths(size, CORE_FRAMES, batch)
+    if part == "compute-core":
+        print("\n".join(lines))
+        return
     lines += [
         "",
         f"## Accumulators, {size}x{size} uint16 frames from memory, batches of {batch} (the default); "

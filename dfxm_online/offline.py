@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,8 +132,11 @@ def accumulate(rec: RecordedScan, config: AnalysisConfig, dark: str | RunningMea
     pipeline = ScanPipeline(geometry, rec.frame_shape, config, dark_image,
                             load_images(config.images), has_monitor=rec.monitor is not None)
     batch = config.frames_per_batch(rec.frame_shape, rec.frames.dtype)
-    for batch_ in _progress(rec.batches(batch), rec.npoints, f"{rec.path.name}::{rec.scan}", progress, report):
+    batch_ = None
+    for batch_ in _progress(read_ahead(rec, batch, not pipeline.retains_frames), rec.npoints,
+                            f"{rec.path.name}::{rec.scan}", progress, report):
         pipeline.update(batch_.frames, batch_.positions, batch_.monitor)
+    del batch_  # its frames are a reused read buffer (256 MB): not kept through the maps
     pipeline.finish()
     return pipeline
 
@@ -151,7 +155,8 @@ def final_maps(rec: RecordedScan, pipeline: ScanPipeline, progress: bool = True,
 
     def reread() -> Iterator[Batch]:
         n = next(reads)
-        return _progress(rec.batches(batch), rec.npoints, f"{name} window {n}/{passes}", progress,
+        return _progress(read_ahead(rec, batch, not pipeline.retains_frames), rec.npoints,
+                         f"{name} window {n}/{passes}", progress,
                          None if report is None else (lambda f: report((n - 1 + f) / passes)))
 
     maps = pipeline.windowed_maps(maps, reread)
@@ -213,6 +218,36 @@ def fit_model_name(motor_names: list[str], fit: FitSettings) -> str:
     kind = {1: "gaussian", 2: "bivariate gaussian", 3: "trivariate gaussian"}[len(motor_names)]
     peaks = " (up to 2 peaks)" if fit.max_peaks == 2 else ""
     return f"{kind} over {', '.join(motor_names)} + background{peaks}"
+
+
+def read_ahead(rec, batch_size: int, reuse: bool = True) -> Iterator[Batch]:
+    """`rec.batches(batch_size)`, the next batch read on a thread while the caller works on
+    this one, into two read buffers used in turn (`reuse`; else fresh arrays, for a
+    consumer that keeps the frames): a batch's frames are valid until the next is asked for.
+
+    Why: `process` of a 240-frame 2048^2 scan in the page cache spent 2.3 s reading into a
+    fresh 256 MB array per batch (its page faults), 0.67 s into one buffer; the reads then
+    overlap the pass (h5py holds its lock, the pass runs without the GIL)."""
+    n = rec.npoints
+    buffers = [np.empty((batch_size, *rec.frame_shape), rec.frames.dtype) for _ in range(2)] if reuse else None
+
+    def read(start: int, slot: int) -> Batch:
+        stop = min(start + batch_size, n)
+        if buffers is None:
+            frames = np.asarray(rec.frames[start:stop])
+        else:
+            frames = buffers[slot][: stop - start]
+            rec.frames.read_direct(frames, np.s_[start:stop], np.s_[0 : stop - start])
+        return Batch(start, frames, {k: v[start:stop] for k, v in rec.positions.items()},
+                     None if rec.monitor is None else rec.monitor[start:stop])
+
+    with ThreadPoolExecutor(1, thread_name_prefix="dfxm-read") as reader:
+        pending = reader.submit(read, 0, 0) if n else None
+        for i, start in enumerate(range(0, n, batch_size)):
+            ready = pending.result()
+            nxt = start + batch_size
+            pending = reader.submit(read, nxt, (i + 1) % 2) if nxt < n else None
+            yield ready
 
 
 #: a progress callback: the fraction done of a long read (an ewoks task's progress)

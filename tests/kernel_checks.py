@@ -65,7 +65,31 @@ def check_frame_pass(backend: str = "numba") -> list[str]:
         assert not gsumsq[1].any()
         assert np.array_equal(maximum[lo:hi], part.max(axis=0)) and np.all(maximum[:lo] == -np.inf)
         done.append(f"frame_pass {np.dtype(dtype).name}{' float32 products' if single else ''}")
+    done += check_register_block_edges(backend)
     return done
+
+
+def check_register_block_edges(backend: str = "numba") -> list[str]:
+    """The dense sums where the register blocks do not tile the work: row counts that are not
+    a multiple of the block's (1, 4, 7, 35: 1 to 3 motors), one frame, pixel ranges that end
+    inside a block, a vector or a sub-tile, and several sub-tiles (the prefetch of the next)."""
+    from dfxm_online.online.framesums import frame_pass, sum_order_bound
+
+    rng = np.random.default_rng(14)
+    for n, r, p, lo, hi in ((21, 1, 3001, 5, 2998), (21, 4, 997, 0, 997), (1, 7, 130, 3, 129),
+                            (64, 35, 1300, 17, 1283), (33, 15, 10000, 1, 9999)):
+        x = rng.integers(0, 4000, size=(n, p)).astype(np.uint16)
+        w = rng.normal(size=(n, r))
+        sums = rng.normal(size=(r, p)) * 1e3
+        before = sums.copy()
+        frame_pass(x, lo, hi, w, sums, None, [], None, None, backend=backend)
+        part = x[:, lo:hi].astype(np.float64)
+        exact = before[:, lo:hi] + w.T @ part
+        scale = np.abs(before[:, lo:hi]) + np.abs(w).T @ part
+        error = np.abs(sums[:, lo:hi] - exact) / scale
+        assert error.max() <= sum_order_bound(n), (n, r, p, error.max())
+        assert np.array_equal(sums[:, :lo], before[:, :lo]) and np.array_equal(sums[:, hi:], before[:, hi:])
+    return ["frame_pass register-block edges (1-35 rows, 1-64 frames, partial blocks)"]
 
 
 def check_block_sums() -> list[str]:

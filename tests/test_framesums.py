@@ -197,3 +197,24 @@ def test_frames_beyond_one_pass_are_refused_by_the_pass_and_split_by_accumulate(
     assert_within_order_bound(s, np.zeros_like(s), w, xf, n)
     np.testing.assert_array_equal(g, xf[members].sum(axis=0))
     np.testing.assert_array_equal(m, xf.max(axis=0))
+
+
+def test_register_block_refuses_arrays_not_in_c_order():
+    """The register block reads rows shape[1] elements apart: an array in another order is a
+    typing error, never wrong sums."""
+    from numba import njit
+    from numba.core.errors import TypingError
+
+    from dfxm_online.online.kernels import dense_block
+
+    block = dense_block.BLOCKS[0][0]
+
+    @njit
+    def one_block(xs, w, sums):
+        block(xs, w, sums, 0, 0, 0, xs.shape[0])
+
+    w, sums = np.ones((4, 1)), np.zeros((1, 64))
+    one_block(np.ones((4, 64)), w, sums)
+    assert np.all(sums[0, : dense_block.VECTOR] == 4) and not sums[0, dense_block.VECTOR:].any()
+    with pytest.raises(TypingError):
+        one_block(np.ones((4, 128))[:, ::2], w, sums)

@@ -124,7 +124,7 @@ def test_frames_per_batch_bounds_a_batch_in_bytes(shape, dtype, batch_mb, expect
 def test_process_batches_large_frames_within_batch_mb(redis_url, tmp_path, monkeypatch):
     """`process` reads 1 MiB frames 2 at a time with batch_mb = 2, and gets the maps of
     unbounded batches."""
-    from dfxm_online.acquisition.blissfile import RecordedScan
+    from dfxm_online import offline
     from dfxm_online.config import AnalysisConfig
     from dfxm_online.offline import process_scan
 
@@ -132,13 +132,13 @@ def test_process_batches_large_frames_within_batch_mb(redis_url, tmp_path, monke
                           session="big", peak_counts=5000.0)
     rec = simulate(redis_url, spec)
     asked: list[int] = []
-    batches = RecordedScan.batches
+    batches = offline.read_ahead  # how process reads a scan's frames, in batches
 
-    def recording(self, batch_size):
+    def recording(rec, batch_size, reuse=True):
         asked.append(batch_size)
-        return batches(self, batch_size)
+        return batches(rec, batch_size, reuse)
 
-    monkeypatch.setattr(RecordedScan, "batches", recording)
+    monkeypatch.setattr(offline, "read_ahead", recording)
     scan = f"{rec.scan_number}.1"
     bounded, _, _, n = process_scan(rec.filename, scan, AnalysisConfig(batch_mb=2), progress=False)
     whole, _, _, _ = process_scan(rec.filename, scan, AnalysisConfig(batch_mb=0), progress=False)
@@ -174,3 +174,26 @@ def test_process_cli_preprocessing_and_accumulator_flags(recorded, tmp_path):
     bad = subprocess.run([*CLI, "process", str(recorded.filename), "-o", str(out), "--preprocess",
                           '[{"step": "blur"}]'], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown preprocess step 'blur'" in bad.stderr
+
+
+def test_read_ahead_gives_the_scans_batches(redis_url, tmp_path):
+    """The read-ahead batches (reused buffers or fresh arrays) are the recorded scan's batches:
+    same starts, frames, positions; each batch's frames intact until the next is asked for."""
+    from dfxm_online.acquisition.blissfile import open_scan
+    from dfxm_online.offline import read_ahead
+
+    spec = SimulationSpec(kind="rocking", points=7, frame_shape=(32, 24), scan_dir=tmp_path / "scans",
+                          session="ahead", peak_counts=500.0)
+    rec = simulate(redis_url, spec)
+    with open_scan(rec.filename, f"{rec.scan_number}.1") as scan:
+        expected = list(scan.batches(3))
+        for reuse in (True, False):
+            got = []
+            for batch in read_ahead(scan, 3, reuse):
+                got.append((batch.start, batch.frames.copy(), batch.positions))
+            assert [g[0] for g in got] == [b.start for b in expected] == [0, 3, 6]
+            for (_, frames, positions), want in zip(got, expected):
+                assert np.array_equal(frames, want.frames)
+                assert positions.keys() == want.positions.keys()
+                for name, values in positions.items():
+                    assert np.array_equal(values, want.positions[name])

@@ -11,7 +11,8 @@ tiled `w @ x`), as `kernels.frame_pass_backend()` says.
 Measured at 2048^2 uint16, 2 cores: the numpy version of moments + edge baseline +
 projections ran at 76 frames/s (three passes, each converting every frame); the fused C pass
 that followed at ~380-480 frames/s on AVX-512 but 12 on an AVX2-only EPYC, where the tiled
-numpy product of the same sums ran at 152 (issue 20). The numba pass runs at the figures of
+numpy product of the same sums ran at 152 (issue 20). The numba pass (register blocks of
+running sums over a packed sub-tile, `kernels/frame_pass.py`) runs at the figures of
 bench/RESULTS.md on every code path (host, AVX2, generic), next to the numpy tiled product.
 
 Rounding: integer frames' group sums (and squares up to 16 bits) and maxima are exact on
@@ -176,12 +177,12 @@ class _Pass:
         from numba import typed, types
 
         n_frames, n_pixels = self.frames.shape
-        step = numba_pass.FRAMES_PER_STEP
-        ctype = np.float32 if self.single else np.float64
         rows = 0 if self.weights is None else self.weights.shape[1]
-        self.w = np.zeros((rows, -(-n_frames // step) * step), ctype)
-        if rows:
-            self.w[:, :n_frames] = self.weights.T
+        # `single` on the numba path: the weights rounded to float32, the products and sums
+        # float64 (the register blocks are float64; float32 products measured no faster in
+        # numba's previous pass, bench/RESULTS.md), within the float32 bound a fortiori
+        weights = self.weights.astype(np.float32) if rows and self.single else self.weights
+        self.w = np.ascontiguousarray(weights, dtype=np.float64) if rows else np.zeros((n_frames, 0))
         self.dense = self.sums if rows else np.zeros((0, n_pixels))
         row_type = types.float64[::1]
         empty = np.zeros(0)
@@ -196,8 +197,7 @@ class _Pass:
         self.int_squares = integer and self.frames.dtype.itemsize <= 2
         self.gacc_type = np.int64 if integer else np.float64
         self.gsq_type = np.int64 if self.int_squares else np.float64
-        self.tile = numba_pass.tile_pixels(rows)
-        self.ctype = ctype
+        self.sub = numba_pass.sub_pixels(n_frames)
 
     def _prepare_numpy(self) -> None:
         groups = len(self.gsums)
@@ -221,15 +221,15 @@ class _Pass:
         if stop == start or self.frames.shape[0] == 0:
             return
         if self.backend == "numba":
-            # per-call scratch (this thread's): converted frames, a tile's group sums, maximum
-            groups, tile = len(self.gsums), self.tile
-            xs = np.empty((numba_pass.FRAMES_PER_STEP, numba_pass.SUB_PIXELS), self.ctype)
-            gacc = np.empty((groups, tile), self.gacc_type)
-            gsq = np.empty((groups, tile), self.gsq_type)
-            tmax = np.empty(tile if self.maximum is not None else 0, self.frames.dtype)
+            # per-call scratch (this thread's): the packed sub-tile, its group sums, maximum
+            groups, sub = len(self.gsums), self.sub
+            xs = np.empty((self.frames.shape[0], sub))
+            gacc = np.empty((groups, sub), self.gacc_type)
+            gsq = np.empty((groups, sub), self.gsq_type)
+            tmax = np.empty(sub if self.maximum is not None else 0, self.frames.dtype)
             numba_pass.frame_pass(self.frames, start, stop, self.w, self.dense, xs, self.members,
                                   self.g_list, self.q_list, self.has_sq, self.max_row, gacc, gsq, tmax,
-                                  self.int_squares, self.single, tile)
+                                  self.int_squares)
             return
         # this call's scratch: a converted tile (and its squares) of NUMPY_TILE pixels
         n_frames = self.frames.shape[0]

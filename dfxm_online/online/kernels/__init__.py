@@ -10,11 +10,13 @@ AVX-512 machine. The kernels release the GIL and run on the project's tile threa
 
 The pass over a batch of frames also has a numpy floor, a tiled `w @ x` with one BLAS thread
 per tile thread (`framesums._Pass`, backend "numpy"): `DFXM_KERNELS` = `auto` (default),
-`numba` or `numpy` chooses. `auto` takes numba whenever it imports: in one run at 2048^2
+`numba` or `numpy` chooses. `auto` takes numba whenever it imports: in every run at 2048^2
 (bench/RESULTS.md) the compute core on the numba pass was ahead of the same on the numpy
-floor on every target, the generic SSE2 one included (64 against 57 frames/s, with
-OpenBLAS's AVX-512 kernels under the floor), so the floor is there for a Python where numba
-is missing and as a reference.
+floor on every target, the generic SSE2 one included (2026-12-06, per CPU time: 142 against
+121 frames/s, with OpenBLAS's AVX-512 kernels under the floor), so the floor is there for a
+Python where numba is missing and as a reference. (Tried on the generic target: the dense
+rows by BLAS on each tile the numba pass had just read for the groups and maximum, 145
+against 142 frames/s: not kept.)
 """
 
 from __future__ import annotations

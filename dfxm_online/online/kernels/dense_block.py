@@ -1,0 +1,177 @@
+"""A register-blocked block of `sums += w.T @ x` for the pass over a batch (numba intrinsic).
+
+Why: numba's loop vectorizer works on innermost loops only, so a pure-numba pass keeps its
+running sums in memory and loads and stores them every few frames (the pass before this one:
+8 frames x 3 rows per load and store, ~12-16 GFMA/s per core here). A GEMM kernel keeps a
+block of MR rows x NV vectors of running sums in registers while *all* the frames of the
+pass stream past, reads each converted frame vector once per MR rows and each weight once
+per NV vectors, and touches the sums in memory once per pass. numba cannot say "vector
+register" in Python, so the block is written in LLVM IR (an `@intrinsic`, inlined into the
+numba kernel that calls it): explicit vectors of `VECTOR` doubles, one multiply-add chain
+per running sum (`fmul`/`fadd` with the `contract` flag: fused where the CPU has FMA, a
+multiply and an add where it has not, never a libm call).
+
+The block is sized for the target numba compiles for (`kernels.numba_target`): the
+vectors LLVM uses there (256-bit on AVX-512 CPUs, whose LLVM tuning prefers 256-bit
+vectors; 256-bit on AVX2; 128-bit on SSE2) and its vector registers (32 with AVX-512,
+16 otherwise): MR x NV running sums plus NV frame vectors and a broadcast weight must fit.
+
+Rounding: each running sum is the FMA chain sum_f w[f, r] x[f, p] in frame order from 0,
+then added to `sums` once: within `framesums.sum_order_bound` like any order.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import numba_target
+
+
+def _block_shape() -> tuple[int, int, int]:
+    """(VECTOR doubles per vector, MR rows, NV vectors) for this process's numba target."""
+    _, features = numba_target()
+    if "avx512f" in features or "avx2" in features or "avx" in features:
+        vector = 4  # ymm (LLVM keeps 256-bit vectors on AVX-512 CPUs: prefer-256-bit)
+    else:
+        vector = 2  # xmm: SSE2, NEON
+    registers = 32 if ("avx512f" in features or "neon" in features) else 16
+    if registers >= 32:
+        return vector, 5, 4  # 20 running sums + 4 frame vectors + a weight: 25 of 32
+    return vector, 5, 2  # 10 running sums + 2 frame vectors + a weight (+ a product): <= 14 of 16
+
+
+#: doubles per vector, rows and vectors of running sums in one register block
+VECTOR, MR, NV = _block_shape()
+#: pixels one register block covers
+BLOCK_PIXELS = VECTOR * NV
+
+
+def _data(context, builder, arrty, value):
+    """(data pointer, leading dimension in elements) of a C-contiguous 2-D float64 array."""
+    ary = context.make_array(arrty)(context, builder, value)
+    shape = cgutils.unpack_tuple(builder, ary.shape, 2)
+    return ary.data, shape[1]
+
+
+def _make_block(mr: int, nv: int):
+    """The intrinsic for a block of `mr` rows x `nv` vectors."""
+
+    def block(typingctx, xs, w, sums, row, px, sx, n_frames):
+        """sums[row + r, sx + j] += sum_{f < n_frames} w[f, row + r] * xs[f, px + j] for
+        r < mr, j < nv * VECTOR (xs (F, X), w (F, R), sums (R, P): C-contiguous float64)."""
+        if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == types.float64
+                   for a in (xs, w, sums)):
+            return None  # the code below takes rows as shape[1] elements apart: C order only
+        sig = types.void(xs, w, sums, types.intp, types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            xs_v, w_v, sums_v, row_v, px_v, sx_v, nf_v = args
+            xs_p, ldx = _data(context, builder, signature.args[0], xs_v)
+            w_p, ldw = _data(context, builder, signature.args[1], w_v)
+            s_p, lds = _data(context, builder, signature.args[2], sums_v)
+            dbl = ir.DoubleType()
+            vt = ir.VectorType(dbl, VECTOR)
+            vpt = vt.as_pointer()
+            zero = ir.Constant(vt, [0.0] * VECTOR)
+            undef = ir.Constant(vt, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(ir.IntType(32), VECTOR), [0] * VECTOR)
+            i64 = ir.IntType(64)
+            accs = []
+            for _ in range(mr * nv):
+                slot = cgutils.alloca_once(builder, vt)
+                builder.store(zero, slot)
+                accs.append(slot)
+            with cgutils.for_range(builder, nf_v) as loop:
+                f = loop.index
+                x_row = builder.gep(xs_p, [builder.add(builder.mul(f, ldx), px_v)])
+                xv = [builder.load(builder.bitcast(builder.gep(x_row, [ir.Constant(i64, j * VECTOR)]), vpt),
+                                   align=8) for j in range(nv)]
+                w_row = builder.gep(w_p, [builder.add(builder.mul(f, ldw), row_v)])
+                for r in range(mr):
+                    wr = builder.load(builder.gep(w_row, [ir.Constant(i64, r)]), align=8)
+                    wv = builder.shuffle_vector(builder.insert_element(undef, wr, ir.Constant(ir.IntType(32), 0)),
+                                                undef, splat)
+                    for j in range(nv):
+                        slot = accs[r * nv + j]
+                        product = builder.fmul(wv, xv[j], flags=("contract",))
+                        builder.store(builder.fadd(builder.load(slot), product, flags=("contract",)), slot)
+            for r in range(mr):
+                s_row = builder.gep(s_p, [builder.add(builder.mul(builder.add(row_v, ir.Constant(i64, r)), lds), sx_v)])
+                for j in range(nv):
+                    ptr = builder.bitcast(builder.gep(s_row, [ir.Constant(i64, j * VECTOR)]), vpt)
+                    builder.store(builder.fadd(builder.load(ptr, align=8), builder.load(accs[r * nv + j])), ptr, align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    # a name of its own per shape: numba tells intrinsics apart by name (same-named ones
+    # compiled to the first one's code)
+    block.__name__ = block.__qualname__ = f"dense_block_{mr}x{nv}"
+    return intrinsic(block)
+
+
+#: BLOCKS[mr - 1][nv - 1]: the block of mr rows x nv vectors (1 <= mr <= MR, 1 <= nv <= NV)
+BLOCKS = tuple(tuple(_make_block(mr, nv) for nv in range(1, NV + 1)) for mr in range(1, MR + 1))
+
+# the blocks by name, for the dispatch below (numba resolves globals at compile time)
+assert MR == 5, "dense_block_rows dispatches 1..5 rows"
+_B1, _B2, _B3, _B4, _B5 = (BLOCKS[m][NV - 1] for m in range(5))
+_V1, _V2, _V3, _V4, _V5 = (BLOCKS[m][0] for m in range(5))
+
+
+@njit(nogil=True, cache=True)
+def _vector_blocks(xs, w, sums, r, mr, sx, p0, p1, n_frames):
+    """Rows r..r+mr, single-vector blocks over xs columns p0..p1 (a multiple of VECTOR)."""
+    for p in range(p0, p1, VECTOR):
+        if mr == 5:
+            _V5(xs, w, sums, r, p, sx + p, n_frames)
+        elif mr == 4:
+            _V4(xs, w, sums, r, p, sx + p, n_frames)
+        elif mr == 3:
+            _V3(xs, w, sums, r, p, sx + p, n_frames)
+        elif mr == 2:
+            _V2(xs, w, sums, r, p, sx + p, n_frames)
+        else:
+            _V1(xs, w, sums, r, p, sx + p, n_frames)
+
+
+@njit(nogil=True, cache=True)
+def dense_block_rows(xs, w, sums, r, mr, sx, n_blocks, n_vec, n_frames):
+    """sums[r:r+mr, sx:sx+n_vec] += w[:n_frames, r:r+mr].T @ xs[:n_frames, :n_vec] (1 <= mr
+    <= MR; n_blocks <= n_vec multiples of BLOCK_PIXELS and VECTOR): full register blocks,
+    then single vectors."""
+    for p in range(0, n_blocks, BLOCK_PIXELS):
+        if mr == 5:
+            _B5(xs, w, sums, r, p, sx + p, n_frames)
+        elif mr == 4:
+            _B4(xs, w, sums, r, p, sx + p, n_frames)
+        elif mr == 3:
+            _B3(xs, w, sums, r, p, sx + p, n_frames)
+        elif mr == 2:
+            _B2(xs, w, sums, r, p, sx + p, n_frames)
+        else:
+            _B1(xs, w, sums, r, p, sx + p, n_frames)
+    _vector_blocks(xs, w, sums, r, mr, sx, n_blocks, n_vec, n_frames)
+
+
+@intrinsic
+def prefetch(typingctx, array, row, column):
+    """Ask the CPU to bring array[row, column]'s cache line towards L2/L1 (a hint, no fault):
+    the pass reads ~64 frame rows at once, more streams than the hardware prefetcher follows."""
+    sig = types.void(array, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        shape = cgutils.unpack_tuple(builder, ary.shape, 2)
+        ptr = builder.gep(ary.data, [builder.add(builder.mul(args[1], shape[1]), args[2])])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
