@@ -360,7 +360,7 @@ def _frame_set(qa, qb, vm, q_set, ut, y, inset, idx, ns_old, ua, ya):
     ns = 0
     for n_ in range(qa.shape[0]):
         idx[ns] = n_
-        ns += 1 if (min(qa[n_], qb[n_]) < q_set and vm[n_] > 0.0) else 0
+        ns += np.int64((qa[n_] < q_set) | (qb[n_] < q_set)) & np.int64(vm[n_] > 0.0)
     for j in range(ns):
         inset[idx[j]] = 1.0
     for j in range(ns):
@@ -625,7 +625,8 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
             continue
         if linear_start and n_peaks == 1:
             _linear_amplitude(ya, g[cur, 0], ns, n_valid, sy, top, theta, 1)
-            _evaluate(theta, ua, m, n_peaks, q, ones, rinv, tt[cur], zz[cur], g[cur], mu[cur], qf, ns, q_cut)
+            for j in range(ns):  # the shape is the same: no second evaluation
+                mu[cur, j] = theta[0] + theta[1] * g[cur, 0, j]
         lam = LAMBDA_START
         converged = False
         iters = 0
