@@ -32,9 +32,10 @@ in float32 3-5 us for a peak near the mesh's centre and 11-14 us for one 2.5 / 3
 it (the far tails' products, ~1e-40, are float32 denormals), the final float64 J^T W J 6-11
 us; 43-45 us per pixel. Over the support (605 frames of that off-centre pixel's set): the
 frames' Q 0.4 us, the set gathered 1.7-2 us (once or twice per pixel), a two-motor
-evaluation ~1 us, the Jacobian 0.7 us, J^T W J 1.8 us; ~1.3x fewer us per pixel in all
-(bench/fits.py --kernel; what remains is spread over the reading of the curve, the start,
-~3 iterations and the final covariance, none above a fifth).
+evaluation ~1 us, the Jacobian 0.7 us, J^T W J 1.8 us; 34.7 us per pixel (1.24x; 1.22x
+on the AVX2 target), what remains spread over the reading of the curve, the start, ~3
+iterations and the final covariance, none above a fifth (bench/RESULTS.md). Where the
+support covers every frame (41 frames of +-3 widths) the set's bookkeeping makes it 0.94x.
 """
 
 from __future__ import annotations
