@@ -219,6 +219,90 @@ def large_case(path: Path, dark: bool) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def mesh_curves(n_pixels: int, seed: int = 0, motors: tuple[MotorAxis, ...] = LARGE_MOTORS):
+    """Curves (N, P) uint16 of `n_pixels` crystal pixels of the bench mesh (the sample and
+    noise of `make_mesh_file`, pixels spread over the crystal), without a file: the dark
+    offset already subtracted (offset 0), the pedestal's variance as the noise variance, and
+    a start like the moments' (position off by up to a step, width by up to 25 %)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = rng.uniform(0, 1, n_pixels), rng.uniform(0, 0.5, n_pixels)
+    centre = np.stack([0.1 * np.sin(2 * np.pi * (1.3 * xx + 0.7 * yy)), 0.2 * np.cos(2 * np.pi * (0.9 * yy - 0.4 * xx))])
+    sigma = np.stack([0.07 + 0.01 * np.sin(5 * xx + 3 * yy), 0.15 + 0.01 * np.cos(4 * yy - 2 * xx)])
+    amplitude = 250 + 50 * np.sin(7 * xx) * np.cos(5 * yy)
+    positions = scan_positions(motors)
+    z = ((positions[:, :, None] - centre[None]) / sigma[None]) ** 2
+    photons = rng.poisson(5.0 + amplitude * np.exp(-0.5 * z.sum(axis=1)))
+    curves = np.rint(photons + rng.normal(0, 2.0, photons.shape)).clip(0, 65535).astype(np.uint16)
+    step = np.array([(a.stop - a.start) / (a.npoints - 1) for a in motors])
+    start_peak = centre + step[:, None] * rng.uniform(-1, 1, centre.shape)
+    start_sigma = sigma * rng.uniform(0.8, 1.25, sigma.shape)
+    return positions, curves, start_peak, start_sigma, np.full(n_pixels, 5.0 + 4.0)
+
+
+def kernel_section(n_pixels: int = 4096, rounds: int = 7, against: str | None = None) -> list[str]:
+    """One thread, us per pixel of `gaussian_lm.fit_block` on the 26 x 37 mesh's curves,
+    alternating in one process (median of `rounds`): each peak on its support (the default)
+    and over every frame (q_cut = inf), and with `against` a git revision whose fit_block
+    (its signature before the support: no q_cut) runs beside them."""
+    import importlib.util
+    import platform
+
+    from dfxm_online.analysis import gaussian_lm
+    from dfxm_online.analysis.fits import FitStart, ReducedAxes, _reduced_start
+
+    names = [a.name for a in LARGE_MOTORS]
+    positions, curves, peak, sigma, noise = mesh_curves(n_pixels)
+    axes = ReducedAxes.of_positions(names, positions)
+    u = axes.reduce(positions)
+    theta0 = _reduced_start(FitStart(peak, sigma, np.zeros((1, n_pixels))), axes, u, 1)
+    args = (curves, np.zeros(n_pixels), noise, u, theta0, 2, 1, True, 100, 1e-2)
+    kernels = {"support (default)": lambda *o: gaussian_lm.fit_block(*args, gaussian_lm.Q_CUT, *o, 0, n_pixels),
+               "every frame (q_cut = inf)": lambda *o: gaussian_lm.fit_block(*args, np.inf, *o, 0, n_pixels)}
+    if against:
+        with tempfile.TemporaryDirectory() as tmp:
+            source = subprocess.run(["git", "show", f"{against}:dfxm_online/analysis/gaussian_lm.py"], cwd=ROOT,
+                                    capture_output=True, text=True, check=True).stdout
+            path = Path(tmp) / "gaussian_lm_before.py"
+            path.write_text(source)
+            spec = importlib.util.spec_from_file_location("gaussian_lm_before", path)
+            before = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(before)
+            kernels[f"before ({against})"] = lambda *o: before.fit_block(*args, *o, 0, n_pixels)
+            return _time_kernels(kernels, n_pixels, rounds, platform.machine())
+    return _time_kernels(kernels, n_pixels, rounds, platform.machine())
+
+
+def _time_kernels(kernels: dict, n_pixels: int, rounds: int, machine: str) -> list[str]:
+    import os
+
+    def run(kernel):
+        outs = (np.empty((7, n_pixels)), np.empty((7, n_pixels)), np.empty(n_pixels), np.empty(n_pixels, np.uint8),
+                np.empty(n_pixels, np.int32))
+        t0 = time.perf_counter()
+        kernel(*outs)
+        return time.perf_counter() - t0, outs
+
+    results = {k: run(f)[1] for k, f in kernels.items()}  # compiled or loaded from numba's cache first
+    times: dict[str, list[float]] = {k: [] for k in kernels}
+    for _ in range(rounds):
+        for k, f in kernels.items():
+            times[k].append(run(f)[0] / n_pixels * 1e6)
+    first = next(iter(kernels))
+    reference = results[first]
+    target = os.environ.get("NUMBA_CPU_NAME", "host")
+    lines = [f"fit_block, one thread, {n_pixels} pixels of the 26 x 37 mesh (962 frames), {machine}, numba target "
+             f"{target}, median (min-max) of {rounds} alternating rounds:", "",
+             "| kernel | us per pixel | iterations | converged | max abs(diff) / standard error vs the first row |",
+             "|---|---|---|---|---|"]
+    for k, t in times.items():
+        out = results[k]
+        with np.errstate(invalid="ignore"):
+            diff = np.nanmax(np.abs(out[0] - reference[0]) / reference[1])
+        lines.append(f"| {k} | {np.median(t):.1f} ({min(t):.1f}-{max(t):.1f}) | {out[4].mean():.2f} | "
+                     f"{100 * out[3].mean():.2f} % | {diff:.1e} |")
+    return lines + [""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
@@ -226,7 +310,13 @@ def main() -> None:
     parser.add_argument("--large", type=Path, metavar="FILE",
                         help="also time process on the 26 x 37 mesh of 2048^2 frames in FILE (made there if "
                              "missing: 8 GB)")
+    parser.add_argument("--kernel", action="store_true",
+                        help="only time the fit kernel on the 26 x 37 mesh's curves (support / every frame)")
+    parser.add_argument("--against", metavar="REV", help="with --kernel: also the fit kernel of this git revision")
     args = parser.parse_args()
+    if args.kernel:
+        print("\n".join(kernel_section(against=args.against)))
+        return
     print("\n".join(section(args.size, not args.no_darfix)))
     if args.large:
         if not args.large.exists():

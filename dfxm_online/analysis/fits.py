@@ -245,7 +245,7 @@ def _run_fit(data: np.ndarray, offset: np.ndarray, noise: np.ndarray, u: np.ndar
 
     def work(start: int, stop: int) -> None:
         gaussian_lm.fit_block(data, offset, noise, u, theta0, m, n_peaks, linear_start,
-                              settings.max_iterations, settings.tolerance,
+                              settings.max_iterations, settings.tolerance, gaussian_lm.Q_CUT,
                               theta, errors, chi2, converged, iterations, start, stop)
 
     for_each_tile(n_pixels, work, tile=FIT_PIXELS)

@@ -20,9 +20,22 @@ least squares): its fixed point solves the Poisson quasi-likelihood equations
 sum (y - mu) / var * dmu/dtheta = 0, without the downward bias of weighting by the data
 (Neyman chi^2) or the upward one of a model-weighted chi^2 minimised directly.
 
-Measured (one core, 441 frames, two motors, 7 parameters, loaded VM): ~15-25k pixels/s;
-an iteration is one evaluation of a trial step (1.4 us), the Jacobian (0.8 us) and
-J^T W J (float32, ~1.9 us); 5-7 iterations per pixel from the moments' start.
+Each peak is evaluated on its support only (`TAIL`, `_frame_set`): the frames where its
+Gaussian is above 1e-8 of its height, widened by half a standard deviation; chi^2 and the
+background's terms still count every frame, from per-pixel sums of the data (`_weights`,
+`_chi2`, `_background_row`).
+
+Measured (one thread, the bench's 26 x 37 mesh, 962 frames, two motors, 7 parameters; VM
+shared with other sessions, quiet moments): ~3 iterations per pixel from the moments' start.
+Before the support (every frame): a trial evaluation 2.5-3.9 us, the Jacobian 1.3 us, J^T W J
+in float32 3-5 us for a peak near the mesh's centre and 11-14 us for one 2.5 / 3.6 steps off
+it (the far tails' products, ~1e-40, are float32 denormals), the final float64 J^T W J 6-11
+us; 43-45 us per pixel. Over the support (605 frames of that off-centre pixel's set): the
+frames' Q 0.4 us, the set gathered 1.7-2 us (once or twice per pixel), a two-motor
+evaluation ~1 us, the Jacobian 0.7 us, J^T W J 1.8 us; 34.7 us per pixel (1.24x; 1.22x
+on the AVX2 target), what remains spread over the reading of the curve, the start, ~3
+iterations and the final covariance, none above a fifth (bench/RESULTS.md). Where the
+support covers every frame (41 frames of +-3 widths) the set's bookkeeping makes it 0.94x.
 """
 
 from __future__ import annotations
@@ -55,6 +68,18 @@ NO_PEAK_SIGMAS = 3.0
 GATHER = 64
 #: beyond this Q = (u-p)^T S^-1 (u-p), exp(-Q/2) underflows: the peak's term is 0
 Q_MAX = 1400.0
+#: a peak's support: the frames where its Gaussian is above TAIL of its height. The fits
+#: evaluate the peaks, the Jacobian and J^T W J on the support only and take the model as
+#: b beyond it (a change of < TAIL x A, 2.5e-6 counts for a 250-count peak); chi^2, the
+#: background's gradient and J^T W J still count every frame, from per-pixel sums
+#: (`fit_block`). On the bench's 26 x 37 mesh, which spans +-7 sigma, ~40 % of the frames
+#: lie beyond it.
+TAIL = 1e-8
+Q_CUT = -2.0 * math.log(TAIL)
+#: the frames a pixel's fit evaluates are its support widened by this many standard
+#: deviations (`_frame_set`), so that most steps stay inside it and the set is gathered
+#: once or twice per pixel, not at every evaluation
+SET_MARGIN = 0.5
 
 # fastmath flags that let LLVM vectorise the sums over frames (reassociation) but keep the
 # NaN / inf semantics the validity checks rely on
@@ -174,14 +199,13 @@ def _exp_neg_half(qf, out, n):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _evaluate(theta, ut, m, k_peaks, q, vm, rinv, tt, zz, g, mu, qf):
-    """mu (N,) = the model at every frame; per peak k: g[k] its unit Gaussian (0 at invalid
-    frames, vm = 1.0 / 0.0), tt[k, i] = (u_i - p_i) / s_i and zz[k] = R^-1 tt[k] (what the
-    Jacobian reuses). False if the parameters are not valid: an amplitude not > 0 (a
-    diffraction peak; from a poor start a free amplitude went negative, a dip fitted to one
-    edge of the curve), a width or a correlation out of bounds. Every loop runs over the
-    frames, so it vectorises."""
-    n = ut.shape[1]
+def _evaluate(theta, ut, m, k_peaks, q, vm, rinv, tt, zz, g, mu, qf, n, q_cut):
+    """mu[:n] = the model at the first n frames of ut (M, >= n); per peak k: g[k] its unit
+    Gaussian (0 at invalid frames, vm = 1.0 / 0.0, and beyond its support, Q >= q_cut),
+    tt[k, i] = (u_i - p_i) / s_i and zz[k] = R^-1 tt[k] (what the Jacobian reuses). False
+    if the parameters are not valid: an amplitude not > 0 (a diffraction peak; from a poor
+    start a free amplitude went negative, a dip fitted to one edge of the curve), a width or
+    a correlation out of bounds. Every loop runs over the frames, so it vectorises."""
     b = theta[0]
     for n_ in range(n):
         mu[n_] = b
@@ -190,6 +214,28 @@ def _evaluate(theta, ut, m, k_peaks, q, vm, rinv, tt, zz, g, mu, qf):
         amp = theta[base]
         if not (amp > 0.0) or not _correlation_inverse(theta, base, m, rinv):
             return False
+        if m == 2:  # one pass instead of nine (the two-motor mesh is the common case)
+            p0 = theta[base + 1]
+            p1 = theta[base + 2]
+            i0 = 1.0 / theta[base + 3]
+            i1 = 1.0 / theta[base + 4]
+            r00, r01, r11 = rinv[0, 0], rinv[0, 1], rinv[1, 1]
+            for n_ in range(n):
+                t0 = (ut[0, n_] - p0) * i0
+                t1 = (ut[1, n_] - p1) * i1
+                z0 = r00 * t0 + r01 * t1
+                z1 = r01 * t0 + r11 * t1
+                tt[k, 0, n_] = t0
+                tt[k, 1, n_] = t1
+                zz[k, 0, n_] = z0
+                zz[k, 1, n_] = z1
+                qf[n_] = t0 * z0 + t1 * z1
+            _exp_neg_half(qf, g[k], n)
+            for n_ in range(n):
+                gk = g[k, n_] * vm[n_] if qf[n_] < q_cut else 0.0
+                g[k, n_] = gk
+                mu[n_] += amp * gk
+            continue
         for i in range(m):
             p = theta[base + 1 + i]
             inv_s = 1.0 / theta[base + 1 + m + i]
@@ -208,16 +254,16 @@ def _evaluate(theta, ut, m, k_peaks, q, vm, rinv, tt, zz, g, mu, qf):
                 qf[n_] += tt[k, i, n_] * zz[k, i, n_]
         _exp_neg_half(qf, g[k], n)
         for n_ in range(n):
-            gk = g[k, n_] * vm[n_]
+            gk = g[k, n_] * vm[n_] if qf[n_] < q_cut else 0.0
             g[k, n_] = gk
             mu[n_] += amp * gk
     return True
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _jacobian(theta, m, k_peaks, q, vm, tt, zz, g, jac, ag):
-    """d mu / d theta at every frame into jac (n_params, N), from `_evaluate`'s tt, zz, g."""
-    n = vm.shape[0]
+def _jacobian(theta, m, k_peaks, q, vm, tt, zz, g, jac, ag, n):
+    """d mu / d theta at the first n frames into jac (n_params, >= n), from `_evaluate`'s
+    tt, zz, g."""
     for n_ in range(n):
         jac[0, n_] = vm[n_]
     for k in range(k_peaks):
@@ -241,7 +287,7 @@ def _jacobian(theta, m, k_peaks, q, vm, tt, zz, g, jac, ag):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _normal_equations(jac, w, r, npar, hess, grad, jw, zero):
+def _normal_equations(jac, w, r, npar, hess, grad, jw, zero, n):
     """hess = J^T W J, grad = J^T W r. The sums over frames vectorise; hess's rows go two
     columns at a time so that each pass over a row of W J feeds two sums (the dominant
     cost of an iteration: 4.4 -> 2.5 us for 7 parameters and 441 frames, in one run).
@@ -249,8 +295,7 @@ def _normal_equations(jac, w, r, npar, hess, grad, jw, zero):
     `jac`, `jw` and `zero` float32 during the iterations: hess's sums (the bulk of the
     work) then take twice the values per vector instruction, and the step only needs hess
     roughly (the gradient, summed in float64, is what fixes the solution); float64 for the
-    covariance at the solution."""
-    n = jac.shape[1]
+    covariance at the solution. Over the first n frames."""
     for a in range(npar):
         ja = jac[a]
         wa = jw[a]
@@ -286,11 +331,93 @@ def _normal_equations(jac, w, r, npar, hess, grad, jw, zero):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _weighted_chi2(y, mu, w):
+def _q_min(theta, ut, m, k_peaks, q, rinv, qmin):
+    """qmin (N) = the smallest Q = (u-p)^T S^-1 (u-p) over the peaks at every frame, in one
+    pass of a few multiplies per frame (vectorised; no exp). False if the parameters are
+    not valid (`_evaluate`'s test)."""
+    n = ut.shape[1]
+    for n_ in range(n):
+        qmin[n_] = np.inf
+    for k in range(k_peaks):
+        base = 1 + k * q
+        if not (theta[base] > 0.0) or not _correlation_inverse(theta, base, m, rinv):
+            return False
+        p0 = theta[base + 1]
+        i0 = 1.0 / theta[base + 1 + m]
+        if m == 1:
+            for n_ in range(n):
+                t0 = (ut[0, n_] - p0) * i0
+                qmin[n_] = min(qmin[n_], t0 * t0)
+        elif m == 2:
+            p1 = theta[base + 2]
+            i1 = 1.0 / theta[base + 2 + m]
+            r00, r11, r01 = rinv[0, 0], rinv[1, 1], 2.0 * rinv[0, 1]
+            for n_ in range(n):
+                t0 = (ut[0, n_] - p0) * i0
+                t1 = (ut[1, n_] - p1) * i1
+                qmin[n_] = min(qmin[n_], r00 * t0 * t0 + r11 * t1 * t1 + r01 * t0 * t1)
+        else:
+            p1 = theta[base + 2]
+            p2 = theta[base + 3]
+            i1 = 1.0 / theta[base + 2 + m]
+            i2 = 1.0 / theta[base + 3 + m]
+            r00, r11, r22 = rinv[0, 0], rinv[1, 1], rinv[2, 2]
+            r01, r02, r12 = 2.0 * rinv[0, 1], 2.0 * rinv[0, 2], 2.0 * rinv[1, 2]
+            for n_ in range(n):
+                t0 = (ut[0, n_] - p0) * i0
+                t1 = (ut[1, n_] - p1) * i1
+                t2 = (ut[2, n_] - p2) * i2
+                qf = r00 * t0 * t0 + r11 * t1 * t1 + r22 * t2 * t2 + r01 * t0 * t1 + r02 * t0 * t2 + r12 * t1 * t2
+                qmin[n_] = min(qmin[n_], qf)
+    return True
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _escapes(qmin, inset, vm, q_cut):
+    """Whether a valid frame outside the frames set (inset 0) lies in the support (qmin <
+    q_cut): a vectorised count over every frame."""
     s = 0.0
-    for n_ in range(y.shape[0]):
-        d = y[n_] - mu[n_]
-        s += w[n_] * d * d
+    for n_ in range(qmin.shape[0]):
+        s += vm[n_] * (1.0 - inset[n_]) if qmin[n_] < q_cut else 0.0
+    return s > 0.0
+
+
+@njit(cache=True, nogil=True)
+def _frame_set(qa, qb, vm, q_set, ut, y, inset, idx, ns_old, ua, ya):
+    """The frames the fit of a pixel evaluates: the valid ones where min(qa, qb) < q_set
+    (the supports of the current and the trial parameters with a margin, so that the next
+    steps stay inside), their indices into idx, inset 1.0 there (0.0 elsewhere; the old set,
+    idx[:ns_old], cleared first), their coordinates ua (M, ns) and data ya gathered
+    contiguous (the loops over them vectorise). Returns ns."""
+    m = ut.shape[0]
+    for j in range(ns_old):
+        inset[idx[j]] = 0.0
+    ns = 0
+    for n_ in range(qa.shape[0]):
+        idx[ns] = n_
+        ns += np.int64((qa[n_] < q_set) | (qb[n_] < q_set)) & np.int64(vm[n_] > 0.0)
+    for j in range(ns):
+        inset[idx[j]] = 1.0
+    for j in range(ns):
+        ya[j] = y[idx[j]]
+    for i in range(m):
+        for j in range(ns):
+            ua[i, j] = ut[i, idx[j]]
+    return ns
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _chi2(b, mu, ya, w, ns, ybar, wsums):
+    """sum over every valid frame of w (y - model)^2, the model being mu over the frame set
+    (ns frames, compact, as w and ya) and b beyond it (the set holds the support), from
+    the weighted sums of the data over every frame (wsums: sum w, sum w (y - ybar),
+    sum w (y - ybar)^2; `_weights`) for sum w (y - b)^2, plus the set's w h (h - 2 (y - b)),
+    h = mu - b: every frame's residual counts, in a pass over the set only."""
+    d = b - ybar
+    s = wsums[2] - 2.0 * d * wsums[1] + d * d * wsums[0]
+    for j in range(ns):
+        h = mu[j] - b
+        s += w[j] * h * (h - 2.0 * (ya[j] - b))
     return s
 
 
@@ -325,16 +452,46 @@ def _cholesky_solve(low, npar, rhs, out):
         out[i] = s / low[i, i]
 
 
-@njit(cache=True, nogil=True)
-def _update_weights(mu, b, noise_var, vm, w):
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _weights(mu, ya, b, ns, noise_var, n_valid, ybar, syc, syy, w, wsums):
     """w = 1 / var with var = the peaks' Poisson variance (mu - b) + the background's
     variance per frame (`noise_var` measured on frames without signal; where it is not
     known, the Poisson variance of b), at least 1 count. Not max(mu, 1) + noise_var: the
     measured variance already holds the Poisson noise of any pedestal that b fits, and
-    counting it twice gave a reduced chi^2 of 0.58 on a 5-count pedestal."""
+    counting it twice gave a reduced chi^2 of 0.58 on a 5-count pedestal.
+
+    Beyond the frame set mu = b, so w is one value c there; w (compact) holds
+    the set's ns frames' weights; wsums the weighted sums over every valid frame that
+    `_chi2` and the background's row of J^T W J need, from the data's own sums
+    syc = sum (y - ybar), syy = sum (y - ybar)^2."""
     background = noise_var if noise_var > 0.0 else max(b, 0.0)
-    for n_ in range(mu.shape[0]):
-        w[n_] = vm[n_] / max(max(mu[n_] - b, 0.0) + background, 1.0)
+    c = 1.0 / max(background, 1.0)
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    for j in range(ns):
+        wj = 1.0 / max(max(mu[j] - b, 0.0) + background, 1.0)
+        w[j] = wj
+        dw = wj - c
+        yc = ya[j] - ybar
+        s0 += dw
+        s1 += dw * yc
+        s2 += dw * yc * yc
+    wsums[0] = c * n_valid + s0
+    wsums[1] = c * syc + s1
+    wsums[2] = c * syy + s2
+
+
+@njit(cache=True, nogil=True)
+def _background_row(hess, grad, b, mu, w, na, ybar, wsums):
+    """The background's diagonal term of J^T W J and its gradient over every frame (its
+    Jacobian is 1 at each; the other rows vanish beyond the support): sum w and
+    sum w (y - mu) = sum w (y - b) - sum_support w (mu - b)."""
+    s = 0.0
+    for j in range(na):
+        s += w[j] * (mu[j] - b)
+    hess[0, 0] = wsums[0]
+    grad[0] = wsums[1] - (b - ybar) * wsums[0] - s
 
 
 @njit(cache=True, nogil=True)
@@ -355,16 +512,17 @@ def _no_peak(theta, hess, npar, n_peaks, q, low, unit, col):
 
 
 @njit(cache=True, nogil=True)
-def _linear_amplitude(y, g, vm, theta, base):
+def _linear_amplitude(ya, g, na, n_valid, sy, top, theta, base):
     """Background and amplitude of one Gaussian shape g by linear least squares (the start:
-    given the moments' position and width, these two are exact in one solve)."""
-    s1 = sg = sgg = sy = sgy = 0.0
-    for n_ in range(y.shape[0]):
-        s1 += vm[n_]
-        sg += g[n_]
-        sgg += g[n_] * g[n_]
-        sy += y[n_]
-        sgy += g[n_] * y[n_]
+    given the moments' position and width, these two are exact in one solve). g and ya over
+    the shape's support (na frames; g = 0 beyond), sy the sum of the data over every valid
+    frame, top their maximum."""
+    s1 = float(n_valid)
+    sg = sgg = sgy = 0.0
+    for j in range(na):
+        sg += g[j]
+        sgg += g[j] * g[j]
+        sgy += g[j] * ya[j]
     det = s1 * sgg - sg * sg
     if det > 1e-12 * max(s1 * sgg, 1e-300):
         theta[base] = (s1 * sgy - sg * sy) / det
@@ -373,15 +531,11 @@ def _linear_amplitude(y, g, vm, theta, base):
         theta[base] = sgy / sgg
         theta[0] = 0.0
     if not (theta[base] > 0.0):  # no peak where the start puts it: its height over b
-        top = -np.inf
-        for n_ in range(y.shape[0]):
-            if vm[n_] > 0.0:
-                top = max(top, y[n_])
         theta[base] = max(top - theta[0], 1.0)
 
 
 @njit(cache=True, nogil=True)
-def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_start, max_iter, xtol,
+def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_start, max_iter, xtol, q_cut,
               theta_out, err_out, chi2_out, conv_out, iter_out, start, stop):
     """Fit pixels [start, stop) of `data` (N frames, P pixels; any numeric type).
 
@@ -389,7 +543,10 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
     noise_var (P,) is the background's per-frame variance; u (N, M) the reduced motor
     coordinates; theta0 (n_params, P) the start (pixels whose first peak position is NaN
     are skipped: NaN out, 0 iterations). With `linear_start`, b and A (one peak) are
-    first solved for by linear least squares at the start's shape.
+    first solved for by linear least squares at the start's shape. q_cut bounds each
+    peak's support (`Q_CUT`; inf: every frame, the full evaluation): the peaks, the
+    Jacobian and J^T W J are evaluated over the support only, the model is b beyond it, and
+    chi^2 and the background's terms still count every frame (`_chi2`, `_background_row`).
 
     Out (all (.., P)): theta_out parameters, err_out their standard errors (the inverse of
     J^T W J at the solution, times the reduced chi^2 when that exceeds 1), chi2_out the
@@ -407,11 +564,22 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
     ut = np.ascontiguousarray(u.T)
     y = np.empty(n)
     vm = np.empty(n)
+    ones = np.ones(n)
     w = np.empty(n)
     r = np.empty(n)
     qf = np.empty(n)
+    qa = np.empty(n)
+    qb = np.empty(n)
     ag = np.empty(n)
-    # [cur]: the accepted parameters' model, [1 - cur]: the trial's
+    wsums = np.empty(3)
+    # the frame set (`_frame_set`): indices, membership, coordinates and data, compact
+    idx = np.empty(n, dtype=np.int64)
+    inset = np.zeros(n)
+    ns = 0
+    ua = np.empty((m, n))
+    ya = np.empty(n)
+    q_set = (math.sqrt(q_cut) + SET_MARGIN) ** 2
+    # over the frame set, [cur]: the accepted parameters' model, [1 - cur]: the trial's
     mu = np.empty((2, n))
     g = np.empty((2, n_peaks, n))
     tt = np.empty((2, n_peaks, m, n))
@@ -459,36 +627,53 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
         nv = noise_var[pix] if np.isfinite(noise_var[pix]) and noise_var[pix] > 0 else 0.0
         off = offset[pix]
         n_valid = 0
+        sy = 0.0
+        top = -np.inf
         for n_ in range(n):
             v = curve[n_] - off
             if np.isfinite(v):
                 y[n_] = v
                 vm[n_] = 1.0
                 n_valid += 1
+                sy += v
+                top = max(top, v)
             else:
                 y[n_] = 0.0
                 vm[n_] = 0.0
         if n_valid <= npar:
             continue
+        # the data's own sums over every valid frame, about their mean (`_weights`)
+        ybar = sy / n_valid
+        syc = 0.0
+        syy = 0.0
+        for n_ in range(n):
+            d = (y[n_] - ybar) * vm[n_]
+            syc += d
+            syy += d * d
         for a in range(npar):
             theta[a] = theta0[a, pix]
         cur = 0
-        if not _evaluate(theta, ut, m, n_peaks, q, vm, rinv, tt[cur], zz[cur], g[cur], mu[cur], qf):
+        if not _q_min(theta, ut, m, n_peaks, q, rinv, qa):
+            continue
+        ns = _frame_set(qa, qa, vm, q_set, ut, y, inset, idx, ns, ua, ya)
+        if not _evaluate(theta, ua, m, n_peaks, q, ones, rinv, tt[cur], zz[cur], g[cur], mu[cur], qf, ns, q_cut):
             continue
         if linear_start and n_peaks == 1:
-            _linear_amplitude(y, g[cur, 0], vm, theta, 1)
-            _evaluate(theta, ut, m, n_peaks, q, vm, rinv, tt[cur], zz[cur], g[cur], mu[cur], qf)
+            _linear_amplitude(ya, g[cur, 0], ns, n_valid, sy, top, theta, 1)
+            for j in range(ns):  # the shape is the same: no second evaluation
+                mu[cur, j] = theta[0] + theta[1] * g[cur, 0, j]
         lam = LAMBDA_START
         converged = False
         iters = 0
         for it in range(max_iter):
             iters = it + 1
-            _update_weights(mu[cur], theta[0], nv, vm, w)
-            for n_ in range(n):
-                r[n_] = y[n_] - mu[cur, n_]
-            chi2 = _weighted_chi2(y, mu[cur], w)
-            _jacobian(theta, m, n_peaks, q, vm, tt[cur], zz[cur], g[cur], jac, ag)
-            _normal_equations(jac, w, r, npar, hess, grad, jw, f32)
+            _weights(mu[cur], ya, theta[0], ns, nv, n_valid, ybar, syc, syy, w, wsums)
+            chi2 = _chi2(theta[0], mu[cur], ya, w, ns, ybar, wsums)
+            for j in range(ns):
+                r[j] = ya[j] - mu[cur, j]
+            _jacobian(theta, m, n_peaks, q, ones, tt[cur], zz[cur], g[cur], jac, ag, ns)
+            _normal_equations(jac, w, r, npar, hess, grad, jw, f32, ns)
+            _background_row(hess, grad, theta[0], mu[cur], w, ns, ybar, wsums)
             if it >= NO_PEAK_AFTER and _no_peak(theta, hess, npar, n_peaks, q, low, unit, cov_col):
                 break
             accepted = False
@@ -504,10 +689,23 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
                 _cholesky_solve(low, npar, grad, delta)
                 for a in range(npar):
                     trial[a] = theta[a] + delta[a]
-                if not _evaluate(trial, ut, m, n_peaks, q, vm, rinv, tt[nxt], zz[nxt], g[nxt], mu[nxt], qf):
+                if not _q_min(trial, ut, m, n_peaks, q, rinv, qb):
                     lam *= 10.0
                     continue
-                chi2_trial = _weighted_chi2(y, mu[nxt], w)
+                if _escapes(qb, inset, vm, q_cut):
+                    # the trial's support leaves the frame set: a new set around both, the
+                    # current model and its weights over it (the same values frame by frame:
+                    # the model is b beyond the support whatever the set)
+                    _q_min(theta, ut, m, n_peaks, q, rinv, qa)
+                    ns = _frame_set(qa, qb, vm, q_set, ut, y, inset, idx, ns, ua, ya)
+                    _evaluate(theta, ua, m, n_peaks, q, ones, rinv, tt[cur], zz[cur], g[cur], mu[cur], qf, ns, q_cut)
+                    _weights(mu[cur], ya, theta[0], ns, nv, n_valid, ybar, syc, syy, w, wsums)
+                    chi2 = _chi2(theta[0], mu[cur], ya, w, ns, ybar, wsums)
+                if not _evaluate(trial, ua, m, n_peaks, q, ones, rinv, tt[nxt], zz[nxt], g[nxt], mu[nxt], qf, ns,
+                                 q_cut):
+                    lam *= 10.0
+                    continue
+                chi2_trial = _chi2(trial[0], mu[nxt], ya, w, ns, ybar, wsums)
                 if chi2_trial <= chi2:
                     accepted = True
                     lam = max(lam * 0.1, LAMBDA_MIN)
@@ -538,12 +736,13 @@ def fit_block(data, offset, noise_var, u, theta0, n_motors, n_peaks, linear_star
                 converged = True
                 break
         # the covariance at the solution, with its own weights
-        _update_weights(mu[cur], theta[0], nv, vm, w)
-        for n_ in range(n):
-            r[n_] = y[n_] - mu[cur, n_]
-        chi2 = _weighted_chi2(y, mu[cur], w)
-        _jacobian(theta, m, n_peaks, q, vm, tt[cur], zz[cur], g[cur], jac64, ag)
-        _normal_equations(jac64, w, r, npar, hess, grad, jw64, 0.0)
+        _weights(mu[cur], ya, theta[0], ns, nv, n_valid, ybar, syc, syy, w, wsums)
+        chi2 = _chi2(theta[0], mu[cur], ya, w, ns, ybar, wsums)
+        for j in range(ns):
+            r[j] = ya[j] - mu[cur, j]
+        _jacobian(theta, m, n_peaks, q, ones, tt[cur], zz[cur], g[cur], jac64, ag, ns)
+        _normal_equations(jac64, w, r, npar, hess, grad, jw64, 0.0, ns)
+        _background_row(hess, grad, theta[0], mu[cur], w, ns, ybar, wsums)
         red = chi2 / (n_valid - npar)
         ok = _cholesky(hess, npar, low)
         scale = max(red, 1.0)
@@ -608,7 +807,7 @@ def model_block(theta, u, n_motors, n_peaks, out, start, stop):
     for pix in range(start, stop):
         for a in range(npar):
             th[a] = theta[a, pix]
-        if not np.isfinite(th[2]) or not _evaluate(th, ut, m, n_peaks, q, vm, rinv, tt, zz, g, mu, qf):
+        if not np.isfinite(th[2]) or not _evaluate(th, ut, m, n_peaks, q, vm, rinv, tt, zz, g, mu, qf, n, np.inf):
             for n_ in range(n):
                 out[n_, pix] = np.nan
             continue
@@ -701,5 +900,5 @@ def warm_up() -> None:
         data = (10 * np.exp(-0.5 * u**2) + 2).astype(dtype)
         theta0 = np.array([[0.0], [1.0], [0.1], [1.2]])
         outs = (np.empty((4, 1)), np.empty((4, 1)), np.empty(1), np.empty(1, np.uint8), np.empty(1, np.int32))
-        fit_block(data, np.zeros(1), np.zeros(1), u, theta0, 1, 1, True, 5, 1e-4, *outs, 0, 1)
+        fit_block(data, np.zeros(1), np.zeros(1), u, theta0, 1, 1, True, 5, 1e-4, Q_CUT, *outs, 0, 1)
         two_peak_start(data, np.zeros(1), u, np.arange(8), np.zeros(1), np.empty((7, 1)), 0, 1)
