@@ -22,6 +22,10 @@ qt = pytest.importorskip("silx.gui.qt", reason="the viewer extra (a Qt binding) 
 
 from dfxm_online.acquisition.simulate import SimulationSpec, simulate  # noqa: E402
 from dfxm_online.config import DaemonConfig  # noqa: E402
+
+# The daemons here run in the viewer's process, so they draw no quick-look: matplotlib is not
+# thread-safe, and a PNG drawn on a scan thread while silx's plot draws on the Qt thread
+# crashed a full run once (in service the daemon and the viewer are separate processes).
 from dfxm_online.offline import process_to_file  # noqa: E402
 from dfxm_online.publish.announce import Announcer  # noqa: E402
 from dfxm_online.publish.nexus import ProcessInfo, read_maps_file, write_maps_file  # noqa: E402
@@ -140,7 +144,7 @@ def test_a_live_scan_is_shown_as_the_daemon_announces_it(app, make_daemon, redis
     placed: set[tuple] = set()  # (map binning, origin, scale) of the images on show
     try:
         pump(app, 0.5)
-        daemon = make_daemon(DaemonConfig(publish_period=0.2, live_binning=2))
+        daemon = make_daemon(DaemonConfig(publish_period=0.2, live_binning=2, quicklook=False))
         spec = SimulationSpec(kind="mosaicity", points=9, frame_rate=25.0, frame_shape=(40, 32), peak_counts=3000.0,
                               scan_dir=tmp_path / "l", session="live")
         scan = threading.Thread(target=simulate, args=(redis_url, spec))
@@ -177,7 +181,7 @@ def test_follows_a_daemon_switches_scans_and_reports_unreadable_files(app, make_
     window.show()
     try:
         pump(app, 0.5)
-        daemon = make_daemon(DaemonConfig(publish_period=0.1))
+        daemon = make_daemon(DaemonConfig(publish_period=0.1, quicklook=False))
         first = simulate(redis_url, SimulationSpec(kind="rocking", points=11, frame_shape=(24, 20),
                                                    peak_counts=3000.0, scan_dir=tmp_path / "a", session="f1"))
         status = wait_done(daemon, first.scan_key)
@@ -240,7 +244,7 @@ def test_under_a_real_x_server(maps_file, make_daemon, redis_url, tmp_path):
         try:
             ready = child.stdout.readline()
             assert ready.strip() == "READY", ready + child.stderr.read()
-            daemon = make_daemon(DaemonConfig(publish_period=0.2))
+            daemon = make_daemon(DaemonConfig(publish_period=0.2, quicklook=False))
             rec = simulate(redis_url, SimulationSpec(kind="rocking", points=15, frame_shape=(24, 20),
                                                      peak_counts=3000.0, scan_dir=tmp_path / "x", session="x11"))
             child.stdin.write(rec.scan_key + "\n")
