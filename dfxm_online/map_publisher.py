@@ -40,6 +40,18 @@ PROCESS_EXTRAS = {"end_reason": "", "background_rule": "", "moment_window": 0.0,
 MapsOf = Callable[[int, bool], dict[str, np.ndarray]]
 
 
+def file_value(value: object) -> object:
+    """A /entry/process field or title as HDF5 can store it, whatever the scan sent: NUL
+    characters (which HDF5's strings cannot hold) and text that is not UTF-8 escaped, an
+    integer beyond 64 bits (a declared `npoints` of 10**30) as 0, unknown. Otherwise every
+    version of such a scan's file failed to be written."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+        return 0
+    return value
+
+
 def write_error_text(exc: Exception) -> str:
     """Why a maps file was not written, for a person: the OS's words for an OSError (a full
     disk, a folder that cannot be made), else the exception's own text, on one line (HDF5's
@@ -144,11 +156,16 @@ class MapPublisher:
         except ScanError as exc:
             maps, state, reason = {}, "failed", str(exc)
         except Exception as exc:  # snapshot problems must not lose the scan's status
-            maps, state, reason = {}, "failed", f"maps could not be computed: {exc}"
+            # a bug of ours, not something the user can act on: the details go to the log
+            logger.error("scan %s: maps could not be computed: %s: %s", self.key, type(exc).__name__, one_line(exc))
+            logger.debug("scan %s: snapshot traceback", self.key, exc_info=True)
+            maps, state, reason = {}, "failed", "maps could not be computed (an internal error: see the daemon's log)"
         self._snapshot_cost = time.perf_counter() - t0
         info = ProcessInfo(
-            state=state, reason=reason, frames_processed=frames, frames_expected=st.frames_expected,
-            scan_key=self.key, config=self.config.to_json(), extra={"map_binning": binning, **self.provenance},
+            state=state, reason=file_value(reason), frames_processed=frames,
+            frames_expected=file_value(st.frames_expected),
+            scan_key=self.key, config=self.config.to_json(),
+            extra={k: file_value(v) for k, v in {"map_binning": binning, **self.provenance}.items()},
         )
         with self._lock:
             oldest, self._oldest = self._oldest, None
@@ -210,7 +227,7 @@ class MapPublisher:
         t_write = time.perf_counter()
         try:
             # the final version is fsync'ed first (it must survive a power cut), the live ones not
-            write_maps_file(self.path, maps, info, default, geometry.title if geometry else "", axes,
+            write_maps_file(self.path, maps, info, default, file_value(geometry.title) if geometry else "", axes,
                             durable=info.state != "running")
             logger.debug("scan %s: %s version, %d frames: snapshot %.3f s, write %.3f s", self.key, info.state,
                          info.frames_processed, t_write - t0, time.perf_counter() - t_write)
