@@ -158,10 +158,11 @@ def run(args: argparse.Namespace) -> dict:
     scans: list[ScanRecord] = []
     with SmallDisk(work / "maps", args.disk_mb << 20) as out, SmallDisk(work / "scans", 1 << 30) as scan_disk:
         log = open(work / "daemon.log", "w")
+        env = dict(os.environ, **({"MALLOC_ARENA_MAX": str(args.malloc_arena_max)} if args.malloc_arena_max else {}))
         daemon = subprocess.Popen(
             [sys.executable, "-m", "dfxm_online.cli", "serve", "--redis", url, "--output-dir", str(out.path),
              "--metrics-port", str(metrics_port), "--publish-period", str(args.publish_period)],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         t0 = time.monotonic()
         sampler = Sampler(daemon.pid, t0)
@@ -245,7 +246,8 @@ def run(args: argparse.Namespace) -> dict:
                 continue
             if restarted and restart_at - 30 <= rec.ended <= restart_at + 5 and rec.state != "complete":
                 rec.fault = "store restart (ended just before it: its final maps read the frames again)"
-            elif filled and full_at <= rec.ended <= full_at + args.disk_full_seconds + 5:
+            elif filled and full_at - 15 <= rec.ended <= full_at + args.disk_full_seconds + 5:
+                # its final maps (read again from the store) are written a few seconds after
                 rec.fault = "disk full when it ended"
         daemon.send_signal(signal.SIGTERM)
         code = daemon.wait(30)
@@ -274,7 +276,7 @@ def summarise(args, scans, samples, versions, exit_code, elapsed, work) -> dict:
     states: dict[str, int] = {}
     for r in scans:
         states[r.state or "unfinished"] = states.get(r.state or "unfinished", 0) + 1
-    warm = min(120.0, elapsed / 5)
+    warm = elapsed / 3  # the trend over the last two thirds: the first scans fill the allocator's arenas
     after = [s for s in samples if s[0] >= warm]
     return {
         "duration_s": round(elapsed), "rate": args.rate, "shape": list(args.shape), "points": args.points,
@@ -289,16 +291,18 @@ def summarise(args, scans, samples, versions, exit_code, elapsed, work) -> dict:
         "open_files": {"start": after[0][2] if after else None, "end": after[-1][2] if after else None,
                        "max": max((s[2] for s in samples), default=None)},
         "samples": [(round(t), round(r), f) for t, r, f in samples[:: max(1, len(samples) // 12)]],
-        "daemon_exit_code": exit_code, "work_dir": str(work),
+        "daemon_exit_code": exit_code, "work_dir": str(work), "malloc_arena_max": args.malloc_arena_max,
     }
 
 
 def markdown(result: dict) -> str:
     lat = result["latency_s"]
+    arenas = result.get("malloc_arena_max")
     rows = "\n".join(f"| {t} | {r} | {f} |" for t, r, f in result["samples"])
-    return f"""## Soak (bench/soak.py)
+    title = "## Soak (bench/soak.py)" + (f", MALLOC_ARENA_MAX={arenas}" if arenas else "")
+    return f"""{title}
 
-`python bench/soak.py --duration {result['duration_s']}`: rocking scans of {result['points']} frames of
+`python bench/soak.py --duration {result['duration_s']}{f' --malloc-arena-max {arenas}' if arenas else ''}`: rocking scans of {result['points']} frames of
 {result['shape'][0]}x{result['shape'][1]} uint16 at {result['rate']} frames/s through the embedded store into
 `dfxm-online serve` (a subprocess), for {result['duration_s']} s, with the store restarted once (40 %) and
 the maps folder (a tmpfs) full for a while (70 %). The machine (2 cores) was shared with other sessions
@@ -313,7 +317,7 @@ during the run: latencies are upper figures.
   p50 {lat.get('p50', float('nan')):.2f} s, p90 {lat.get('p90', float('nan')):.2f} s,
   p99 {lat.get('p99', float('nan')):.2f} s, max {lat.get('max', float('nan')):.2f} s
 - daemon RSS after warm-up: {result['rss_mb']['start']:.0f} MB at start, {result['rss_mb']['end']:.0f} MB at the end,
-  max {result['rss_mb']['max']:.0f} MB, trend {result['rss_mb']['slope_per_h']:+.0f} MB/h;
+  max {result['rss_mb']['max']:.0f} MB, trend over the last two thirds {result['rss_mb']['slope_per_h']:+.0f} MB/h;
   open files {result['open_files']['start']} -> {result['open_files']['end']} (max {result['open_files']['max']})
 
 | t (s) | RSS (MB) | open files |
@@ -323,9 +327,9 @@ during the run: latencies are upper figures.
 
 
 def write_results(path: Path, text: str) -> None:
-    """Replace the soak section of RESULTS.md (or append it)."""
+    """Replace the section of RESULTS.md with this run's title (or append it)."""
     old = path.read_text() if path.exists() else ""
-    start = old.find("## Soak (bench/soak.py)")
+    start = old.find(text.splitlines()[0] + "\n")
     if start >= 0:
         end = old.find("\n## ", start + 1)
         old = old[:start] + (old[end + 1:] if end >= 0 else "")
@@ -344,6 +348,8 @@ def main() -> None:
     parser.add_argument("--disk-full-at", type=float, default=0.7, help="disk-full episode, fraction of the run")
     parser.add_argument("--disk-full-seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds between the daemon's start and the first scan")
+    parser.add_argument("--malloc-arena-max", type=int, default=0,
+                        help="MALLOC_ARENA_MAX for the daemon (glibc: one malloc arena per thread by default)")
     parser.add_argument("--out", type=Path, help="write the results into this RESULTS.md")
     args = parser.parse_args()
     if (why := SmallDisk.available()) is not None:
