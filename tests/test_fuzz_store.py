@@ -48,7 +48,7 @@ def test_malformed_scans_through_the_store_never_hurt_the_daemon(make_daemon, re
 
     # no shrinking: each step would run a batch through the daemon again, and the failure
     # message names the offending scans' cases already
-    @settings(max_examples=max(1, SCANS // BATCH), deadline=None, database=None, print_blob=True,
+    @settings(max_examples=max(1, SCANS // BATCH), deadline=None, database=None, print_blob=False,
               phases=[Phase.explicit, Phase.generate],
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                      HealthCheck.function_scoped_fixture])
