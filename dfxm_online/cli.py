@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TOML configuration file")
     p.add_argument("--publish-period", type=float, help="seconds between map rewrites (default 1)")
     p.add_argument("--metrics-port", type=int, help="port for /metrics and /status (0: off)")
+    p.add_argument("--metrics-address", help="address /metrics and /status listen on (default 127.0.0.1)")
     p.add_argument("--dark-pattern", help="regex on title/name marking dark scans (default 'dark')")
     p.add_argument("--dark", help="dark scan FILE::SCAN used when a session has taken none")
     p.add_argument("--live-binning", type=_binning,
@@ -246,6 +247,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         config = load_config(
             args.config, publish_period=args.publish_period, metrics_port=args.metrics_port,
+            metrics_address=args.metrics_address,
             dark_pattern=args.dark_pattern, dark=args.dark,
             live_binning=args.live_binning, latency_budget=args.latency_budget, **_analysis_overrides(args),
         )

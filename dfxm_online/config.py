@@ -211,6 +211,10 @@ class DaemonConfig(_Model):
     dark: str | None = None
     #: port of the HTTP server giving /metrics (prometheus) and /status; 0 disables it
     metrics_port: int = Field(0, ge=0, lt=65536)
+    #: address the /metrics and /status server listens on: loopback by default (/status
+    #: names every scan and folder and is not authenticated); "0.0.0.0" or a host's own
+    #: address to let a prometheus on another machine scrape it
+    metrics_address: str = "127.0.0.1"
     #: seconds one blocking read of the live streams waits before checking for shutdown
     read_timeout: float = Field(0.2, gt=0)
     #: frame-to-published-map latency (p99, seconds) the live maps hold: their binning is

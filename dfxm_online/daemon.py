@@ -145,7 +145,12 @@ class Daemon:
     def start(self) -> Daemon:
         """Run the listener in a background thread (tests, demo); see also `run`."""
         if self.config.metrics_port:
-            self._http = serve_http(self.config.metrics_port, self.metrics, self.status)
+            address = self.config.metrics_address
+            try:
+                self._http = serve_http(self.config.metrics_port, self.metrics, self.status, address)
+            except OSError as exc:  # an address not of this host, a port taken: one line, exit code 2
+                raise ConfigError(f"metrics server on {address}:{self.config.metrics_port}: "
+                                  f"{exc.strerror or exc}") from None
         self._thread = threading.Thread(target=self._listen, name="dfxm-listener", daemon=True)
         self._thread.start()
         return self

@@ -11,6 +11,7 @@ version's frame-to-map latency for the metrics and for the live binning
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,28 @@ PROCESS_EXTRAS = {"end_reason": "", "background_rule": "", "moment_window": 0.0,
 MapsOf = Callable[[int, bool], dict[str, np.ndarray]]
 
 
+def file_value(value: object) -> object:
+    """A /entry/process field or title as HDF5 can store it, whatever the scan sent: NUL
+    characters (which HDF5's strings cannot hold) and text that is not UTF-8 escaped, an
+    integer beyond 64 bits (a declared `npoints` of 10**30) as 0, unknown. Otherwise every
+    version of such a scan's file failed to be written."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+        return 0
+    return value
+
+
+def write_error_text(exc: Exception) -> str:
+    """Why a maps file was not written, for a person: the OS's words for an OSError (a full
+    disk, a folder that cannot be made), else the exception's own text, on one line (HDF5's
+    error stacks are several)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        text = exc.strerror or os.strerror(exc.errno)
+        return one_line(text[:1].lower() + text[1:] + (f" ({exc.filename})" if exc.filename else ""))
+    return one_line(exc)
+
+
 class MapPublisher:
     """Publishes the versions of one scan's maps file (see the module docstring)."""
 
@@ -59,11 +82,23 @@ class MapPublisher:
         self._oldest: float | None = None  # arrival of the oldest frame not yet published
         self._writer: threading.Thread | None = None  # the background write in flight
         self._binning: BinningController | None = None  # made with the first frame shape
+        #: writes failed in a row (a full disk): the first is logged, the rest counted until
+        #: one succeeds, which is logged too (one line each way, not one per period)
+        self.write_failures = 0
+        self._lock = threading.Lock()  # _oldest: set by the worker, given back by a failed write
 
     def frames_arrived(self) -> None:
         """Frames just arrived: the latency of the next version counts from the first."""
-        if self._oldest is None:
-            self._oldest = time.monotonic()
+        with self._lock:
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+
+    def _not_published(self, oldest: float | None) -> None:
+        """A version was not written: its frames are still waiting, from `oldest` on."""
+        if oldest is None:
+            return
+        with self._lock:
+            self._oldest = oldest if self._oldest is None else min(self._oldest, oldest)
 
     @property
     def unpublished(self) -> bool:
@@ -115,17 +150,25 @@ class MapPublisher:
         self.last = time.monotonic()
         st.map_binning = binning
         try:
-            maps = maps_of(binning, state in ("complete", "aborted")) if state != "failed" else {}
+            # a failed scan keeps the maps of the frames it processed (the caller gives no
+            # maps when there are none); only complete and aborted ones get the final maps
+            maps = maps_of(binning, state in ("complete", "aborted"))
         except ScanError as exc:
             maps, state, reason = {}, "failed", str(exc)
         except Exception as exc:  # snapshot problems must not lose the scan's status
-            maps, state, reason = {}, "failed", f"maps could not be computed: {exc}"
+            # a bug of ours, not something the user can act on: the details go to the log
+            logger.error("scan %s: maps could not be computed: %s: %s", self.key, type(exc).__name__, one_line(exc))
+            logger.debug("scan %s: snapshot traceback", self.key, exc_info=True)
+            maps, state, reason = {}, "failed", "maps could not be computed (an internal error: see the daemon's log)"
         self._snapshot_cost = time.perf_counter() - t0
         info = ProcessInfo(
-            state=state, reason=reason, frames_processed=frames, frames_expected=st.frames_expected,
-            scan_key=self.key, config=self.config.to_json(), extra={"map_binning": binning, **self.provenance},
+            state=state, reason=file_value(reason), frames_processed=frames,
+            frames_expected=file_value(st.frames_expected),
+            scan_key=self.key, config=self.config.to_json(),
+            extra={k: file_value(v) for k, v in {"map_binning": binning, **self.provenance}.items()},
         )
-        oldest, self._oldest = self._oldest, None
+        with self._lock:
+            oldest, self._oldest = self._oldest, None
         job = (maps, info, oldest, t0)
         if background and state == "running":
             self._writer = threading.Thread(target=self._write, args=job, name=f"write-{self.key[-8:]}", daemon=True)
@@ -154,6 +197,27 @@ class MapPublisher:
         except Exception as exc:
             logger.error("scan %s: quick-look PNG not written: %s", self.key, one_line(exc))
 
+    def _write_failed(self, exc: Exception, info: ProcessInfo) -> None:
+        """A version not written: the previous file stays as it was (nexus.py writes a new
+        file and renames it over the path). One log line when writing starts failing, not
+        one per period: the next periods try again and stay quiet until one succeeds. The
+        scan fails only when its final version cannot be written."""
+        st = self.status
+        self.metrics.publish_errors.inc()
+        reason = write_error_text(exc)
+        self.write_failures += 1
+        final = info.state != "running"
+        if final:
+            logger.error("scan %s: cannot write the final maps file %s: %s; the scan is marked failed, "
+                         "the previous version stays", self.key, st.path, reason)
+        elif self.write_failures == 1:
+            logger.error("scan %s: cannot write %s: %s; the previous version stays, trying again every period",
+                         self.key, st.path, reason)
+        else:
+            logger.debug("scan %s: cannot write %s (attempt %d): %s", self.key, st.path, self.write_failures, reason)
+        if final:
+            st.state, st.reason = "failed", f"maps file could not be written: {reason}"
+
     def _write(self, maps: dict[str, np.ndarray], info: ProcessInfo, oldest: float | None, t0: float) -> None:
         """Write one version (worker or writer thread)."""
         st = self.status
@@ -163,20 +227,20 @@ class MapPublisher:
         t_write = time.perf_counter()
         try:
             # the final version is fsync'ed first (it must survive a power cut), the live ones not
-            write_maps_file(self.path, maps, info, default, geometry.title if geometry else "", axes,
+            write_maps_file(self.path, maps, info, default, file_value(geometry.title) if geometry else "", axes,
                             durable=info.state != "running")
             logger.debug("scan %s: %s version, %d frames: snapshot %.3f s, write %.3f s", self.key, info.state,
                          info.frames_processed, t_write - t0, time.perf_counter() - t_write)
-        except Exception as exc:  # OSError, and h5py's RuntimeError/ValueError on a full disk
-            self.metrics.publish_errors.inc()
-            exc = one_line(exc)  # HDF5's error stacks are several lines
-            logger.error("scan %s: cannot write %s: %s", self.key, st.path, exc)
-            if info.state != "running":
-                st.reason = f"maps file could not be written: {exc}"
-                st.state = "failed"
+        except Exception as exc:  # OSError (a full disk: publish/disk_sink.py), h5py's errors
+            self._write_failed(exc, info)
+            self._not_published(oldest)
             return
         finally:
             self.metrics.publish_seconds.observe(time.perf_counter() - t0)
+        if self.write_failures:
+            logger.info("scan %s: %s written again, after %d failed attempt%s", self.key, st.path,
+                        self.write_failures, "s" if self.write_failures > 1 else "")
+            self.write_failures = 0
         if oldest is not None:
             latency = time.monotonic() - oldest
             self.metrics.latency_seconds.observe(latency)

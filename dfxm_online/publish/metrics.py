@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -61,7 +62,11 @@ class Metrics:
 
 
 def serve_http(port: int, metrics: Metrics, status: Callable[[], dict], host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    """Start the /metrics + /status server in a daemon thread; returns the server."""
+    """Start the /metrics + /status server in a daemon thread; returns the server.
+
+    `host` is the address it listens on (the daemon's `metrics_address`): loopback unless
+    configured otherwise, since /status is not authenticated and names every scan, folder
+    and the store's address."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -91,6 +96,8 @@ def serve_http(port: int, metrics: Metrics, status: Callable[[], dict], host: st
                 return
             super().handle_error(request, client_address)
 
+    if ":" in host:  # an IPv6 address ("::1", "::")
+        Server.address_family = socket.AF_INET6
     server = Server((host, port), Handler)
     thread = threading.Thread(target=server.serve_forever, name="dfxm-http", daemon=True)
     thread.start()

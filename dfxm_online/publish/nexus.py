@@ -55,6 +55,7 @@ from .describe import (
     pixel_axes_descriptions,
     pixel_axis,
 )
+from .disk_sink import DiskSink, check_free_space, data_bytes
 
 STATES = ("running", "complete", "aborted", "failed")
 
@@ -356,11 +357,20 @@ def write_maps_file(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    # a full disk is a clean OSError, before HDF5 works or while it writes; libhdf5 itself
+    # never sees a failed write, which it does not survive (publish/disk_sink.py)
+    arrays = [*maps.values(), *(v for g in (groups or {}).values() for v in g.values()),
+              *(v for c in (nxdata or {}).values() for k, v in c.items() if not k.startswith("@"))]
+    check_free_space(path.parent, data_bytes(arrays))
     try:
-        _write(tmp, maps, info, default, title, axes or {}, groups or {}, group_axes or {}, nxdata or {})
-        if durable:
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
+        sink = DiskSink(tmp)
+        try:
+            _write(sink, maps, info, default, title, axes or {}, groups or {}, group_axes or {}, nxdata or {})
+            sink.check()
+            if durable:
+                sink.fsync()
+        finally:
+            sink.close()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

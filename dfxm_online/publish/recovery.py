@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 
 from ..logtext import one_line
+from .disk_sink import open_hdf5
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def abandon_running_files(output_dir: Path, live_keys: set[str]) -> int:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.recover.tmp")
         try:
             shutil.copyfile(path, tmp)
-            with h5py.File(tmp, "r+") as f:
+            # through publish/disk_sink.py: a full disk is an OSError, not a crash of libhdf5
+            with open_hdf5(tmp, "r+", durable=True) as f:
                 process = f["entry/process"]
                 for key, value in (("state", "aborted"), ("reason", GONE)):
                     del process[key]
