@@ -184,7 +184,10 @@ class ScanWorker(threading.Thread):
         """What the scan is: a dark scan (its image stream only) or the detector and motors
         of a scan to analyse; logged, and its provenance set for the maps file."""
         info, st, config = scan.info, self.status, self.d.config
-        st.frames_expected = int(info.get("npoints") or 0)
+        try:
+            st.frames_expected = int(info.get("npoints") or 0)
+        except (TypeError, ValueError, OverflowError):
+            st.frames_expected = 0  # geometry_from_scan_info gives the reason
         streams = {name: (tuple(stream.shape) if getattr(stream, "kind", None) == "array" else None)
                    for name, stream in scan.streams.items()}
         if re.search(config.dark_pattern, f"{info.get('title', '')} {scan.name}", re.IGNORECASE):
