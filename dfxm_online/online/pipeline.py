@@ -63,11 +63,11 @@ class ScanPipeline:
         self.extras = registry.build(self.config, geometry, self.frame_shape, first_index)
         self.dark: np.ndarray | None = None
         self.dark_frames: RunningMean | None = None  # see set_dark
+        #: points left out for a non-finite motor position (`update`)
+        self.points_dropped = 0
         #: the frames come with the dark already subtracted per frame (a `preview` of a
         #: pipeline whose chain has a "dark" step): as if the chain had that step
         self.dark_upstream = False
-        #: points left out for a non-finite motor position (`update`)
-        self.points_dropped = 0
         if dark is not None and not self.dark_in_chain:
             self.set_dark(dark)
 
