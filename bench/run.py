@@ -399,9 +399,12 @@ def peak_rss_of(pid: int) -> int:
 
 
 def start_daemon(url: str, out: Path, port: int, workdir: Path, *extra: str) -> subprocess.Popen:
+    """The daemon of this checkout (PYTHONPATH: from its temporary working directory the
+    interpreter would import the installed package, another checkout's code)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen(
         [sys.executable, "-m", "dfxm_online.cli", "--log-level", DAEMON_LOG_LEVEL[0], "serve", "--redis", url,
-         "--output-dir", str(out), "--metrics-port", str(port), *extra, *DAEMON_ARGS], cwd=workdir,
+         "--output-dir", str(out), "--metrics-port", str(port), *extra, *DAEMON_ARGS], cwd=workdir, env=env,
     )
 
 

@@ -1,9 +1,11 @@
 """The live maps' binning that holds the latency budget (`live_binning = "auto"`).
 
 Live maps are a preview; final maps are exact. While a scan runs, the daemon publishes its
-maps over blocks of b x b pixels (block sums of the full-resolution accumulators,
-`ScanPipeline.snapshot(binning=b)`), b chosen so that the frame-to-map latency stays within
+maps over blocks of b x b pixels, b chosen so that the frame-to-map latency stays within
 `latency_budget` at p99; at the scan's end it publishes the full-resolution final maps.
+The live maps come from a preview pipeline fed the frames binned p x p
+(`ScanPipeline.preview`, p from `preview_binning`: its accumulators small), updated before
+the full-resolution one; b is a multiple of p (the preview's snapshot binned b / p).
 
 How b is chosen: a frame waits for the publish cycle in progress and then its own, so its
 latency is about two cycles. The first guess comes from the frame size and the number of
@@ -27,6 +29,11 @@ logger = logging.getLogger(__name__)
 
 #: binnings the controller chooses from (a block of b x b pixels; 1 = full resolution)
 STEPS = (1, 2, 3, 4, 6, 8, 12, 16)
+#: the largest live preview's accumulators (`preview_binning`): small enough that their first
+#: touch (a new scan's memory: ~0.2-2 s per GB on the development VM) and every cycle over
+#: them stay a fraction of the latency budget. 2048^2: one motor 2x2 (109 MB), two motors
+#: 3x3 (100 MB); 512^2 frames are their own preview (27 MB at one motor)
+PREVIEW_BYTES = 128 << 20
 #: map pixels x moments per pixel that one cycle handles within about 0.1 s on one core of
 #: a machine like the development one (2048^2 one motor: ~0.08 s snapshot; two motors:
 #: ~0.19 s): the first guess only, the measured latencies decide after that
@@ -38,14 +45,35 @@ def moments_per_pixel(motors: int) -> int:
     return math.comb(motors + 4, 4)
 
 
-def initial_binning(frame_shape: tuple[int, int], motors: int, budget: float) -> int:
-    """The smallest step whose estimated cycle (half the budget) fits, from the frame size
-    and the number of motors."""
+def initial_binning(frame_shape: tuple[int, int], motors: int, budget: float, steps: tuple[int, ...] = STEPS) -> int:
+    """The smallest of `steps` whose estimated cycle (half the budget) fits, from the frame
+    size and the number of motors."""
     work = frame_shape[0] * frame_shape[1] * moments_per_pixel(motors) / moments_per_pixel(1)
-    for step in STEPS:
+    for step in steps:
         if work / step**2 / PIXELS_PER_TENTH * 0.1 <= 0.5 * budget:
             return step
-    return STEPS[-1]
+    return steps[-1]
+
+
+def preview_bytes(frame_shape: tuple[int, int], motors: int, factor: int) -> int:
+    """The accumulators of a preview binned `factor` x `factor` with the default ones: the
+    moment sums, the edge groups' sums and squares, the projections' four images."""
+    rows = (moments_per_pixel(motors) if motors else 1) + 4 * motors + 4
+    return 8 * rows * (frame_shape[0] // factor) * (frame_shape[1] // factor)
+
+
+def preview_binning(frame_shape: tuple[int, int], motors: int, forced: int | None = None) -> int:
+    """The binning of a scan's live preview pipeline (`ScanPipeline.preview`): `forced`
+    (the `live_binning` setting) when given, else the smallest step whose accumulators
+    fit in `PREVIEW_BYTES` (1: the scan is small enough to be its own preview). Never
+    larger than the frame. The live maps' binning moves among its multiples."""
+    largest = max(s for s in STEPS if s <= max(1, min(frame_shape)))
+    if forced is not None:
+        return forced if forced <= min(frame_shape) else 1
+    for step in STEPS:
+        if step >= largest or preview_bytes(frame_shape, motors, step) <= PREVIEW_BYTES:
+            return step
+    return largest
 
 
 class BinningController:
@@ -59,9 +87,12 @@ class BinningController:
         self.hold = hold
         self.clock = clock
         self._recent: deque[float] = deque(maxlen=window)
+        #: the live preview's binning: the steps are its multiples (a block of the preview)
+        self.base = preview_binning(frame_shape, motors, forced)
         self._largest = max(s for s in STEPS if s <= max(1, min(frame_shape)))
-        start = forced if forced is not None else initial_binning(frame_shape, motors, budget)
-        self.binning = min(start, self._largest) if forced is None else start
+        self.steps = tuple(s for s in STEPS if s % self.base == 0 and s <= self._largest) or (self.base,)
+        start = forced if forced is not None else initial_binning(frame_shape, motors, budget, self.steps)
+        self.binning = start
         self._changed = clock()
 
     def _usable(self, step: int) -> int:
@@ -80,12 +111,12 @@ class BinningController:
         if self.forced is not None or self.clock() - self._changed < self.hold:
             return self.current
         worst = max(self._recent)
-        index = STEPS.index(self.binning) if self.binning in STEPS else 0
+        index = self.steps.index(self.binning) if self.binning in self.steps else 0
         new = self.binning
-        if worst > self.budget and self.binning < self._largest:
-            new = STEPS[index + 1]
+        if worst > self.budget and index + 1 < len(self.steps):
+            new = self.steps[index + 1]
         elif len(self._recent) == self._recent.maxlen and worst < self.budget / 3 and index > 0:
-            new = STEPS[index - 1]
+            new = self.steps[index - 1]
         if new != self.binning:
             logger.info("live maps binned %dx%d instead of %dx%d: frame-to-map latency %.2f s (budget %.2f s)",
                         new, new, self.binning, self.binning, worst, self.budget)

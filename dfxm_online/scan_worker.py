@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +32,7 @@ from .acquisition.geometry import (
     geometry_from_scan_info,
     select_image_stream,
 )
+from .live_binning import preview_binning
 from .logtext import one_line
 from .map_publisher import PROCESS_EXTRAS, MapPublisher
 from .online.accumulators.background import RunningMean
@@ -86,7 +87,12 @@ class ScanWorker(threading.Thread):
         self.key = key
         self.status: ScanStatus | None = None
         self.publisher: MapPublisher | None = None
-        self.pipeline: ScanPipeline | None = None
+        self.pipeline: ScanPipeline | None = None  # full resolution: the final maps
+        #: the live maps' pipeline, of the frames binned `preview_factor` x `preview_factor`
+        #: (`ScanPipeline.preview`), updated before `pipeline`; None when the scan is its
+        #: own preview (small frames, or live_binning 1) or once the last frame is in
+        self.preview: ScanPipeline | None = None
+        self.preview_factor = 1
         self.dark_mean: RunningMean | None = None
         self.dark_shape: tuple[int, ...] = ()
         self.geometry: ScanGeometry | None = None
@@ -107,7 +113,7 @@ class ScanWorker(threading.Thread):
         finally:
             # the daemon keeps its workers (their status, their key against a second
             # worker for the scan), not their accumulators: ~0.4-0.8 GB per 2048^2 scan
-            self.pipeline = None
+            self.pipeline = self.preview = None
             self.dark_mean = None
             self.buffers = MapBuffers()
             self.metrics.active.dec()
@@ -175,6 +181,7 @@ class ScanWorker(threading.Thread):
             logger.warning("scan %s: %s", self.key, exc)
             self.publish("aborted", str(exc))
             return
+        del source  # its frame buffers (a batch: 256 MB at 2048^2) are not needed for the final maps
         if self._stop_requested():
             self.publish("aborted", "daemon stopped during the scan")
             return
@@ -212,36 +219,58 @@ class ScanWorker(threading.Thread):
         return geometry
 
     def _accumulate(self, source: LiveFrameSource, geometry: ScanGeometry) -> None:
-        """Every batch of the scan into the accumulators, publishing as they go."""
+        """Every batch of the scan into the accumulators, publishing as they go: the live
+        preview first, then (when due) a version of its maps, then the full-resolution
+        pipeline, so that the full-resolution update (and its first touch of a new scan's
+        memory) is never between a frame and its live maps."""
         t_read = time.perf_counter()
         for batch in source.batches(self._stop_requested):
             t0 = time.perf_counter()
             self.metrics.read_seconds.observe(t0 - t_read)
             self.publisher.frames_arrived()
-            self._add(batch, geometry)
+            prepared = self._add(batch, geometry)
+            update = time.perf_counter() - t0
             n = batch.frames.shape[0]
-            self.metrics.frames.inc(n)
-            self.metrics.batch_seconds.observe(time.perf_counter() - t0)
             self.status.frames_processed += n
-            if self.pipeline is None or not self.pipeline.retains_frames:
-                source.recycle(batch.frames)  # the next read reuses the memory
-            del batch  # its frames are free before the snapshot and the next read
             if self.publisher.due(source.behind):
                 self.publish("running", background=True, behind=source.behind)
+            t1 = time.perf_counter()
+            if prepared is not None:
+                self.pipeline.add(*prepared)
+            del prepared
+            self.metrics.frames.inc(n)
+            self.metrics.batch_seconds.observe(update + time.perf_counter() - t1)
+            if self.pipeline is None or not self.pipeline.retains_frames:
+                source.recycle(batch.frames)  # the next read reuses the memory
+            del batch  # its frames are free before the next read
             t_read = time.perf_counter()
 
-    def _add(self, batch: Batch, geometry: ScanGeometry) -> None:
-        """One batch into the dark scan's running mean or the scan's pipeline."""
+    def _add(self, batch: Batch, geometry: ScanGeometry) -> tuple[np.ndarray, Mapping[str, np.ndarray]] | None:
+        """One batch into the dark scan's running mean or the scan's live preview; the
+        batch as the full-resolution pipeline takes it (`ScanPipeline.prepared`), or None
+        when nothing is left to add (a dark scan, or a scan that is its own preview)."""
         if self.status.dark:
             if self.dark_mean is None:
                 self.dark_shape = tuple(batch.frames.shape[1:])
                 self.dark_mean = RunningMean(batch.frames[0].size)
             self.dark_mean.update(batch.frames)
-            return
+            return None
         shape = tuple(batch.frames.shape[1:])
         if self.pipeline is None or (not self.pipeline.frames_processed and self.pipeline.raw_shape != shape):
             self.pipeline = self._new_pipeline(geometry, shape)  # the announced shape was not the frames'
-        self.pipeline.update(batch.frames, batch.positions, batch.monitor)
+            self.preview_factor = preview_binning(self.pipeline.frame_shape, len(geometry.motors), self._forced())
+            self.preview = self.pipeline.preview(self.preview_factor) if self.preview_factor > 1 else None
+        if self.preview is None:
+            self.pipeline.update(batch.frames, batch.positions, batch.monitor)
+            return None
+        frames, positions = self.pipeline.prepared(batch.frames, batch.positions, batch.monitor)
+        self.preview.update(frames, positions)
+        return frames, positions
+
+    def _forced(self) -> int | None:
+        """The `live_binning` setting when it is not "auto"."""
+        setting = self.d.config.live_binning
+        return None if setting == "auto" else int(setting)
 
     def _finish(self, scan, geometry: ScanGeometry, batch_size: int) -> None:
         """The scan has ended: its final maps (windowed moments from the frames read again)."""
@@ -250,6 +279,10 @@ class ScanWorker(threading.Thread):
             # the final maps are full resolution (a snapshot and a file several times the
             # live ones'), so the last frames go out binned first, as every other frame did
             self.publish("running")
+        # the live versions are over: their preview and buffers go before the final maps
+        self.publisher.join()
+        self.preview = None
+        self.buffers = MapBuffers()
         end_reason = self._end_reason(scan)
         self.publisher.provenance.update(end_time=str(scan.info.get("end_time", "")), end_reason=end_reason)
         workflow = self._workflow(geometry, end_reason)
@@ -328,15 +361,25 @@ class ScanWorker(threading.Thread):
         motors = len(self.geometry.motors) if self.geometry else 0
         live = state == "running" and not full_resolution
         binning = self.publisher.binning(self._frame_shape(), motors, live)
-        frames = self.pipeline.frames_processed if self.pipeline else (self.dark_mean.count if self.dark_mean else 0)
+        source = self._source(binning)
+        frames = source.frames_processed if source else (self.dark_mean.count if self.dark_mean else 0)
         maps_of = self._maps if state != "failed" or self.pipeline is not None else (lambda b, f: {})
         self.publisher.publish(maps_of, frames, binning, state, reason, background, behind)
 
+    def _source(self, binning: int) -> ScanPipeline | None:
+        """The pipeline whose maps a version at `binning` shows: the live preview for the
+        multiples of its binning, else the full-resolution pipeline."""
+        if self.preview is not None and binning % self.preview_factor == 0:
+            return self.preview
+        return self.pipeline
+
     def _maps(self, binning: int, final: bool = False) -> dict[str, np.ndarray]:
-        """The maps to publish, the pipeline's over blocks of `binning` x `binning` pixels;
-        `final`: the scan's final maps, the moments within each pixel's window from the
-        scan's frames read again (`_reread`), when that is configured and possible."""
-        if self.pipeline is not None and self.pipeline.frames_processed:
+        """The maps to publish, over blocks of `binning` x `binning` pixels (the live
+        preview's, or the full-resolution pipeline's); `final`: the scan's final maps, the
+        moments within each pixel's window from the scan's frames read again (`_reread`),
+        when that is configured and possible."""
+        source = self._source(1 if final else binning)
+        if source is not None and source.frames_processed:
             st = self.status
             if self.pipeline.dark is None and self.pipeline.takes_snapshot_dark:
                 # a dark scan that finished after this scan started is still used
@@ -344,7 +387,9 @@ class ScanWorker(threading.Thread):
                 raw = self.pipeline.raw_shape
                 if dark is not None and dark.total.size == raw[0] * raw[1]:
                     self.pipeline.set_dark(dark)
-            self.publisher.provenance.update(background_rule=self.pipeline.background()[1],
+                    if self.preview is not None:
+                        self.preview.set_dark(self.pipeline.dark.reshape(self.pipeline.frame_shape))
+            self.publisher.provenance.update(background_rule=source.background()[1],
                                              points_dropped=self.pipeline.points_dropped)
             if final and self._reread is not None:
                 self.buffers = MapBuffers()  # the live versions' arrays are not needed any more
@@ -353,7 +398,8 @@ class ScanWorker(threading.Thread):
                 maps = self._windowed(self.pipeline.snapshot(np.float64, binning))
                 return Maps({k: v.astype(file_dtype(v.dtype), copy=False) for k, v in maps.items()}, axes=maps.axes)
             # float32, what the file stores, into the scan's buffers (allocated once per scan)
-            return self.pipeline.snapshot(file_dtype(np.float64), binning, self.buffers)
+            factor = self.preview_factor if source is self.preview else 1
+            return source.snapshot(file_dtype(np.float64), binning // factor, self.buffers)
         if self.dark_mean is not None and self.dark_mean.count:
             return {"dark": self.dark_mean.snapshot().reshape(self.dark_shape)}
         return {}

@@ -156,3 +156,70 @@ def test_live_binning_applies_to_running_versions_of_maps_at_least_one_block_wid
     assert publisher.binning((2048, 2048), 1, True) == 4
     assert publisher.binning((2048, 2048), 1, False) == 1  # the final maps: full resolution
     assert publisher.binning((3, 2048), 1, True) == 1  # a narrow ROI: not one block high
+
+
+def _fed(config: AnalysisConfig, shape, factor, n_motors=2, dark=None):
+    """A scan's full-resolution pipeline and its live preview binned `factor` x `factor`,
+    fed as the daemon feeds them: each batch prepared once, the preview first."""
+    axes, _, pos, stack = make_stack(n_motors, shape=shape)
+    geometry = ScanGeometry(tuple(axes), len(pos), "det")
+    full = ScanPipeline(geometry, shape, config, dark=dark)
+    preview = full.preview(factor)
+    for part in np.array_split(np.arange(len(pos)), 5):
+        frames, positions = full.prepared(stack[part], as_dict(axes, pos[part]))
+        preview.update(frames, positions)
+        full.add(frames, positions)
+    return axes, pos, stack, full, preview
+
+
+@pytest.mark.parametrize("n_motors, shape, factor", [(1, (24, 20), 2), (2, (25, 23), 3), (2, (24, 20), 2)])
+def test_the_live_preview_equals_brute_force_of_the_binned_frames(n_motors, shape, factor):
+    """The preview's maps are those of the frames binned factor x factor (sum), their own
+    edge baseline subtracted (the live maps "are a preview": the brute force of binned
+    frames); the full-resolution pipeline fed the same prepared batches equals one fed by
+    `update` (the final maps do not change)."""
+    import tests.brute as brute
+    from dfxm_online.online.maps import signal_mask
+
+    config = AnalysisConfig(accumulators=["projections"])
+    axes, pos, stack, full, preview = _fed(config, shape, factor, n_motors)
+    binned = numpy_block_sums(stack, factor)
+    offset = brute.edge_baseline(binned, pos, axes, config.edge_fraction)
+    ref = brute.moments(binned, pos, offset)
+    maps = preview.snapshot()
+    assert maps["com_mu"].shape == binned.shape[1:] and preview.frames_processed == len(pos)
+    np.testing.assert_allclose(maps["background"], offset, rtol=1e-9)
+    np.testing.assert_allclose(maps["intensity"], ref["intensity"], rtol=1e-9, atol=1e-9 * np.abs(ref["intensity"]).max())
+    valid = signal_mask(ref["intensity"], config.min_intensity_fraction)
+    for a in range(n_motors):
+        valid &= ref[f"var{a}"] > 0
+    assert valid.sum() > 0.2 * valid.size
+    for a, axis in enumerate(axes):
+        np.testing.assert_allclose(maps[f"com_{axis.name}"][valid], ref[f"mean{a}"][valid], rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(maps[f"fwhm_{axis.name}"][valid], 2.3548200450309493 * np.sqrt(ref[f"var{a}"][valid]),
+                                   rtol=1e-7)
+    np.testing.assert_allclose(maps["sum"], binned.sum(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(maps["max"], binned.max(axis=0))
+    # the full-resolution pipeline: the same as one fed by update, bit for bit
+    whole = ScanPipeline(full.geometry, shape, config)
+    for part in np.array_split(np.arange(len(pos)), 5):
+        whole.update(stack[part], as_dict(axes, pos[part]))
+    for name, values in whole.snapshot().items():
+        np.testing.assert_array_equal(full.snapshot()[name], values, err_msg=name)
+
+
+def test_the_preview_takes_the_scans_dark_binned_and_knows_a_dark_subtracted_per_frame():
+    """A dark subtracted at snapshot time is the full pipeline's, binned; with a "dark"
+    step in the chain the preview's frames come with the dark already off, so it neither
+    subtracts one again nor names another background rule."""
+    shape = (24, 20)
+    dark = np.random.default_rng(5).normal(90.0, 3.0, size=shape).round()
+    config = AnalysisConfig(background="dark", accumulators=[])
+    _, _, _, full, preview = _fed(config, shape, 2, dark=dark)
+    np.testing.assert_allclose(preview.dark, numpy_block_sums(dark, 2).reshape(-1), rtol=1e-12)
+    assert preview.background()[1] == full.background()[1] == "dark"
+    in_chain = AnalysisConfig(preprocess=[{"step": "dark"}], accumulators=[])
+    _, _, stack, full, preview = _fed(in_chain, shape, 2, dark=dark)
+    assert full.dark is None and preview.dark is None and preview.dark_in_chain
+    assert preview.background()[1] == full.background()[1] == "dark (per frame) + edges"
+    assert preview.config.moment_window == 0 and full.config.moment_window > 0  # the window is the final maps'

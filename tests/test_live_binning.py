@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from dfxm_online.config import ConfigError, load_config
-from dfxm_online.live_binning import STEPS, BinningController, initial_binning
+from dfxm_online.live_binning import (
+    PREVIEW_BYTES,
+    STEPS,
+    BinningController,
+    initial_binning,
+    preview_binning,
+    preview_bytes,
+)
 
 
 class Clock:
@@ -25,10 +32,38 @@ def test_first_guess_grows_with_pixels_and_motors():
     assert initial_binning((100000, 100000), 3, 0.01) == STEPS[-1]
 
 
+def test_the_preview_is_the_finest_step_whose_accumulators_fit():
+    # 2048^2: one motor 13 rows (109 MB at 2x2), two motors 27 rows (226 MB at 2x2, 100 at 3x3)
+    assert preview_bytes((2048, 2048), 1, 2) == 8 * 13 * 1024 * 1024
+    assert preview_binning((2048, 2048), 1) == 2
+    assert preview_binning((2048, 2048), 2) == 3
+    assert preview_binning((4096, 4096), 3) > preview_binning((2048, 2048), 3)
+    assert preview_binning((512, 512), 2) == 1  # small frames are their own preview
+    assert preview_binning((2048, 2048), 2, forced=1) == 1  # live_binning 1: full-resolution live maps
+    assert preview_binning((2048, 2048), 1, forced=5) == 5
+    assert preview_binning((4, 4), 1, forced=5) == 1  # never larger than the frame
+    for shape, motors in (((2048, 2048), 1), ((2048, 2048), 2), ((2, 2), 3)):
+        base = preview_binning(shape, motors)
+        assert preview_bytes(shape, motors, base) <= PREVIEW_BYTES or base == max(s for s in STEPS if s <= 2)
+
+
+def test_live_binnings_are_multiples_of_the_preview_binning():
+    clock = Clock()
+    control = BinningController((2048, 2048), 2, 0.5, hold=3.0, window=4, clock=clock)
+    assert control.base == 3 and control.steps == (3, 6, 12) and control.current == 3
+    clock.t = 3.5
+    assert control.observe(0.9) == 6
+    clock.t = 7.0
+    assert control.observe(0.9) == 12
+    clock.t = 11.0
+    assert control.observe(0.9) == 12  # the coarsest
+    assert BinningController((2048, 2048), 1, 0.05).current in (4, 8, 16)  # a tight budget: coarser multiples of 2
+
+
 def test_coarser_when_over_budget_finer_when_well_under_at_most_once_per_hold():
     clock = Clock()
-    control = BinningController((2048, 2048), 1, 0.5, hold=3.0, window=4, clock=clock)
-    assert control.current == 1
+    control = BinningController((512, 512), 1, 0.5, hold=3.0, window=4, clock=clock)
+    assert control.base == 1 and control.current == 1
     assert control.observe(0.9) == 1  # within the hold time of its start: no change yet
     clock.t = 3.5
     assert control.observe(0.9) == 2  # over the budget: the next coarser step

@@ -67,6 +67,9 @@ class ScanPipeline:
         self.dark_source: RunningMean | np.ndarray | None = dark
         #: points left out for a non-finite motor position (`update`)
         self.points_dropped = 0
+        #: the frames come with the dark already subtracted per frame (a `preview` of a
+        #: pipeline whose chain has a "dark" step): as if the chain had that step
+        self.dark_upstream = False
         if dark is not None and not self.dark_in_chain:
             self.set_dark(dark)
 
@@ -107,7 +110,24 @@ class ScanPipeline:
 
     @property
     def dark_in_chain(self) -> bool:
-        return any(isinstance(s, DarkStep) for s in self.chain.steps)
+        return self.dark_upstream or any(isinstance(s, DarkStep) for s in self.chain.steps)
+
+    def preview(self, factor: int) -> ScanPipeline:
+        """A pipeline of this scan's frames binned `factor` x `factor` (sum): the daemon's
+        live preview. It takes this pipeline's `prepared` frames and bins them first (a
+        "binning" step, the compiled block sum), then runs the same accumulators on
+        `factor`^2 times fewer pixels, so its maps are those of the binned frames and its
+        update, snapshot and memory are that much smaller (its first touch too: on a
+        fresh 2048^2 two-motor scan the full-resolution sums are ~0.9 GB). The final maps
+        stay this pipeline's (the window reads the frames again here, not in a preview);
+        the dark subtracted at snapshot time, if any, is this one's, binned."""
+        config = self.config.model_copy(update={
+            "preprocess": [{"step": "binning", "factor": int(factor), "mode": "sum"}], "moment_window": 0.0})
+        out = ScanPipeline(self.geometry, self.frame_shape, config, has_monitor=False)
+        out.dark_upstream = self.dark_in_chain
+        if self.dark is not None:
+            out.set_dark(self.dark.reshape(self.frame_shape))
+        return out
 
     @property
     def takes_snapshot_dark(self) -> bool:
@@ -165,8 +185,20 @@ class ScanPipeline:
         """Add a batch of raw frames (B, H, W) recorded at `positions` (motor -> (B,));
         points whose recorded position is not a number (a NaN or infinite encoder reading)
         are left out and counted (`points_dropped`), not allowed to blank every map."""
+        self.add(*self.prepared(frames, positions, monitor))
+
+    def prepared(
+        self, frames: np.ndarray, positions: Mapping[str, np.ndarray], monitor: np.ndarray | None = None
+    ) -> tuple[np.ndarray, Mapping[str, np.ndarray]]:
+        """A batch of raw frames as the accumulators take it: its points with a non-finite
+        position left out (and counted), checked and through the preprocessing chain. The
+        first half of `update`; the daemon gives the result to this pipeline's `add` and to
+        its live preview (`preview`), so the chain runs once per frame."""
         frames, positions, monitor = self._finite_points(frames, positions, monitor)
-        frames = self.preprocessed(frames, positions, monitor)
+        return self.preprocessed(frames, positions, monitor), positions
+
+    def add(self, frames: np.ndarray, positions: Mapping[str, np.ndarray]) -> None:
+        """Add a batch of `prepared` frames: the second half of `update`."""
         # the moments, the edge baseline and the accumulators that can (projections) share
         # one pass over the frames; the others take the batch in turn
         n = frames.shape[0]
