@@ -69,6 +69,10 @@ class MapPublisher:
                  announcer: Announcer | None = None) -> None:
         self.key = key
         self.announcer = announcer  # each version written is announced on the store's stream
+        #: the scan-end workflow draws the final quick-look (with the fits), in its own process:
+        #: drawing a 2048^2 scan's here costs ~6 s of CPU, mostly holding the GIL, during the
+        #: next scan's first seconds (measured in service)
+        self.quicklook_by_workflow = False
         self.versions = 0
         self.status = status  # the scan's /status entry (daemon.ScanStatus)
         self.path = path
@@ -250,7 +254,7 @@ class MapPublisher:
         if info.state != "running":  # while running, the worker's own count is ahead of this one
             st.frames_processed = info.frames_processed
         self.versions += 1
-        if info.state in ("complete", "aborted") and self.config.quicklook:
+        if info.state in ("complete", "aborted") and self.config.quicklook and not self.quicklook_by_workflow:
             self._quicklook(maps, info)
         if self.announcer is not None:
             self.announcer.announce(self.key, str(Path(self.path).resolve()), self.versions, info.state,

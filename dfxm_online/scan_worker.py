@@ -346,6 +346,7 @@ class ScanWorker(threading.Thread):
             return None
         self._job = post_scan_job(cfg, self.d.config.quicklook, filename=filename, scan=f"{st.number}.1",
                                   output=st.path, state=str(state), scan_key=self.key)
+        self.publisher.quicklook_by_workflow = True
         provenance.update({"post_scan/workflow": workflow, "post_scan/state": "queued", "post_scan/reason": "",
                            "moment_window_reason": f"applied by the scan-end workflow {workflow}"})
         return workflow
