@@ -157,7 +157,7 @@ def geometry_from_scan_info(
     if npoints <= 0:
         raise ScanError("scan_info has no positive 'npoints'")
     if npoints > MAX_POINTS:
-        raise ScanError(f"scan_info 'npoints' is {npoints}: more points than a scan takes")
+        raise ScanError(f"scan_info 'npoints' is {npoints:.3g}: more points than a scan takes")
     channels = _axis_channels(scan_info)
     if motors:
         names = [f"axis:{m}" if not m.startswith("axis:") else m for m in motors]
@@ -186,7 +186,7 @@ def geometry_from_scan_info(
         if n <= 0:
             raise ScanError(f"scan_info gives no axis_points for {name}")
         if n > MAX_POINTS:
-            raise ScanError(f"scan_info {name} axis_points is {n}: more points than a scan takes")
+            raise ScanError(f"scan_info {name} axis_points is {n:.3g}: more points than a scan takes")
         axes.append(MotorAxis(name.split(":", 1)[1], _number(f"{name} start", start), _number(f"{name} stop", stop), n))
     shape = streams[image]
     if shape is not None and (len(shape) != 2 or not all(isinstance(d, int) and -1 <= d < 2**20 for d in shape)):
