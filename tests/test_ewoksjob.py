@@ -148,39 +148,40 @@ def test_sharded_fit_over_two_workers_equals_the_one_process_fit(workers, redis_
 
 
 def test_a_worker_killed_mid_band_gets_its_band_fitted_again(workers, redis_url, tmp_path, caplog):
-    """The process slot of the first worker that receives a band is killed (SIGKILL) while
-    it runs it: the band fails with WorkerLostError and the fit stage submits it again (or,
-    killed before it accepted the job, Celery hands it to the new slot); either way the band
-    is fitted again and the assembled fit is still the one-process fit."""
+    """Both workers' process slots are frozen (SIGSTOP) before the bands are submitted, so
+    that each worker holds one band it cannot finish; one slot is killed (SIGKILL) and the
+    other thawed. The killed worker's band is fitted again: Celery hands it to the new
+    process slot, or, had the slot accepted it, it fails with WorkerLostError and the fit
+    stage submits it again. The assembled fit is still the one-process fit."""
     job = _prepared_job(redis_url, tmp_path)
     one = read_part(stages.fit_band(job).parts[-1]).groups["fit"]
+    slots = [_children(p.pid) for p in workers.procs]
+    assert all(len(s) == 1 for s in slots), slots
     before = [log.read_text().count(" received") for log in workers.logs]
+    for (pid,) in slots:
+        os.kill(pid, signal.SIGSTOP)
     out: dict[str, Job] = {}
     caplog.set_level("INFO", logger="dfxm_online.workflow.sharding")
     thread = threading.Thread(target=lambda: out.setdefault("job", fit_sharded(job.model_copy(update={
         "fit_shards": 3, "ewoksjob": True, "queue": workers.queue}))))
     thread.start()
     deadline = time.monotonic() + 60
-    while True:
-        got = [i for i, log in enumerate(workers.logs) if log.read_text().count(" received") > before[i]]
-        if got:
-            break
-        assert time.monotonic() < deadline, "no worker received a band"
+    while not all(log.read_text().count(" received") > n for log, n in zip(workers.logs, before, strict=True)):
+        assert time.monotonic() < deadline, "the bands did not reach both workers"
         time.sleep(0.05)
-    victim = workers.procs[got[0]]
-    (slot,) = _children(victim.pid)
-    os.kill(slot, signal.SIGKILL)  # at once: the band is being handed over or runs (it takes ~0.5 s warm)
+    os.kill(slots[1][0], signal.SIGKILL)
+    os.kill(slots[0][0], signal.SIGCONT)
     thread.join(180)
     assert not thread.is_alive() and "job" in out
     deadline = time.monotonic() + 20
-    while "signal 9" not in workers.logs[got[0]].read_text() and time.monotonic() < deadline:
+    while "signal 9" not in workers.logs[1].read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
-    log = workers.logs[got[0]].read_text()
+    log = workers.logs[1].read_text()
     assert "exited with 'signal 9 (SIGKILL)'" in log
     retried = "submitted again" in caplog.text
     redispatched = log.count(" succeeded in ") > log[: log.index("signal 9")].count(" succeeded in ")
     assert retried or redispatched
-    assert _children(victim.pid) not in ([], [slot])  # Celery started a new process slot
+    assert _children(workers.procs[1].pid) not in ([], slots[1])  # Celery started a new process slot
     fit = read_part(out["job"].parts[-1]).groups["fit"]
     for name, values in one.items():
         np.testing.assert_array_equal(fit[name], values, err_msg=name)
