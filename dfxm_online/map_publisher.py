@@ -245,6 +245,7 @@ class MapPublisher:
             logger.info("scan %s: %s written again, after %d failed attempt%s", self.key, st.path,
                         self.write_failures, "s" if self.write_failures > 1 else "")
             self.write_failures = 0
+        latency = None
         if oldest is not None:
             latency = time.monotonic() - oldest
             self.metrics.latency_seconds.observe(latency)
@@ -258,4 +259,5 @@ class MapPublisher:
             self._quicklook(maps, info)
         if self.announcer is not None:
             self.announcer.announce(self.key, str(Path(self.path).resolve()), self.versions, info.state,
-                                    info.frames_processed, info.frames_expected, int(info.extra["map_binning"]))
+                                    info.frames_processed, info.frames_expected, int(info.extra["map_binning"]),
+                                    latency)

@@ -80,13 +80,15 @@ class Version:
     map_binning: str = "1"
     version: int = 0
     announced: str = ""  # when the daemon announced it (UTC ISO 8601; "" for a file seen)
+    delay: str = ""  # frame-to-map delay of this version, seconds ("" unknown)
 
     @property
     def label(self) -> str:
         parts = Path(self.path).parts
         where = "/".join(parts[-3:]) if len(parts) >= 3 else self.path
         binned = f", binned {self.map_binning}x{self.map_binning}" if self.map_binning not in ("", "1") else ""
-        return f"{where} — {self.state} {self.frames}{binned}"
+        delay = f", {float(self.delay):.2f} s behind" if self.delay else ""
+        return f"{where} — {self.state} {self.frames}{binned}{delay}"
 
 
 def read_version(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, MapInfo]]:
@@ -189,7 +191,7 @@ def build_window(redis_url: str | None = None, output_dir: str | Path | None = N
                         self.announced.emit(Version(fields.get("scan_key", ""), fields.get("path", ""),
                                                     fields.get("state", ""), fields.get("frames", ""),
                                                     fields.get("map_binning", "1"), int(fields.get("version", 0)),
-                                                    fields.get("time", "")))
+                                                    fields.get("time", ""), fields.get("delay", "")))
 
         def _watch(self) -> None:
             while not self._stop:

@@ -40,7 +40,10 @@ def test_versions_are_announced_in_order_and_a_blocked_reader_wakes_up(make_daem
     assert all(e["path"] == str(Path(status.path).resolve()) for e in entries)
     assert entries[0]["state"] == "running" and entries[-1]["state"] == "complete"
     assert entries[-1]["frames"] == "21/21" and entries[-1]["map_binning"] == "1"
-    assert set(entries[-1]) == {"scan_key", "path", "version", "state", "frames", "map_binning", "time"}
+    assert set(entries[-1]) == {"scan_key", "path", "version", "state", "frames", "map_binning", "time", "delay"}
+    # the frame-to-map delay of each version that added frames: from the frame to the file
+    delays = [float(e["delay"]) for e in entries if e["delay"]]
+    assert delays and all(0 <= d < 60 for d in delays)
 
 
 def test_a_quicklook_png_beside_every_final_maps_file_and_process_output(make_daemon, redis_url, tmp_path):
@@ -82,3 +85,10 @@ def test_quicklooks_drawn_on_several_threads_at_once(tmp_path):
         paths = list(pool.map(lambda k: write_quicklook(maps, ["mu", "chi"], tmp_path / f"q{k}.png", f"scan {k}"),
                               range(12)))
     assert all(p.exists() and p.stat().st_size > 1000 for p in paths)
+
+
+def test_the_viewer_s_scan_list_shows_each_version_s_delay():
+    from dfxm_online.viewer import Version
+
+    assert Version("k", "/o/s/d/ascan_1.h5", "running", "3/9", delay="0.254").label.endswith("3/9, 0.25 s behind")
+    assert "behind" not in Version("k", "/o/s/d/ascan_1.h5", "complete", "9/9").label

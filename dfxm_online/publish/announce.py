@@ -37,11 +37,14 @@ class Announcer:
         self._redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
 
     def announce(self, scan_key: str, path: str, version: int, state: str, frames: int, expected: int,
-                 binning: int) -> None:
+                 binning: int, delay: float | None = None) -> None:
+        """`delay`: seconds from the oldest frame this version adds to its file being in
+        place (the frame-to-map delay; "" when the version adds no frame)."""
         fields = {
             "scan_key": scan_key, "path": path, "version": str(version), "state": state,
             "frames": f"{frames}/{expected}", "map_binning": str(binning),
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "delay": "" if delay is None else f"{delay:.3f}",
         }
         try:
             self._redis.xadd(STREAM, fields, maxlen=MAXLEN, approximate=True)
