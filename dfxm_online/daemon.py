@@ -270,6 +270,7 @@ class Daemon:
         backoff = 0.5
         since: str | None = None
         down = False
+        last_error = ""
         while not self.stop_event.is_set():
             try:
                 if since is None:
@@ -295,6 +296,13 @@ class Daemon:
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
             except Exception as exc:
-                logger.error("listener error (%s): %s; continuing", type(exc).__name__, one_line(exc))
-                logger.debug("listener traceback", exc_info=True)
+                # the same error again (e.g. a store user without the rights it needs) is
+                # logged once, not every second
+                text = f"{type(exc).__name__}: {one_line(exc)}"
+                if text != last_error:
+                    logger.error("listener error (%s); retrying every second", text)
+                    logger.debug("listener traceback", exc_info=True)
+                last_error = text
                 self.stop_event.wait(1.0)
+                continue
+            last_error = ""

@@ -249,6 +249,9 @@ class ScanWorker(threading.Thread):
         """One batch into the dark scan's running mean or the scan's live preview; the
         batch as the full-resolution pipeline takes it (`ScanPipeline.prepared`), or None
         when nothing is left to add (a dark scan, or a scan that is its own preview)."""
+        if batch.frames.dtype.kind == "c":
+            raise ScanError(f"the detector's frames are complex numbers ({batch.frames.dtype}): "
+                            "a detector gives real counts")
         if self.status.dark:
             if self.dark_mean is None:
                 self.dark_shape = tuple(batch.frames.shape[1:])
