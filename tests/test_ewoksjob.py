@@ -96,6 +96,19 @@ def _entry_datasets(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def assert_same_fit(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
+    """The fit maps of a sharded fit against the one-process fit: integer maps (iterations,
+    converged) identical, floating ones to rounding. Each pixel's fit is independent, but a
+    pixel's place in the kernel's block of pixels depends on where its band starts, and that
+    moves the last bit of a few pixels (1.9e-16 relative seen)."""
+    assert set(got) == set(ref)
+    for name, values in ref.items():
+        if values.dtype.kind == "f":
+            np.testing.assert_allclose(got[name], values, rtol=1e-12, atol=0, equal_nan=True, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got[name], values, err_msg=name)
+
+
 def test_daemon_submits_post_scan_to_an_ewoksjob_worker(workers, make_daemon, redis_url, tmp_path):
     """The job id is Celery's, the record reaches `done`, and the maps equal the same graph
     run in this process from the same saved state. The fit is sharded in two bands from
@@ -124,7 +137,10 @@ def test_daemon_submits_post_scan_to_an_ewoksjob_worker(workers, make_daemon, re
     ref, got = _entry_datasets(local), _entry_datasets(path)
     assert set(ref) == set(got)
     for name, value in ref.items():
-        np.testing.assert_array_equal(got[name], value, err_msg=name)
+        if name.startswith("fit/") and value.dtype.kind == "f":  # sharded against one band (assert_same_fit), stored as float32
+            np.testing.assert_allclose(got[name], value, rtol=1e-6, atol=0, equal_nan=True, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
 def _prepared_job(redis_url, tmp_path) -> Job:
@@ -140,9 +156,7 @@ def test_sharded_fit_over_two_workers_equals_the_one_process_fit(workers, redis_
     sharded = fit_sharded(job.model_copy(update={"fit_shards": 3, "ewoksjob": True, "queue": workers.queue}))
     part = read_part(sharded.parts[-1])
     assert part.process["fit_shards"] == 3
-    assert set(part.groups["fit"]) == set(one)
-    for name, values in one.items():
-        np.testing.assert_array_equal(part.groups["fit"][name], values, err_msg=name)
+    assert_same_fit(part.groups["fit"], one)
     logs = "".join(log.read_text() for log in workers.logs)
     assert logs.count("Task ewoksjob.apps.ewoks.execute_graph") >= 2  # the bands ran on the workers
 
@@ -182,6 +196,4 @@ def test_a_worker_killed_mid_band_gets_its_band_fitted_again(workers, redis_url,
     redispatched = log.count(" succeeded in ") > log[: log.index("signal 9")].count(" succeeded in ")
     assert retried or redispatched
     assert _children(workers.procs[1].pid) not in ([], slots[1])  # Celery started a new process slot
-    fit = read_part(out["job"].parts[-1]).groups["fit"]
-    for name, values in one.items():
-        np.testing.assert_array_equal(fit[name], values, err_msg=name)
+    assert_same_fit(read_part(out["job"].parts[-1]).groups["fit"], one)
