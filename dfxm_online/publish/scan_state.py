@@ -97,21 +97,38 @@ def _datasets(group: h5py.Group) -> dict[str, np.ndarray]:
     return out
 
 
+def _checked(f: h5py.File, path: Path) -> None:
+    if f.attrs.get("format") != STATE_FORMAT:
+        raise ScanError(f"{path} is not a dfxm-online accumulator state")
+    version = int(f.attrs.get("version", -1))
+    if version != STATE_VERSION:
+        raise ScanError(f"{path} is an accumulator state of version {version}; this version reads {STATE_VERSION}")
+
+
+def _open(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ScanError(f"accumulator state {path} cannot be read: {exc}") from None
+
+
+def state_header(path: str | Path) -> tuple[ScanGeometry, AnalysisConfig, int]:
+    """The scan geometry, configuration and frames processed of a saved state, without
+    reading its arrays (what assembling a maps file needs)."""
+    path = Path(path)
+    with _open(path) as f:
+        _checked(f, path)
+        return (geometry_from_json(f.attrs["geometry"]), AnalysisConfig.model_validate_json(f.attrs["config"]),
+                int(f.attrs["frames_processed"]))
+
+
 def load_state(path: str | Path) -> tuple[ScanPipeline, dict[str, str]]:
     """The pipeline saved in `path`, ready to snapshot, merge or fit from, and the file's
     attributes (scan key, scan file and entry...); a ScanError says why a file cannot be
     used (missing, another format, another version)."""
     path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise ScanError(f"accumulator state {path} cannot be read: {exc}") from None
-    with f:
-        if f.attrs.get("format") != STATE_FORMAT:
-            raise ScanError(f"{path} is not a dfxm-online accumulator state")
-        version = int(f.attrs.get("version", -1))
-        if version != STATE_VERSION:
-            raise ScanError(f"{path} is an accumulator state of version {version}; this version reads {STATE_VERSION}")
+    with _open(path) as f:
+        _checked(f, path)
         geometry = geometry_from_json(f.attrs["geometry"])
         config = AnalysisConfig.model_validate_json(f.attrs["config"])
         raw_shape = tuple(int(v) for v in f.attrs["raw_shape"])

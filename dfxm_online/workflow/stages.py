@@ -45,7 +45,7 @@ from ..online.maps import default_map
 from ..online.pipeline import ScanPipeline
 from ..publish.atomic import file_lock
 from ..publish.nexus import ProcessInfo, read_maps_file, write_maps_file
-from ..publish.scan_state import load_state, save_state
+from ..publish.scan_state import load_state, save_state, state_header
 from .job import Job
 from .parts import Part, read_part, write_part
 
@@ -183,8 +183,9 @@ def _base_process(job: Job) -> dict[str, object]:
 def write_nexus(job: Job) -> Path:
     """Assemble the parts into the maps file (one atomic replace) and its quick-look; the
     parts are removed once the file is in place."""
-    pipeline = _state(job)
-    geometry = pipeline.geometry
+    if not job.state:
+        raise ScanError("the job has no accumulator state: the read-scan stage runs first")
+    geometry, config, frames_processed = state_header(job.state)  # its arrays are not needed here
     result = Part()
     for path in job.parts:
         if Path(path).name != "state.h5":
@@ -199,7 +200,7 @@ def write_nexus(job: Job) -> Path:
         if "moment_window" in result.process:  # the daemon's "left to the workflow" note is done with
             process.pop("moment_window_reason", None)
         process.update(result.process)
-        frames = int(process.pop("frames_processed", pipeline.frames_processed))
+        frames = int(process.pop("frames_processed", frames_processed))
         record = post_scan_record(job.output) if base else {"workflow": "ewoks (offline)"}
         record.update(state="done", reason="", job_id=job.job_id or record.get("job_id", ""),
                       host=socket.gethostname(), started=record.get("started") or _iso(job.started),
@@ -209,7 +210,7 @@ def write_nexus(job: Job) -> Path:
         info = ProcessInfo(
             state=str(base.get("state", "complete")), reason=str(base.get("reason", "")), frames_processed=frames,
             frames_expected=int(base.get("frames_expected", geometry.npoints)), scan_key=scan_key,
-            config=pipeline.config.model_dump_json(), extra=process,
+            config=config.model_dump_json(), extra=process,
         )
         groups = {name: maps for name, maps in result.groups.items() if maps}
         out = write_maps_file(job.output, result.maps, info, default_map(geometry.motor_names), geometry.title,
