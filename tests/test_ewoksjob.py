@@ -96,15 +96,22 @@ def _entry_datasets(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def close_to_scale(got: np.ndarray, ref: np.ndarray, rel: float, name: str) -> None:
+    """`got` equals `ref` within `rel` of `ref`'s largest magnitude (NaN where it is NaN)."""
+    scale = float(np.nanmax(np.abs(ref))) if np.isfinite(ref).any() else 0.0
+    np.testing.assert_allclose(got, ref, rtol=rel, atol=rel * scale, equal_nan=True, err_msg=name)
+
+
 def assert_same_fit(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
     """The fit maps of a sharded fit against the one-process fit: integer maps (iterations,
-    converged) identical, floating ones to rounding: a fresh-clone run saw 10 of 480 pixels
-    differ in the last bit (1.9e-16 relative). Each pixel's fit is independent; its place in
+    converged) identical, floating ones to rounding: fresh-clone runs saw a few of 480 pixels
+    differ in the last bits (1.9e-16 relative; a background of 0.0018 by 1.1e-14). Each pixel's fit is independent; its place in
     the kernel's block of pixels moves with its band, the likely cause."""
     assert set(got) == set(ref)
     for name, values in ref.items():
         if values.dtype.kind == "f":
-            np.testing.assert_allclose(got[name], values, rtol=1e-12, atol=0, equal_nan=True, err_msg=name)
+            # to 1e-9 of the map's scale: a background near 0 moved by 1e-14 (6e-12 of itself)
+            close_to_scale(got[name], values, 1e-9, name)
         else:
             np.testing.assert_array_equal(got[name], values, err_msg=name)
 
@@ -138,7 +145,7 @@ def test_daemon_submits_post_scan_to_an_ewoksjob_worker(workers, make_daemon, re
     assert set(ref) == set(got)
     for name, value in ref.items():
         if name.startswith("fit/") and value.dtype.kind == "f":  # sharded against one band (assert_same_fit), stored as float32
-            np.testing.assert_allclose(got[name], value, rtol=1e-6, atol=0, equal_nan=True, err_msg=name)
+            close_to_scale(got[name], value, 1e-6, name)
         else:
             np.testing.assert_array_equal(got[name], value, err_msg=name)
 
