@@ -223,7 +223,8 @@ def wait_state(path: Path, timeout: float) -> dict:
     while time.monotonic() < deadline:
         try:
             with h5py.File(path, "r") as f:
-                process = {name: dset[()] for name, dset in f["entry/process"].items()}
+                process = {name: dset[()] for name, dset in f["entry/process"].items()
+                           if isinstance(dset, h5py.Dataset)}  # not the post_scan record (a group)
             process = {k: v.decode() if isinstance(v, bytes) else v for k, v in process.items()}
             if process.get("state") in ("complete", "aborted", "failed"):
                 return process

@@ -111,7 +111,9 @@ def read_version(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str
                 key = name if collection_name == "maps" else f"{collection_name}/{name}"
                 maps[key] = group[signal][()]
                 infos[key] = _map_info(group, group[signal], key)
-        process = {k: _text(v[()]) for k, v in entry["process"].items()}
+        process: dict[str, str] = {}  # the scan-end workflow's record too ("post_scan/state", ...)
+        entry["process"].visititems(
+            lambda k, v: process.__setitem__(k, _text(v[()])) if isinstance(v, h5py.Dataset) else None)
         default = entry["maps"].attrs.get("default") if "maps" in entry else None
         process["default_map"] = _text(default or "")
     return maps, process, infos

@@ -167,6 +167,11 @@ def test_daemon_runs_post_scan_and_its_maps_are_the_offline_graph_s(make_daemon,
         assert post["state"] == "done" and post["job_id"] == record["job_id"]
         assert "entry/fit/peak_mu" in f and "entry/drift" in f
     assert not state_path(path).exists()  # keep_state false: removed once the workflow is done
+    # the viewer opens the workflow's version, fits and record included
+    from dfxm_online.viewer import read_version
+
+    shown, shown_process, _ = read_version(path)
+    assert shown_process["post_scan/state"] == "done" and "fit/peak_mu" in shown
     out = tmp_path / "offline" / "maps.h5"
     out.parent.mkdir()
     run = subprocess.run([*EWOKS, str(ROOT / "workflows" / "offline.json"), "-p", f"filename={result.filename}",
