@@ -20,12 +20,12 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-import h5py
 import redis
 from blissdata.exceptions import NoScanAvailable
 from blissdata.redis_engine.scan import ScanState
 from blissdata.redis_engine.store import DataStore
 
+from .acquisition.geometry import ScanError
 from .config import ConfigError, DaemonConfig
 from .images import load_images
 from .logtext import one_line
@@ -234,16 +234,15 @@ class Daemon:
     def _resume_workflows(self) -> None:
         """Start again the scan-end workflows a previous run left queued, running or stopped
         (their saved states are still there): a restart loses no scan's fits."""
-        from .publish.scan_state import STATE_FORMAT
+        from .publish.scan_state import state_attrs
 
         if self.config.post_scan.workflow.lower() == "none" and not self.config.post_scan.workflows:
             return
         for maps, state, record in interrupted(self.output_dir):
             try:
-                with h5py.File(state, "r") as f:
-                    attrs = {k: str(v) for k, v in f.attrs.items()} if f.attrs.get("format") == STATE_FORMAT else {}
-            except OSError as exc:
-                logger.warning("%s: workflow not resumed, state unreadable: %s", maps, one_line(exc))
+                attrs = state_attrs(state)
+            except ScanError as exc:
+                logger.warning("%s: workflow not resumed: %s", maps, one_line(exc))
                 continue
             if not attrs.get("raw_file"):
                 continue

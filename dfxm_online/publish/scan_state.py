@@ -122,6 +122,19 @@ def state_header(path: str | Path) -> tuple[ScanGeometry, AnalysisConfig, int]:
                 int(f.attrs["frames_processed"]))
 
 
+def _text_attrs(f: h5py.File) -> dict[str, str]:
+    return {k: (v if isinstance(v, str) else str(v)) for k, v in f.attrs.items()}
+
+
+def state_attrs(path: str | Path) -> dict[str, str]:
+    """A saved state's attributes as text (scan key, scan file and entry...), without its
+    arrays; a ScanError says why the file cannot be used."""
+    path = Path(path)
+    with _open(path) as f:
+        _checked(f, path)
+        return _text_attrs(f)
+
+
 def load_state(path: str | Path) -> tuple[ScanPipeline, dict[str, str]]:
     """The pipeline saved in `path`, ready to snapshot, merge or fit from, and the file's
     attributes (scan key, scan file and entry...); a ScanError says why a file cannot be
@@ -141,5 +154,5 @@ def load_state(path: str | Path) -> tuple[ScanPipeline, dict[str, str]]:
                                 has_monitor=bool(f.attrs["has_monitor"]))
         pipeline.load_state(_datasets(f["state"]))
         pipeline.points_dropped = int(f.attrs["points_dropped"])
-        attrs = {k: (v if isinstance(v, str) else str(v)) for k, v in f.attrs.items()}
+        attrs = _text_attrs(f)
     return pipeline, attrs

@@ -9,6 +9,7 @@ boundaries is paths on shared storage, never frames or maps.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +98,8 @@ def post_scan_job(config: PostScanConfig, quicklook: bool, *, filename: str, sca
                fit_settings=config.fit_settings, fit_shards=config.fit_shards, queue=config.queue,
                scan_end=config.scan_end, scan_end_options=config.scan_end_options, quicklook=quicklook,
                ewoksjob=config.ewoksjob)
+
+
+def iso_time(epoch: float) -> str:
+    """An epoch time as the post-scan record stores it (local ISO 8601), "" for 0 (not yet)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(epoch)) if epoch else ""

@@ -46,7 +46,7 @@ from ..online.pipeline import ScanPipeline
 from ..publish.atomic import file_lock
 from ..publish.nexus import ProcessInfo, read_maps_file, write_maps_file
 from ..publish.scan_state import load_state, save_state, state_header
-from .job import Job
+from .job import Job, iso_time
 from .parts import Part, read_part, write_part
 
 logger = logging.getLogger(__name__)
@@ -77,10 +77,14 @@ def _scan(job: Job, pipeline: ScanPipeline | None = None):
         yield rec
 
 
-def _state(job: Job) -> ScanPipeline:
+def _state_path(job: Job) -> str:
     if not job.state:
         raise ScanError("the job has no accumulator state: the read-scan stage runs first")
-    return load_state(job.state)[0]
+    return job.state
+
+
+def _state(job: Job) -> ScanPipeline:
+    return load_state(_state_path(job))[0]
 
 
 def _with_part(job: Job, stage: str, part: Part) -> Job:
@@ -183,9 +187,7 @@ def _base_process(job: Job) -> dict[str, object]:
 def write_nexus(job: Job) -> Path:
     """Assemble the parts into the maps file (one atomic replace) and its quick-look; the
     parts are removed once the file is in place."""
-    if not job.state:
-        raise ScanError("the job has no accumulator state: the read-scan stage runs first")
-    geometry, config, frames_processed = state_header(job.state)  # its arrays are not needed here
+    geometry, config, frames_processed = state_header(_state_path(job))  # its arrays are not needed here
     result = Part()
     for path in job.parts:
         if Path(path).name != "state.h5":
@@ -203,8 +205,8 @@ def write_nexus(job: Job) -> Path:
         frames = int(process.pop("frames_processed", frames_processed))
         record = post_scan_record(job.output) if base else {"workflow": "ewoks (offline)"}
         record.update(state="done", reason="", job_id=job.job_id or record.get("job_id", ""),
-                      host=socket.gethostname(), started=record.get("started") or _iso(job.started),
-                      ended=_iso(time.time()))
+                      host=socket.gethostname(), started=record.get("started") or iso_time(job.started),
+                      ended=iso_time(time.time()))
         process.update({f"post_scan/{k}": v for k, v in record.items()})
         scan_key = job.scan_key or str(base.get("scan_key") or f"{Path(job.filename).resolve()}::{job.scan}")
         info = ProcessInfo(
@@ -222,10 +224,6 @@ def write_nexus(job: Job) -> Path:
     shutil.rmtree(job.work_dir, ignore_errors=True)
     logger.info("%s written by the scan-end workflow in %.1f s", out, time.time() - job.started)
     return out
-
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(epoch)) if epoch else ""
 
 
 def post_scan_record(path: str | Path) -> dict[str, str]:

@@ -34,7 +34,7 @@ from ..config import PostScanConfig
 from ..logtext import one_line
 from ..publish.atomic import atomic_h5, file_lock
 from .catalog import graph_path, load_graph
-from .job import Job
+from .job import Job, iso_time
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +57,8 @@ class PostScanRecord:
 
     def fields(self) -> dict[str, str]:
         """The record as the maps file stores it (text; times ISO 8601)."""
-        def iso(t: float) -> str:
-            return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t)) if t else ""
-
         return {"workflow": self.workflow, "state": self.state, "job_id": self.job_id, "queue": self.queue,
-                "submitted": iso(self.submitted), "started": iso(self.started), "ended": iso(self.ended),
+                "submitted": iso_time(self.submitted), "started": iso_time(self.started), "ended": iso_time(self.ended),
                 "reason": self.reason}
 
 
