@@ -237,7 +237,7 @@ def read_ahead(rec, batch_size: int, reuse: bool = True) -> Iterator[Batch]:
             frames = np.asarray(rec.frames[start:stop])
         else:
             frames = buffers[slot][: stop - start]
-            rec.frames.read_direct(frames, np.s_[start:stop], np.s_[0 : stop - start])
+            rec.read(start, stop, frames)
         return Batch(start, frames, {k: v[start:stop] for k, v in rec.positions.items()},
                      None if rec.monitor is None else rec.monitor[start:stop])
 

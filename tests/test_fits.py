@@ -11,6 +11,7 @@ from scipy.optimize import curve_fit
 
 from dfxm_online.acquisition.geometry import MotorAxis, ScanGeometry
 from dfxm_online.acquisition.model import scan_positions
+from dfxm_online.acquisition.plain_frames import PlainFrames, read_frames
 from dfxm_online.analysis import gaussian_lm
 from dfxm_online.analysis.fits import (
     FitSettings,
@@ -380,6 +381,10 @@ class _Recorded:
         self.monitor = None
         self.npoints = dataset.shape[0]
         self.frame_shape = tuple(dataset.shape[1:])
+        self._plain = PlainFrames.of(dataset)
+
+    def read(self, start, stop, out, rows=None):
+        read_frames(self.frames, self._plain, start, stop, out, rows)
 
 
 def _pipeline(frames, positions, config=None):

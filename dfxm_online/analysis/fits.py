@@ -34,8 +34,8 @@ from . import gaussian_lm
 
 logger = logging.getLogger(__name__)
 
-#: pixels per call of the compiled fit (small: a pixel costs ~50 us, and the two threads
-#: share the tiles interleaved, so masked regions do not leave one thread idle)
+#: pixels per call of the compiled fit (small: a pixel costs ~50 us, and each thread takes
+#: the next free tile, so masked regions do not leave one thread idle)
 FIT_PIXELS = 1024
 
 #: chi^2 quantile of 3 degrees of freedom at p = 0.001: the drop of chi^2 a second peak must
@@ -58,7 +58,8 @@ class FitSettings:
     #: (noise-free curves still come back to 1e-6; 1e-4 cost one more iteration per pixel,
     #: ~15 % of the time on the bench mesh)
     tolerance: float = 1e-2
-    #: MiB of frames held at once: the scan is read in bands of detector rows of this size
+    #: MiB of frames held at once: the scan is read in bands of detector rows of half this
+    #: size, the next band read while one is fitted
     band_mb: int = 1024
     #: chi^2 drop a second peak must bring to be kept
     two_peak_dchi2: float = TWO_PEAK_DCHI2

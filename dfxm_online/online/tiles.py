@@ -40,23 +40,39 @@ def _executor() -> ThreadPoolExecutor:
 def for_each_tile(n_pixels: int, work: Callable[[int, int], None], tile: int = TILE_PIXELS) -> None:
     """Call `work(start, stop)` on every pixel tile; tiles are shared out among the threads.
 
-    Each thread takes every n-th tile (interleaved, so both halves of the frame are worked on
-    at once); the call returns when all tiles are done and re-raises the first error.
+    Each thread takes the next tile not yet taken (in order), so a thread whose tiles are
+    cheap takes more of them. Why not a fixed share: the fits' tiles of 1024 pixels are
+    half a 2048-pixel row, and with every other tile to each thread one thread got every
+    tile of a crystal covering half of each row and the other only empty ones: the 962-frame
+    2048^2 mesh's fits ran on one core (98 s of CPU in 98 s). The call returns when all
+    tiles are done and re-raises the first error (the other threads stop taking tiles).
     """
-    starts = list(range(0, n_pixels, tile))
+    starts = range(0, n_pixels, tile)
     threads = min(n_threads(), len(starts))
-
-    def run(first: int) -> None:
-        for start in starts[first::threads]:
-            work(start, min(start + tile, n_pixels))
-
     if threads <= 1:
-        run(0)
+        for start in starts:
+            work(start, min(start + tile, n_pixels))
         return
+    tickets = iter(starts)
+    taking = threading.Lock()
+    failed = threading.Event()
+
+    def run() -> None:
+        while not failed.is_set():
+            with taking:
+                start = next(tickets, None)
+            if start is None:
+                return
+            try:
+                work(start, min(start + tile, n_pixels))
+            except BaseException:
+                failed.set()
+                raise
+
     # one BLAS thread per tile thread: OpenBLAS's own threads on top of ours oversubscribe
     # the cores and spin-wait on every small per-tile product
     with _blas_controller().limit(limits=1, user_api="blas"):
-        futures = [_executor().submit(run, i) for i in range(threads)]
+        futures = [_executor().submit(run) for _ in range(threads)]
         for future in futures:
             future.result()
 
