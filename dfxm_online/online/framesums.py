@@ -174,8 +174,6 @@ class _Pass:
             self._prepare_numpy()
 
     def _prepare_numba(self) -> None:
-        from numba import typed, types
-
         n_frames, n_pixels = self.frames.shape
         rows = 0 if self.weights is None else self.weights.shape[1]
         # `single` on the numba path: the weights rounded to float32, the products and sums
@@ -184,13 +182,11 @@ class _Pass:
         weights = self.weights.astype(np.float32) if rows and self.single else self.weights
         self.w = np.ascontiguousarray(weights, dtype=np.float64) if rows else np.zeros((n_frames, 0))
         self.dense = self.sums if rows else np.zeros((0, n_pixels))
-        row_type = types.float64[::1]
         empty = np.zeros(0)
-        self.g_list = typed.List.empty_list(row_type)
-        self.q_list = typed.List.empty_list(row_type)
-        for row, sq in zip(self.gsums, self.gsumsq):
-            self.g_list.append(row)
-            self.q_list.append(empty if sq is None else sq)
+        # the group rows by address (checked C-contiguous (P,) float64 above; self.gsums and
+        # self.gsumsq keep them alive while the pass runs)
+        self.g_addr = np.array([row.ctypes.data for row in self.gsums], dtype=np.uint64)
+        self.q_addr = np.array([0 if sq is None else sq.ctypes.data for sq in self.gsumsq], dtype=np.uint64)
         self.has_sq = np.array([q is not None for q in self.gsumsq], dtype=np.bool_)
         self.max_row = self.maximum if self.maximum is not None else empty
         integer = self.frames.dtype.kind in "iu"
@@ -228,7 +224,7 @@ class _Pass:
             gsq = np.empty((groups, sub), self.gsq_type)
             tmax = np.empty(sub if self.maximum is not None else 0, self.frames.dtype)
             numba_pass.frame_pass(self.frames, start, stop, self.w, self.dense, xs, self.members,
-                                  self.g_list, self.q_list, self.has_sq, self.max_row, gacc, gsq, tmax,
+                                  self.g_addr, self.q_addr, self.has_sq, self.max_row, gacc, gsq, tmax,
                                   self.int_squares)
             return
         # this call's scratch: a converted tile (and its squares) of NUMPY_TILE pixels

@@ -40,7 +40,8 @@ the maximum in one loop, a group's sum and squares in one loop: 277 against 297.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import carray, njit, types
+from numba.extending import intrinsic
 
 from .dense_block import BLOCK_PIXELS, MR, VECTOR, dense_block_rows, prefetch
 
@@ -50,6 +51,25 @@ from .dense_block import BLOCK_PIXELS, MR, VECTOR, dense_block_rows, prefetch
 XS_BYTES = 256 * 1024
 #: cache lines of a frame row fetched ahead per prefetch (64 bytes)
 _LINE = 64
+
+
+@intrinsic
+def _float64_pointer(typingctx, address):
+    """A uint64 address as a float64 pointer (for `carray`). Why addresses and not a
+    `numba.typed.List` of the group rows: building a typed list compiles its methods in
+    every new process, uncached: ~0.7-1 s on a daemon's or `process`'s first batch."""
+    sig = types.CPointer(types.float64)(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _row(addresses, g, n):
+    """Row g of the group rows whose addresses are `addresses`, as a (n,) float64 array."""
+    return carray(_float64_pointer(addresses[g]), n)
 
 
 def sub_pixels(n_frames: int) -> int:
@@ -82,13 +102,14 @@ def frame_pass(frames, start, stop, w, sums, xs, members, gsums, gsumsq, has_sq,
     the module docstring).
 
     `w` (F, R) float64 weights; `sums` (R, P) float64 (R may be 0); `xs` (F, SUB) float64
-    scratch (SUB a multiple of BLOCK_PIXELS); `members` (G, F) uint8; `gsums`, `gsumsq` typed
-    lists of G (P,) float64 rows (`gsumsq[g]` used where `has_sq[g]`); `maximum` (P,) float64
+    scratch (SUB a multiple of BLOCK_PIXELS); `members` (G, F) uint8; `gsums`, `gsumsq` (G,)
+    uint64: the addresses of G C-contiguous (P,) float64 rows, which the caller keeps alive
+    (`gsumsq[g]` used where `has_sq[g]`); `maximum` (P,) float64
     or empty (none); scratch `gacc`, `gsq` (G, SUB) and `tmax` (SUB,): int64, int64 (float64
     unless `int_squares`) and the frames' type for integer frames, float64 (and the frames'
     type) for float frames.
     """
-    n_frames = frames.shape[0]
+    n_frames, n_pixels = frames.shape
     n_rows = sums.shape[0]
     n_groups = members.shape[0]
     use_max = maximum.shape[0] > 0
@@ -148,10 +169,10 @@ def frame_pass(frames, start, stop, w, sums, xs, members, gsums, gsumsq, has_sq,
         for g in range(n_groups):
             if not seen[g]:
                 continue
-            row = gsums[g]
+            row = _row(gsums, g, n_pixels)
             for i in range(n):
                 row[tu + np.uint64(i)] += np.float64(gacc[g, i])
             if has_sq[g]:
-                row = gsumsq[g]
+                row = _row(gsumsq, g, n_pixels)
                 for i in range(n):
                     row[tu + np.uint64(i)] += np.float64(gsq[g, i])
