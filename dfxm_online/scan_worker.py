@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ from .acquisition.geometry import (
     geometry_from_scan_info,
     select_image_stream,
 )
+from .behind_preview import UpdatesBehindPreview
 from .live_binning import preview_binning
 from .logtext import one_line
 from .map_publisher import PROCESS_EXTRAS, MapPublisher
@@ -93,6 +95,8 @@ class ScanWorker(threading.Thread):
         #: own preview (small frames, or live_binning 1) or once the last frame is in
         self.preview: ScanPipeline | None = None
         self.preview_factor = 1
+        #: the full-resolution updates, on a thread of their own behind the preview's
+        self.updates: UpdatesBehindPreview | None = None
         self.dark_mean: RunningMean | None = None
         self.dark_shape: tuple[int, ...] = ()
         self.geometry: ScanGeometry | None = None
@@ -111,6 +115,9 @@ class ScanWorker(threading.Thread):
         try:
             self._run()
         finally:
+            if self.updates is not None:
+                self.updates.close()
+                self.updates = None
             # the daemon keeps its workers (their status, their key against a second
             # worker for the scan), not their accumulators: ~0.4-0.8 GB per 2048^2 scan
             self.pipeline = self.preview = None
@@ -145,6 +152,8 @@ class ScanWorker(threading.Thread):
 
     def _fail(self, reason: str) -> None:
         reason = one_line(reason)
+        if self.updates is not None:  # the maps of the frames in, not of a half-done update
+            self.updates.flush(raise_error=False)
         logger.error("scan %s (%s #%s) failed: %s", self.key, one_line(self.status.name), self.status.number, reason)
         self.publish("failed", reason)
         self.status.state, self.status.reason = "failed", reason
@@ -179,6 +188,8 @@ class ScanWorker(threading.Thread):
             self._accumulate(source, geometry)
         except ScanIdle as exc:
             logger.warning("scan %s: %s", self.key, exc)
+            if self.updates is not None:
+                self.updates.flush()
             self.publish("aborted", str(exc))
             return
         del source  # its frame buffers (a batch: 256 MB at 2048^2) are not needed for the final maps
@@ -220,30 +231,45 @@ class ScanWorker(threading.Thread):
 
     def _accumulate(self, source: LiveFrameSource, geometry: ScanGeometry) -> None:
         """Every batch of the scan into the accumulators, publishing as they go: the live
-        preview first, then (when due) a version of its maps, then the full-resolution
-        pipeline, so that the full-resolution update (and its first touch of a new scan's
-        memory) is never between a frame and its live maps."""
+        preview first, then (when due) a version of its maps; the full-resolution pipeline
+        takes the batch on a thread of its own (`behind_preview`), so that its update (and
+        its first touch of a new scan's memory) is never between a frame and its live maps.
+        Returns once every update is done."""
         t_read = time.perf_counter()
         for batch in source.batches(self._stop_requested):
             t0 = time.perf_counter()
             self.metrics.read_seconds.observe(t0 - t_read)
             self.publisher.frames_arrived()
             prepared = self._add(batch, geometry)
-            update = time.perf_counter() - t0
             n = batch.frames.shape[0]
             self.status.frames_processed += n
             if self.publisher.due(source.behind):
                 self.publish("running", background=True, behind=source.behind)
-            t1 = time.perf_counter()
             if prepared is not None:
-                self.pipeline.add(*prepared)
+                if self.updates is None:
+                    self.updates = UpdatesBehindPreview(self.d.config.analysis.batch_mb << 20)
+                self.updates.submit(partial(self._add_full_resolution, self.pipeline, *prepared, n), batch.frames)
+                done = self.updates.finished()
+            else:
+                self.metrics.frames.inc(n)
+                self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+                done = [batch.frames]
             del prepared
-            self.metrics.frames.inc(n)
-            self.metrics.batch_seconds.observe(update + time.perf_counter() - t1)
             if self.pipeline is None or not self.pipeline.retains_frames:
-                source.recycle(batch.frames)  # the next read reuses the memory
-            del batch  # its frames are free before the next read
+                for frames in done:
+                    source.recycle(frames)  # the next read reuses the memory
+            del batch, done  # its frames are free before the next read
             t_read = time.perf_counter()
+        if self.updates is not None:
+            self.updates.flush()
+
+    def _add_full_resolution(self, pipeline: ScanPipeline, frames: np.ndarray, positions: Mapping[str, np.ndarray],
+                             n: int) -> None:
+        """One batch into the full-resolution pipeline (on the updates' thread)."""
+        t0 = time.perf_counter()
+        pipeline.add(frames, positions)
+        self.metrics.frames.inc(n)
+        self.metrics.batch_seconds.observe(time.perf_counter() - t0)
 
     def _add(self, batch: Batch, geometry: ScanGeometry) -> tuple[np.ndarray, Mapping[str, np.ndarray]] | None:
         """One batch into the dark scan's running mean or the scan's live preview; the
@@ -259,6 +285,8 @@ class ScanWorker(threading.Thread):
             self.dark_mean.update(batch.frames)
             return None
         shape = tuple(batch.frames.shape[1:])
+        if self.pipeline is not None and self.pipeline.raw_shape != shape and self.updates is not None:
+            self.updates.flush()  # whether the pipeline has taken frames yet
         if self.pipeline is None or (not self.pipeline.frames_processed and self.pipeline.raw_shape != shape):
             self.pipeline = self._new_pipeline(geometry, shape)  # the announced shape was not the frames'
             self.preview_factor = preview_binning(self.pipeline.frame_shape, len(geometry.motors), self._forced())
