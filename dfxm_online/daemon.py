@@ -28,6 +28,7 @@ from blissdata.redis_engine.store import DataStore
 from .acquisition.geometry import ScanError
 from .config import ConfigError, DaemonConfig
 from .images import load_images
+from .kernel_loading import load_in_background
 from .logtext import one_line
 from .offline import mean_dark
 from .online.accumulators.background import RunningMean
@@ -151,6 +152,7 @@ class Daemon:
             except OSError as exc:  # an address not of this host, a port taken: one line, exit code 2
                 raise ConfigError(f"metrics server on {address}:{self.config.metrics_port}: "
                                   f"{exc.strerror or exc}") from None
+        load_in_background(self.config.analysis)  # numba's kernels, not on the first scan's frames
         self._thread = threading.Thread(target=self._listen, name="dfxm-listener", daemon=True)
         self._thread.start()
         return self
