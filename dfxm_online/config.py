@@ -166,6 +166,12 @@ class PostScanConfig(_Model):
     processes: int = Field(1, ge=1, le=64)
     #: nice level of the local workflow processes (0-19: above the live path's priority never)
     nice: int = Field(10, ge=0, le=19)
+    #: run the local workflow processes under Linux's SCHED_IDLE policy (besides `nice`):
+    #: they get a core only when the live path leaves it idle. On 2 cores the previous 2048^2
+    #: scan's workflow at nice 10 alone raised the next scan's two-motor frame-to-map p99 to
+    #: 1.9 s, with SCHED_IDLE 1.0 s (bench/RESULTS.md). A machine whose cores are all busy
+    #: with live scans for longer than `timeout` then times its workflows out: set false there
+    idle: bool = True
     #: seconds a local workflow may run before it is stopped and marked failed
     timeout: float = Field(3600.0, gt=0)
     #: submit to ewoksjob (Celery) workers instead of the local pool

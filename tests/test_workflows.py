@@ -5,6 +5,7 @@ process), a failing workflow; files read back with h5py and compared with `proce
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -248,3 +249,22 @@ def test_the_workflow_is_chosen_per_scan_type_and_bad_keys_are_named(tmp_path):
         load_config(path)
     with pytest.raises(ValueError, match="no workflow 'nope'"):
         graph_path("nope")
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_local_workflow_processes_run_niced_and_idle():
+    """The local pool's processes start at `nice` and, with `idle`, under SCHED_IDLE (the live
+    path keeps its cores); without either they are left as they are."""
+    from dfxm_online.workflow.trigger import _lower_priority
+
+    probe = [sys.executable, "-c", "import os; print(os.nice(0), os.sched_getscheduler(0))"]
+
+    def child(nice: int, idle: bool) -> tuple[int, int]:
+        out = subprocess.run(probe, capture_output=True, text=True, check=True,
+                             preexec_fn=_lower_priority(nice, idle)).stdout.split()
+        return int(out[0]), int(out[1])
+
+    base = os.nice(0)
+    assert child(10, True) == (min(19, base + 10), os.SCHED_IDLE)
+    assert child(5, False) == (min(19, base + 5), os.sched_getscheduler(0))
+    assert _lower_priority(0, False) is None

@@ -176,11 +176,10 @@ class PostScanRunner:
         job_file = entry.job.work_dir / "job.json"
         job_file.parent.mkdir(parents=True, exist_ok=True)
         job_file.write_text(json.dumps(entry.job.model_dump(exclude={"parts", "started"})))
-        nice = self.config.nice
         proc = subprocess.Popen(
             [sys.executable, "-m", "dfxm_online.workflow.run", str(graph_path(entry.graph)), str(job_file)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-            preexec_fn=(lambda: os.nice(nice)) if nice else None,
+            preexec_fn=_lower_priority(self.config.nice, self.config.idle),
         )
         with self._lock:
             self._procs[entry.key] = proc
@@ -321,3 +320,19 @@ def interrupted(output_dir: Path) -> list[tuple[Path, Path, dict[str, str]]]:
         if record.get("state") in ("queued", "running") or record.get("reason", "").startswith("daemon stopped"):
             found.append((maps, state, record))
     return found
+
+
+def _lower_priority(nice: int, idle: bool) -> Callable[[], None] | None:
+    """What a local workflow process runs before it starts: `nice`, and Linux's SCHED_IDLE
+    policy with `idle` (where the platform has it)."""
+    idle = idle and hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE")
+    if not nice and not idle:
+        return None
+
+    def lower() -> None:
+        if nice:
+            os.nice(nice)
+        if idle:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+    return lower
