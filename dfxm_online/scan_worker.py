@@ -41,6 +41,7 @@ from .online.accumulators.background import RunningMean
 from .online.maps import MapBuffers, Maps
 from .online.pipeline import ScanPipeline
 from .online.preprocess import PreprocessChain, _ImageStep
+from .online.tiles import fewer_threads
 from .publish.layout import maps_path, scan_folder
 from .publish.nexus import file_dtype
 from .publish.provenance import live_provenance
@@ -265,9 +266,11 @@ class ScanWorker(threading.Thread):
 
     def _add_full_resolution(self, pipeline: ScanPipeline, frames: np.ndarray, positions: Mapping[str, np.ndarray],
                              n: int) -> None:
-        """One batch into the full-resolution pipeline (on the updates' thread)."""
+        """One batch into the full-resolution pipeline (on the updates' thread), leaving a
+        core to the live path (`tiles.fewer_threads`)."""
         t0 = time.perf_counter()
-        pipeline.add(frames, positions)
+        with fewer_threads():
+            pipeline.add(frames, positions)
         self.metrics.frames.inc(n)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
 

@@ -1,18 +1,13 @@
 """Frames read straight from the file (`acquisition.plain_frames`) equal h5py's reads, and
-layouts whose bytes are not the plain frames are left to h5py; the pixel tiles are each
-worked on once whatever their cost."""
+layouts whose bytes are not the plain frames are left to h5py."""
 
 from __future__ import annotations
-
-import threading
-import time
 
 import h5py
 import numpy as np
 import pytest
 
 from dfxm_online.acquisition.plain_frames import PlainFrames, read_frames
-from dfxm_online.online import tiles
 
 N, H, W = 11, 9, 7
 
@@ -118,41 +113,3 @@ def test_recorded_scan_reads_through_its_file(tmp_path, stack):
         rec.read(0, N, out, rows=(3, 8))
         np.testing.assert_array_equal(out, stack[:, 3:8])
         assert rec._plain and rec._plain[0] is not None  # noqa: SLF001 - the direct path was taken
-
-
-def test_every_tile_is_worked_on_once_whatever_its_cost(monkeypatch):
-    """Tiles go to whichever thread is free: every tile once, and a thread stuck on slow
-    tiles does not hold back the others' (a fixed share gave one thread every slow tile)."""
-    monkeypatch.setenv("DFXM_THREADS", "2")
-    seen: list[tuple[int, int]] = []
-    by_thread: dict[str, int] = {}
-    lock = threading.Lock()
-    slow = threading.Event()
-
-    def work(start: int, stop: int) -> None:
-        if start == 0:  # the first tile is slow: the other thread must take all the rest
-            slow.wait(5)
-        with lock:
-            seen.append((start, stop))
-            by_thread[threading.current_thread().name] = by_thread.get(threading.current_thread().name, 0) + 1
-            if len(seen) == 10:
-                slow.set()
-
-    tiles.for_each_tile(1000, work, tile=97)
-    assert sorted(seen) == [(s, min(s + 97, 1000)) for s in range(0, 1000, 97)]
-    assert sorted(by_thread.values()) == [1, 10]
-
-
-def test_a_failing_tile_raises_and_stops_the_others(monkeypatch):
-    monkeypatch.setenv("DFXM_THREADS", "2")
-    done: list[int] = []
-
-    def work(start: int, stop: int) -> None:
-        if start == 300:
-            raise ValueError("bad tile")
-        time.sleep(0.0005)  # without the GIL: the failing thread gets to say so
-        done.append(start)
-
-    with pytest.raises(ValueError, match="bad tile"):
-        tiles.for_each_tile(100_000, work, tile=100)  # 1000 tiles
-    assert len(done) < 999

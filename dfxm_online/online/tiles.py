@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from threadpoolctl import ThreadpoolController
 
@@ -22,18 +23,36 @@ SNAPSHOT_PIXELS = 262144
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _blas: ThreadpoolController | None = None
+_local = threading.local()  # this thread's cap on its tile threads (`fewer_threads`)
 
 
 def n_threads() -> int:
-    """Threads for tile work: DFXM_THREADS, else the number of cores."""
-    return max(1, int(os.environ.get("DFXM_THREADS", os.cpu_count() or 1)))
+    """Threads for tile work: DFXM_THREADS, else the number of cores; in a thread inside
+    `fewer_threads`, that many fewer (at least one)."""
+    threads = max(1, int(os.environ.get("DFXM_THREADS", os.cpu_count() or 1)))
+    return max(1, threads - getattr(_local, "fewer", 0))
+
+
+@contextmanager
+def fewer_threads(count: int = 1) -> Iterator[None]:
+    """Tile work started from this thread, inside the block, uses `count` fewer threads than
+    `n_threads()` (at least one): the daemon's full-resolution updates leave a core to the
+    live preview, its reads and its file (on 2 cores a new scan's first full-resolution
+    update took both for 2.3 s while the frames' reads waited)."""
+    before = getattr(_local, "fewer", 0)
+    _local.fewer = before + count
+    try:
+        yield
+    finally:
+        _local.fewer = before
 
 
 def _executor() -> ThreadPoolExecutor:
     global _pool
     with _lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(n_threads(), thread_name_prefix="dfxm-tile")
+            threads = max(1, int(os.environ.get("DFXM_THREADS", os.cpu_count() or 1)))
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="dfxm-tile")
         return _pool
 
 
