@@ -48,7 +48,8 @@ class UpdatesBehindPreview:
         with self._room:
             while self._pending and self._pending + size > self.max_bytes and self._error is None:
                 self._room.wait()
-            self._pending += size
+            if self._error is None:  # counted only when it will run (flush waits for the count)
+                self._pending += size
         self._raise()
         self._executor.submit(self._run, update, frames, size)
 

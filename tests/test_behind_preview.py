@@ -67,3 +67,35 @@ def test_a_failed_update_is_raised_with_its_type_and_the_rest_skipped():
         updates.submit(lambda: ran.append(4), np.zeros(4))
     assert len(updates.finished()) == 3  # every buffer back, the skipped ones too
     updates.close()  # does not raise: the scan is over
+
+
+def test_a_submit_waiting_for_room_when_an_update_fails_raises_and_flush_returns():
+    """A submit held back by the bound when the update ahead of it fails raises that failure,
+    and is not counted as waiting: flush and close return (the worker then fails the scan)."""
+    updates = UpdatesBehindPreview(max_bytes=3000)
+    go = threading.Event()
+
+    def bad() -> None:
+        go.wait(5)
+        raise ScanError("data store unreachable")
+
+    updates.submit(bad, np.zeros(1000, np.uint16))
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            updates.submit(lambda: None, np.zeros(1000, np.uint16))
+        except ScanError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(0.1)
+    go.set()
+    thread.join(5)
+    assert not thread.is_alive() and len(errors) == 1
+    done = threading.Thread(target=updates.flush, kwargs={"raise_error": False})
+    done.start()
+    done.join(5)
+    assert not done.is_alive()
+    updates.close()

@@ -147,9 +147,10 @@ def fit_recorded_scan(
 
 def _bands_read_ahead(rec, pipeline: ScanPipeline, bands: list[tuple[int, int]], batch: int) -> Iterator[np.ndarray]:
     """The bands' frames in order, the next one read on a thread while the caller fits this
-    one. Why: the 962-frame 2048^2 mesh (8 GB in the page cache) spent 15.5 s of its 66 s
+    one. Why: the 962-frame 2048^2 mesh (8 GB in the page cache) spent 15.5 s of its 68 s
     of fits reading, with both cores idle but for the read; the fit kernel runs without the
-    GIL, and h5py holds it only for one batch's hyperslab at a time."""
+    GIL, and the reads hold it briefly (`pread` releases it; h5py holds it for one batch's
+    hyperslab at a time)."""
     if not bands:
         return
     with ThreadPoolExecutor(1, thread_name_prefix="dfxm-band") as reader:
