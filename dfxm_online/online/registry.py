@@ -37,7 +37,13 @@ class Accumulator(Protocol):
 
     def merge(self, other: Any) -> None: ...
 
-    def state(self) -> dict[str, np.ndarray]: ...
+    def state(self) -> dict[str, np.ndarray]:
+        """The arrays `from_state` restores it from. They may be the accumulator's own arrays,
+        not copies (the large running sums are: a copy of a 2048^2 scan's costs its size in
+        RSS at the very moment the scan-end state file is written); `from_state` copies what
+        it takes, and a caller that keeps them while the accumulator goes on updating copies
+        them itself."""
+        ...
 
     @classmethod
     def from_state(cls, state: Mapping[str, np.ndarray]) -> Any: ...

@@ -137,7 +137,8 @@ class EdgeBaseline:
         self.counts += other.counts
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"sums": self.sums.copy(), "sumsq": self.sumsq.copy(), "counts": self.counts.copy()}
+        """The running sums themselves, not copies (see `registry.Accumulator.state`)."""
+        return {"sums": self.sums, "sumsq": self.sumsq, "counts": self.counts.copy()}
 
     @classmethod
     def from_state(
