@@ -151,10 +151,15 @@ class ScanWorker(threading.Thread):
             logger.debug("scan %s traceback", self.key, exc_info=True)
             self._fail(f"{type(exc).__name__}: {exc}")
 
+    def _flush_updates(self, raise_error: bool = True) -> None:
+        """Wait for the full-resolution updates submitted (`behind_preview`): before any
+        version made from the full-resolution pipeline."""
+        if self.updates is not None:
+            self.updates.flush(raise_error)
+
     def _fail(self, reason: str) -> None:
         reason = one_line(reason)
-        if self.updates is not None:  # the maps of the frames in, not of a half-done update
-            self.updates.flush(raise_error=False)
+        self._flush_updates(raise_error=False)  # the maps of the frames in, not of a half-done update
         logger.error("scan %s (%s #%s) failed: %s", self.key, one_line(self.status.name), self.status.number, reason)
         self.publish("failed", reason)
         self.status.state, self.status.reason = "failed", reason
@@ -189,12 +194,12 @@ class ScanWorker(threading.Thread):
             self._accumulate(source, geometry)
         except ScanIdle as exc:
             logger.warning("scan %s: %s", self.key, exc)
-            if self.updates is not None:
-                self.updates.flush()
+            self._flush_updates()
             self.publish("aborted", str(exc))
             return
         del source  # its frame buffers (a batch: 256 MB at 2048^2) are not needed for the final maps
         if self._stop_requested():
+            self._flush_updates()
             self.publish("aborted", "daemon stopped during the scan")
             return
         self._finish(scan, geometry, batch_size)
@@ -235,7 +240,8 @@ class ScanWorker(threading.Thread):
         preview first, then (when due) a version of its maps; the full-resolution pipeline
         takes the batch on a thread of its own (`behind_preview`), so that its update (and
         its first touch of a new scan's memory) is never between a frame and its live maps.
-        Returns once every update is done."""
+        The updates may still run when it returns (`_flush_updates`): the scan's last frames
+        go out in a preview version first."""
         t_read = time.perf_counter()
         for batch in source.batches(self._stop_requested):
             t0 = time.perf_counter()
@@ -261,8 +267,6 @@ class ScanWorker(threading.Thread):
                     source.recycle(frames)  # the next read reuses the memory
             del batch, done  # its frames are free before the next read
             t_read = time.perf_counter()
-        if self.updates is not None:
-            self.updates.flush()
 
     def _add_full_resolution(self, pipeline: ScanPipeline, frames: np.ndarray, positions: Mapping[str, np.ndarray],
                              n: int) -> None:
@@ -313,6 +317,7 @@ class ScanWorker(threading.Thread):
             # the final maps are full resolution (a snapshot and a file several times the
             # live ones'), so the last frames go out binned first, as every other frame did
             self.publish("running")
+        self._flush_updates()  # every frame in the full-resolution pipeline
         # the live versions are over: their preview and buffers go before the final maps
         self.publisher.join()
         self.preview = None
