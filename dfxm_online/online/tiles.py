@@ -26,11 +26,15 @@ _blas: ThreadpoolController | None = None
 _local = threading.local()  # this thread's cap on its tile threads (`fewer_threads`)
 
 
+def _pool_threads() -> int:
+    """The pool's threads: DFXM_THREADS, else the number of cores."""
+    return max(1, int(os.environ.get("DFXM_THREADS", os.cpu_count() or 1)))
+
+
 def n_threads() -> int:
     """Threads for tile work: DFXM_THREADS, else the number of cores; in a thread inside
     `fewer_threads`, that many fewer (at least one)."""
-    threads = max(1, int(os.environ.get("DFXM_THREADS", os.cpu_count() or 1)))
-    return max(1, threads - getattr(_local, "fewer", 0))
+    return max(1, _pool_threads() - getattr(_local, "fewer", 0))
 
 
 @contextmanager
@@ -51,8 +55,7 @@ def _executor() -> ThreadPoolExecutor:
     global _pool
     with _lock:
         if _pool is None:
-            threads = max(1, int(os.environ.get("DFXM_THREADS", os.cpu_count() or 1)))
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix="dfxm-tile")
+            _pool = ThreadPoolExecutor(_pool_threads(), thread_name_prefix="dfxm-tile")
         return _pool
 
 
