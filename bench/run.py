@@ -98,6 +98,22 @@ def bench_accumulators(size: int, n_frames: int, batch: int) -> list[tuple[str, 
 #: pass is measured too, next to the numpy floor that `auto` would take there
 CODE_PATHS = (("host", {}), ("AVX2 (NUMBA_CPU_NAME=haswell)", {"NUMBA_CPU_NAME": "haswell"}),
               ("generic (NUMBA_CPU_NAME=generic)", {"NUMBA_CPU_NAME": "generic"}))
+
+
+def code_paths() -> list[tuple[str, dict]]:
+    """CODE_PATHS, and on an AVX-512 host whose kernels take 512-bit vectors the same CPU with
+    LLVM's 256-bit preference (its name and features in the environment, as a user who names
+    the target gets)."""
+    from numba.core.codegen import get_host_cpu_features
+
+    from dfxm_online.online import kernels
+
+    paths = list(CODE_PATHS)
+    if kernels.wide_vectors():
+        name, _ = kernels.numba_target()
+        paths.insert(1, (f"AVX-512, 256-bit vectors (NUMBA_CPU_NAME={name})",
+                         {"NUMBA_CPU_NAME": name, "NUMBA_CPU_FEATURES": get_host_cpu_features()}))
+    return paths
 #: rounds of the compute-core measurement; each round runs every variant once, alternating
 CORE_ROUNDS = 5
 #: frames per round of the compute-core measurement (2048^2 uint16: 1 GiB)
@@ -170,7 +186,7 @@ def bench_compute_core(size: int, n_frames: int, batch: int) -> dict:
 def compute_core_paths(size: int, n_frames: int, batch: int) -> list[str]:
     """Markdown rows of the compute core on each code path (a subprocess each)."""
     rows = []
-    for label, env in CODE_PATHS:
+    for label, env in code_paths():
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
         child_env.update(env)
         child_env["DFXM_KERNELS"] = "auto"

@@ -66,7 +66,36 @@ def check_frame_pass(backend: str = "numba") -> list[str]:
         assert np.array_equal(maximum[lo:hi], part.max(axis=0)) and np.all(maximum[:lo] == -np.inf)
         done.append(f"frame_pass {np.dtype(dtype).name}{' float32 products' if single else ''}")
     done += check_register_block_edges(backend)
+    done += check_groups_and_maximum_edges(backend)
     return done
+
+
+def check_groups_and_maximum_edges(backend: str = "numba") -> list[str]:
+    """The groups' and maximum's register blocks where the values are extreme: 16-bit frames
+    at full scale (squares and their sums exact), a group without members (its rows
+    untouched), a NaN in float frames (the maximum keeps it, the other pixels exact)."""
+    from dfxm_online.online.framesums import frame_pass
+
+    rng = np.random.default_rng(15)
+    n, p = 64, 1000
+    x = rng.integers(60000, 65536, size=(n, p)).astype(np.uint16)
+    xf = x.astype(np.float64)
+    members = np.zeros((2, n), np.uint8)
+    members[0] = 1
+    gsums, gsumsq = np.zeros((2, p)), np.zeros((2, p))
+    maximum = np.zeros(p)
+    frame_pass(x, 0, p, None, None, members, list(gsums), list(gsumsq), maximum, backend=backend)
+    assert np.array_equal(gsums[0], xf.sum(axis=0)) and np.array_equal(gsumsq[0], (xf * xf).sum(axis=0))
+    assert not gsums[1].any() and not gsumsq[1].any()
+    assert np.array_equal(maximum, xf.max(axis=0))
+    y = rng.uniform(-5, 5, size=(n, p)).astype(np.float32)
+    y[7, 333] = np.nan
+    maximum = np.full(p, -np.inf)
+    frame_pass(y, 0, p, None, None, None, [], None, maximum, backend=backend)
+    assert np.isnan(maximum[333])
+    keep = np.arange(p) != 333
+    assert np.array_equal(maximum[keep], y.max(axis=0)[keep].astype(np.float64))
+    return ["frame_pass groups and maximum (full-scale 16 bits, empty group, NaN)"]
 
 
 def check_register_block_edges(backend: str = "numba") -> list[str]:
@@ -152,7 +181,7 @@ def run_all() -> dict:
 
     checked = check_frame_pass("numba") + check_block_sums() + check_moment_maps_of_sums()
     return {"code_path": kernels.code_path(), "instruction_set": kernels.instruction_set(),
-            "target": kernels.numba_target()[0], "checked": checked}
+            "target": kernels.numba_target()[0], "wide_vectors": kernels.wide_vectors(), "checked": checked}
 
 
 if __name__ == "__main__":

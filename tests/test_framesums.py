@@ -207,11 +207,11 @@ def test_register_block_refuses_arrays_not_in_c_order():
 
     from dfxm_online.online.kernels import dense_block
 
-    block = dense_block.BLOCKS[0][0]
+    block = dense_block.VECTOR_BLOCK
 
     @njit
     def one_block(xs, w, sums):
-        block(xs, w, sums, 0, 0, 0, xs.shape[0])
+        block(xs, w, sums, 0, 1, 0, 0, xs.shape[0])
 
     w, sums = np.ones((4, 1)), np.zeros((1, 64))
     one_block(np.ones((4, 64)), w, sums)

@@ -189,10 +189,13 @@ class _Pass:
         self.q_addr = np.array([0 if sq is None else sq.ctypes.data for sq in self.gsumsq], dtype=np.uint64)
         self.has_sq = np.array([q is not None for q in self.gsumsq], dtype=np.bool_)
         self.max_row = self.maximum if self.maximum is not None else empty
-        integer = self.frames.dtype.kind in "iu"
-        self.int_squares = integer and self.frames.dtype.itemsize <= 2
-        self.gacc_type = np.int64 if integer else np.float64
-        self.gsq_type = np.int64 if self.int_squares else np.float64
+        # each group's member frames by index, first in its row (the register blocks read
+        # only those frames' rows of the packed sub-tile)
+        self.counts = self.members.sum(axis=1, dtype=np.int64)
+        self.member_index = np.zeros(self.members.shape, np.int64)
+        for g, row in enumerate(self.members):
+            found = np.flatnonzero(row)
+            self.member_index[g, :len(found)] = found
         self.sub = numba_pass.sub_pixels(n_frames)
 
     def _prepare_numpy(self) -> None:
@@ -217,15 +220,11 @@ class _Pass:
         if stop == start or self.frames.shape[0] == 0:
             return
         if self.backend == "numba":
-            # per-call scratch (this thread's): the packed sub-tile, its group sums, maximum
-            groups, sub = len(self.gsums), self.sub
-            xs = np.empty((self.frames.shape[0], sub))
-            gacc = np.empty((groups, sub), self.gacc_type)
-            gsq = np.empty((groups, sub), self.gsq_type)
-            tmax = np.empty(sub if self.maximum is not None else 0, self.frames.dtype)
-            numba_pass.frame_pass(self.frames, start, stop, self.w, self.dense, xs, self.members,
-                                  self.g_addr, self.q_addr, self.has_sq, self.max_row, gacc, gsq, tmax,
-                                  self.int_squares)
+            # per-call scratch (this thread's): the packed, converted sub-tile
+            xs = np.empty((self.frames.shape[0], self.sub))
+            numba_pass.frame_pass(self.frames, start, stop, self.w, self.dense, xs, self.member_index, self.counts,
+                                  self.g_addr, self.q_addr, self.has_sq, self.max_row,
+                                  self.frames.dtype.kind == "f")
             return
         # this call's scratch: a converted tile (and its squares) of NUMPY_TILE pixels
         n_frames = self.frames.shape[0]

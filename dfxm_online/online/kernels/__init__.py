@@ -4,7 +4,8 @@ numba compiles every kernel for the CPU it runs on (`cache=True`: once per machi
 target, in `__pycache__`), so one install is fast on AVX-512, AVX2 and older x86-64 CPUs
 alike; `NUMBA_CPU_NAME` (and `NUMBA_CPU_FEATURES`) force another target, which is how the
 tests and `make bench` run the AVX2 (`haswell`) and generic (`generic`: SSE2) code on an
-AVX-512 machine. The kernels release the GIL and run on the project's tile threads
+AVX-512 machine. On an AVX-512 host the target also drops LLVM's preference for 256-bit
+vectors, so that the register blocks use the full 512-bit FMA width (`_allow_512_bit_vectors`). The kernels release the GIL and run on the project's tile threads
 (`online/tiles.py`), not numba's own thread pool (`parallel=True`), whose default
 "workqueue" layer aborts when two of the daemon's threads enter it at once.
 
@@ -39,6 +40,49 @@ _AVX2_FMA_CPUS = frozenset({
 })
 
 _forced: str | None = None
+
+#: the LLVM tuning feature that keeps vectors at 256 bits on AVX-512 CPUs
+_PREFER_256 = "prefer-256-bit"
+
+
+def _allow_512_bit_vectors() -> None:
+    """Let numba's code use 512-bit vectors on an AVX-512 host (numba's target: the host's
+    CPU and features, plus `-prefer-256-bit`).
+
+    Why: LLVM's tuning for Intel's AVX-512 CPUs keeps vectors at 256 bits (Skylake-X lowered
+    its clock under 512-bit code), so the register blocks ran on ymm at half the FMA width:
+    this machine's FMA peak is 28.4 GFMA/s per core on ymm and 53.7 on zmm, and the compute
+    core went from 326-356 to 382-437 frames/s with zmm blocks (bench/RESULTS.md). On AMD's
+    AVX-512 CPUs a zmm operation is two ymm ones: no loss. Done once, before numba's CPU
+    target is first set up (its target machine is made once per process), and never where
+    NUMBA_CPU_NAME or NUMBA_CPU_FEATURES choose the target (the tests' and bench's code paths).
+    """
+    try:
+        from numba import config
+        from numba.core.codegen import get_host_cpu_features
+        from numba.core.registry import cpu_target
+    except ImportError:
+        return
+    if config.CPU_NAME is not None or config.CPU_FEATURES is not None:
+        return
+    if "_toplevel_target_context" in vars(cpu_target):  # numba's target is already made
+        return
+    features = get_host_cpu_features()
+    if "+avx512f" in features.split(","):
+        config.CPU_FEATURES = f"{features},-{_PREFER_256}"
+
+
+_allow_512_bit_vectors()
+
+
+def wide_vectors() -> bool:
+    """Whether numba's target takes 512-bit vectors (AVX-512 without the 256-bit preference)."""
+    try:
+        from numba import config
+    except ImportError:
+        return False
+    features = (config.CPU_FEATURES or "").split(",")
+    return "+avx512f" in features and f"-{_PREFER_256}" in features
 
 
 def numba_target() -> tuple[str, frozenset[str]]:

@@ -12,9 +12,10 @@ per running sum (`fmul`/`fadd` with the `contract` flag: fused where the CPU has
 multiply and an add where it has not, never a libm call).
 
 The block is sized for the target numba compiles for (`kernels.numba_target`): the
-vectors LLVM uses there (256-bit on AVX-512 CPUs, whose LLVM tuning prefers 256-bit
-vectors; 256-bit on AVX2; 128-bit on SSE2) and its vector registers (32 with AVX-512,
-16 otherwise): MR x NV running sums plus NV frame vectors and a broadcast weight must fit.
+vectors LLVM uses there (512-bit on AVX-512 hosts, see `kernels._allow_512_bit_vectors`;
+256-bit on an AVX-512 target named in NUMBA_CPU_NAME, whose LLVM tuning prefers 256-bit
+vectors, and on AVX2; 128-bit on SSE2) and its vector registers (32 with AVX-512, 16
+otherwise): MR x NV running sums plus NV frame vectors and a broadcast weight must fit.
 
 Rounding: each running sum is the FMA chain sum_f w[f, r] x[f, p] in frame order from 0,
 then added to `sums` once: within `framesums.sum_order_bound` like any order.
@@ -27,17 +28,23 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import numba_target
+from . import numba_target, wide_vectors
 
 
 def _block_shape() -> tuple[int, int, int]:
     """(VECTOR doubles per vector, MR rows, NV vectors) for this process's numba target."""
     _, features = numba_target()
+    registers = 32 if ("avx512f" in features or "neon" in features) else 16
+    if wide_vectors():
+        # zmm: 24 running sums + 3 frame vectors + a weight, 28 of 32 registers. The
+        # compute core (2048^2, 64 frames, 15 rows: blocks of 8 + 7) ran at 382-437 frames/s
+        # against 336 for 5 x 4 zmm, 349-401 for 6 x 4, 371-425 for 5 x 5, and 326-356 for
+        # this pass's ymm blocks of 5 x 4 (same machine, alternating, 2026-12-06)
+        return 8, 8, 3
     if "avx512f" in features or "avx2" in features or "avx" in features:
-        vector = 4  # ymm (LLVM keeps 256-bit vectors on AVX-512 CPUs: prefer-256-bit)
+        vector = 4  # ymm
     else:
         vector = 2  # xmm: SSE2, NEON
-    registers = 32 if ("avx512f" in features or "neon" in features) else 16
     if registers >= 32:
         return vector, 5, 4  # 20 running sums + 4 frame vectors + a weight: 25 of 32
     return vector, 5, 2  # 10 running sums + 2 frame vectors + a weight (+ a product): <= 14 of 16
@@ -56,86 +63,81 @@ def _data(context, builder, arrty, value):
     return ary.data, shape[1]
 
 
-def _make_block(mr: int, nv: int):
-    """The intrinsic for a block of `mr` rows x `nv` vectors."""
+def _emit_block(builder, xs_p, ldx, w_p, ldw, s_p, lds, row_v, px_v, sx_v, nf_v, mr: int, nv: int) -> None:
+    """The IR of one block of `mr` rows x `nv` vectors (see `_make_block`)."""
+    dbl = ir.DoubleType()
+    vt = ir.VectorType(dbl, VECTOR)
+    vpt = vt.as_pointer()
+    zero = ir.Constant(vt, [0.0] * VECTOR)
+    undef = ir.Constant(vt, ir.Undefined)
+    splat = ir.Constant(ir.VectorType(ir.IntType(32), VECTOR), [0] * VECTOR)
+    i64 = ir.IntType(64)
+    accs = []
+    for _ in range(mr * nv):
+        slot = cgutils.alloca_once(builder, vt)
+        builder.store(zero, slot)
+        accs.append(slot)
+    with cgutils.for_range(builder, nf_v) as loop:
+        f = loop.index
+        x_row = builder.gep(xs_p, [builder.add(builder.mul(f, ldx), px_v)])
+        xv = [builder.load(builder.bitcast(builder.gep(x_row, [ir.Constant(i64, j * VECTOR)]), vpt), align=8)
+              for j in range(nv)]
+        w_row = builder.gep(w_p, [builder.add(builder.mul(f, ldw), row_v)])
+        for r in range(mr):
+            wr = builder.load(builder.gep(w_row, [ir.Constant(i64, r)]), align=8)
+            wv = builder.shuffle_vector(builder.insert_element(undef, wr, ir.Constant(ir.IntType(32), 0)),
+                                        undef, splat)
+            for j in range(nv):
+                slot = accs[r * nv + j]
+                product = builder.fmul(wv, xv[j], flags=("contract",))
+                builder.store(builder.fadd(builder.load(slot), product, flags=("contract",)), slot)
+    for r in range(mr):
+        s_row = builder.gep(s_p, [builder.add(builder.mul(builder.add(row_v, ir.Constant(i64, r)), lds), sx_v)])
+        for j in range(nv):
+            ptr = builder.bitcast(builder.gep(s_row, [ir.Constant(i64, j * VECTOR)]), vpt)
+            builder.store(builder.fadd(builder.load(ptr, align=8), builder.load(accs[r * nv + j])), ptr, align=8)
 
-    def block(typingctx, xs, w, sums, row, px, sx, n_frames):
+
+def _make_block(nv: int):
+    """The intrinsic for a block of 1..MR rows (a run-time argument) x `nv` vectors."""
+
+    def block(typingctx, xs, w, sums, row, mr, px, sx, n_frames):
         """sums[row + r, sx + j] += sum_{f < n_frames} w[f, row + r] * xs[f, px + j] for
-        r < mr, j < nv * VECTOR (xs (F, X), w (F, R), sums (R, P): C-contiguous float64)."""
+        r < mr (1 <= mr <= MR), j < nv * VECTOR (xs (F, X), w (F, R), sums (R, P):
+        C-contiguous float64)."""
         if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == types.float64
                    for a in (xs, w, sums)):
             return None  # the code below takes rows as shape[1] elements apart: C order only
-        sig = types.void(xs, w, sums, types.intp, types.intp, types.intp, types.intp)
+        sig = types.void(xs, w, sums, types.intp, types.intp, types.intp, types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
-            xs_v, w_v, sums_v, row_v, px_v, sx_v, nf_v = args
+            xs_v, w_v, sums_v, row_v, mr_v, px_v, sx_v, nf_v = args
             xs_p, ldx = _data(context, builder, signature.args[0], xs_v)
             w_p, ldw = _data(context, builder, signature.args[1], w_v)
             s_p, lds = _data(context, builder, signature.args[2], sums_v)
-            dbl = ir.DoubleType()
-            vt = ir.VectorType(dbl, VECTOR)
-            vpt = vt.as_pointer()
-            zero = ir.Constant(vt, [0.0] * VECTOR)
-            undef = ir.Constant(vt, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(ir.IntType(32), VECTOR), [0] * VECTOR)
-            i64 = ir.IntType(64)
-            accs = []
-            for _ in range(mr * nv):
-                slot = cgutils.alloca_once(builder, vt)
-                builder.store(zero, slot)
-                accs.append(slot)
-            with cgutils.for_range(builder, nf_v) as loop:
-                f = loop.index
-                x_row = builder.gep(xs_p, [builder.add(builder.mul(f, ldx), px_v)])
-                xv = [builder.load(builder.bitcast(builder.gep(x_row, [ir.Constant(i64, j * VECTOR)]), vpt),
-                                   align=8) for j in range(nv)]
-                w_row = builder.gep(w_p, [builder.add(builder.mul(f, ldw), row_v)])
-                for r in range(mr):
-                    wr = builder.load(builder.gep(w_row, [ir.Constant(i64, r)]), align=8)
-                    wv = builder.shuffle_vector(builder.insert_element(undef, wr, ir.Constant(ir.IntType(32), 0)),
-                                                undef, splat)
-                    for j in range(nv):
-                        slot = accs[r * nv + j]
-                        product = builder.fmul(wv, xv[j], flags=("contract",))
-                        builder.store(builder.fadd(builder.load(slot), product, flags=("contract",)), slot)
-            for r in range(mr):
-                s_row = builder.gep(s_p, [builder.add(builder.mul(builder.add(row_v, ir.Constant(i64, r)), lds), sx_v)])
-                for j in range(nv):
-                    ptr = builder.bitcast(builder.gep(s_row, [ir.Constant(i64, j * VECTOR)]), vpt)
-                    builder.store(builder.fadd(builder.load(ptr, align=8), builder.load(accs[r * nv + j])), ptr, align=8)
+            # one block of code per number of rows, chosen by a switch: a block's running
+            # sums must be named registers, so each row count is its own code
+            done = builder.function.append_basic_block(f"dense{nv}.done")
+            switch = builder.switch(mr_v, done)
+            for mr in range(1, MR + 1):
+                case = builder.function.append_basic_block(f"dense{nv}.rows{mr}")
+                switch.add_case(ir.Constant(mr_v.type, mr), case)
+                builder.position_at_end(case)
+                _emit_block(builder, xs_p, ldx, w_p, ldw, s_p, lds, row_v, px_v, sx_v, nf_v, mr, nv)
+                builder.branch(done)
+            builder.position_at_end(done)
             return context.get_dummy_value()
 
         return sig, codegen
 
     # a name of its own per shape: numba tells intrinsics apart by name (same-named ones
     # compiled to the first one's code)
-    block.__name__ = block.__qualname__ = f"dense_block_{mr}x{nv}"
+    block.__name__ = block.__qualname__ = f"dense_block_{nv}"
     return intrinsic(block)
 
 
-#: BLOCKS[mr - 1][nv - 1]: the block of mr rows x nv vectors (1 <= mr <= MR, 1 <= nv <= NV)
-BLOCKS = tuple(tuple(_make_block(mr, nv) for nv in range(1, NV + 1)) for mr in range(1, MR + 1))
-
-# the blocks by name, for the dispatch below (numba resolves globals at compile time)
-assert MR == 5, "dense_block_rows dispatches 1..5 rows"
-_B1, _B2, _B3, _B4, _B5 = (BLOCKS[m][NV - 1] for m in range(5))
-_V1, _V2, _V3, _V4, _V5 = (BLOCKS[m][0] for m in range(5))
-
-
-@njit(nogil=True, cache=True)
-def _vector_blocks(xs, w, sums, r, mr, sx, p0, p1, n_frames):
-    """Rows r..r+mr, single-vector blocks over xs columns p0..p1 (a multiple of VECTOR)."""
-    for p in range(p0, p1, VECTOR):
-        if mr == 5:
-            _V5(xs, w, sums, r, p, sx + p, n_frames)
-        elif mr == 4:
-            _V4(xs, w, sums, r, p, sx + p, n_frames)
-        elif mr == 3:
-            _V3(xs, w, sums, r, p, sx + p, n_frames)
-        elif mr == 2:
-            _V2(xs, w, sums, r, p, sx + p, n_frames)
-        else:
-            _V1(xs, w, sums, r, p, sx + p, n_frames)
+#: a block of 1..MR rows x NV vectors, and of 1..MR rows x one vector
+BLOCK, VECTOR_BLOCK = _make_block(NV), _make_block(1)
 
 
 @njit(nogil=True, cache=True)
@@ -144,17 +146,9 @@ def dense_block_rows(xs, w, sums, r, mr, sx, n_blocks, n_vec, n_frames):
     <= MR; n_blocks <= n_vec multiples of BLOCK_PIXELS and VECTOR): full register blocks,
     then single vectors."""
     for p in range(0, n_blocks, BLOCK_PIXELS):
-        if mr == 5:
-            _B5(xs, w, sums, r, p, sx + p, n_frames)
-        elif mr == 4:
-            _B4(xs, w, sums, r, p, sx + p, n_frames)
-        elif mr == 3:
-            _B3(xs, w, sums, r, p, sx + p, n_frames)
-        elif mr == 2:
-            _B2(xs, w, sums, r, p, sx + p, n_frames)
-        else:
-            _B1(xs, w, sums, r, p, sx + p, n_frames)
-    _vector_blocks(xs, w, sums, r, mr, sx, n_blocks, n_vec, n_frames)
+        BLOCK(xs, w, sums, r, mr, p, sx + p, n_frames)
+    for p in range(n_blocks, n_vec, VECTOR):
+        VECTOR_BLOCK(xs, w, sums, r, mr, p, sx + p, n_frames)
 
 
 @intrinsic

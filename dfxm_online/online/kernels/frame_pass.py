@@ -10,11 +10,12 @@ For pixels start <= p < stop of a batch `frames` (F, P):
 
 How, per sub-tile of pixels (SUB: as many as keep the batch's converted sub-tile within
 XS_BYTES, in L2): every frame's row of the sub-tile is read once from memory, converted
-to float64 into a packed (F, SUB) buffer, and its maximum and group sums taken on the way
-(integers, in L1); then the dense sums are a small matrix product of that buffer, made by
-register blocks of MR rows x NV vectors of running sums that stay in registers while all
-F frames stream past (`dense_block.py`, LLVM vectors sized for the target). The running
-sums in memory are read and written once per pass.
+to float64 into a packed (F, SUB) buffer; then the dense sums are a small matrix product of
+that buffer, made by register blocks of MR rows x NV vectors of running sums that stay in
+registers while all F frames stream past (`dense_block.py`, LLVM vectors sized for the
+target), and each group's sums (and squares) and the maximum are register blocks of NV
+vectors over the group's member frames (`group_block.py`). The running sums in memory are
+read and written once per pass.
 
 History (issue 20): the C pass held an 8 rows x 16 pixels block in AVX-512 registers and
 spilled on a 16-register AVX2 CPU (12 frames/s); the first numba pass, innermost loops over
@@ -28,13 +29,16 @@ numba updates atomically (~40 % of the time in a first version). Offsets into th
 axis are unsigned, so that numba emits no negative-index wraparound, which would turn the
 loads into gathers.
 
-Integer frames' group sums, squares (up to 16 bits) and maxima are taken in integers within a
-sub-tile, exactly, and added to the float64 rows once per pass (as the C pass did), so they
-are exact whatever the CPU; float frames' group sums are summed in float64 within the
-sub-tile, then added to the rows. (Tried and not kept: group sums, squares and maximum in
-float64 from the packed row, the first group summed in the packing loop itself: 281 against
-315 frames/s for the compute core, same process, alternating, 7 rounds; the conversion and
-the maximum in one loop, a group's sum and squares in one loop: 277 against 297.)
+Group sums, squares and maxima: exact for integer frames (16-bit squares included) on every
+path, see `group_block.py`. Before, they were taken in integers within the sub-tile while
+packing, each member frame's row added into scratch rows in memory (one load, add and store
+per pixel, frame and group): single-thread, 64 frames of a 2048^2 uint16 batch with the
+compute core's groups, the pass took 182-191 ms with them against 161-177 ms with the
+register blocks (same machine, ymm; the compute core 312-314 against 326-347 frames/s,
+alternating). (Tried and not kept before that: group sums, squares and maximum in float64
+from the packed row by numba loops, the first group summed in the packing loop itself: 281
+against 315 frames/s; the conversion and the maximum in one loop, a group's sum and squares
+in one loop: 277 against 297.)
 """
 
 from __future__ import annotations
@@ -44,6 +48,16 @@ from numba import carray, njit, types
 from numba.extending import intrinsic
 
 from .dense_block import BLOCK_PIXELS, MR, VECTOR, dense_block_rows, prefetch
+from .group_block import (
+    GROUP_1,
+    GROUP_1_SQ,
+    GROUP_NV,
+    GROUP_NV_SQ,
+    MAX_1,
+    MAX_1_INT,
+    MAX_NV,
+    MAX_NV_INT,
+)
 
 #: bytes of the packed, converted sub-tile of a batch: kept in L2 (2 MB here; 512 KB on Zen 3)
 #: while the register blocks read it once per MR rows; 256 KB measured best (64 frames: 512
@@ -67,9 +81,9 @@ def _float64_pointer(typingctx, address):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _row(addresses, g, n):
-    """Row g of the group rows whose addresses are `addresses`, as a (n,) float64 array."""
-    return carray(_float64_pointer(addresses[g]), n)
+def _row(address, start, n):
+    """Elements start..start + n of the float64 row at `address`, as a (n,) array."""
+    return carray(_float64_pointer(address + np.uint64(8 * start)), n)
 
 
 def sub_pixels(n_frames: int) -> int:
@@ -96,83 +110,95 @@ def _dense(xs, w, sums, n_frames, sx, n):
 
 
 @njit(nogil=True, cache=True)
-def frame_pass(frames, start, stop, w, sums, xs, members, gsums, gsumsq, has_sq, maximum, gacc, gsq,
-               tmax, int_squares):
+def _groups(xs, members, counts, gsums, gsumsq, has_sq, t0, n):
+    """Each group's sums (and squares) over the packed sub-tile's first n pixels, added to its
+    rows at t0: register blocks, then single vectors, then scalars."""
+    n_blocks = n // BLOCK_PIXELS * BLOCK_PIXELS
+    n_vec = n // VECTOR * VECTOR
+    for g in range(members.shape[0]):
+        count = counts[g]
+        if count == 0:
+            continue
+        row, sq = gsums[g], gsumsq[g]
+        for p in range(0, n_blocks, BLOCK_PIXELS):
+            if has_sq[g]:
+                GROUP_NV_SQ(xs, members, g, count, row, sq, p, t0 + p)
+            else:
+                GROUP_NV(xs, members, g, count, row, sq, p, t0 + p)
+        for p in range(n_blocks, n_vec, VECTOR):
+            if has_sq[g]:
+                GROUP_1_SQ(xs, members, g, count, row, sq, p, t0 + p)
+            else:
+                GROUP_1(xs, members, g, count, row, sq, p, t0 + p)
+        if n_vec < n:
+            sums = _row(row, t0, n)
+            squares = _row(sq, t0, n) if has_sq[g] else sums
+            for i in range(n_vec, n):
+                acc = 0.0
+                acc_sq = 0.0
+                for k in range(count):
+                    x = xs[members[g, k], i]
+                    acc += x
+                    acc_sq += x * x
+                sums[i] += acc
+                if has_sq[g]:
+                    squares[i] += acc_sq
+
+
+@njit(nogil=True, cache=True)
+def _maximum(xs, n_frames, maximum, t0, n, nans):
+    """maximum[t0:t0 + n] = max(itself, the packed sub-tile's first n pixels) (`nans`: the
+    values may be NaN, which then stays)."""
+    n_blocks = n // BLOCK_PIXELS * BLOCK_PIXELS
+    n_vec = n // VECTOR * VECTOR
+    for p in range(0, n_blocks, BLOCK_PIXELS):
+        if nans:
+            MAX_NV(xs, n_frames, maximum, p, t0 + p)
+        else:
+            MAX_NV_INT(xs, n_frames, maximum, p, t0 + p)
+    for p in range(n_blocks, n_vec, VECTOR):
+        if nans:
+            MAX_1(xs, n_frames, maximum, p, t0 + p)
+        else:
+            MAX_1_INT(xs, n_frames, maximum, p, t0 + p)
+    for i in range(n_vec, n):
+        top = xs[0, i]
+        for f in range(1, n_frames):
+            v = xs[f, i]
+            top = v if (v > top or v != v) else top
+        a = maximum[t0 + i]
+        maximum[t0 + i] = top if (top > a or top != top) else a  # a NaN maximum stays NaN
+
+
+@njit(nogil=True, cache=True)
+def frame_pass(frames, start, stop, w, sums, xs, members, counts, gsums, gsumsq, has_sq, maximum, nans):
     """One pass over pixels start..stop (0 <= start <= stop <= P) of `frames` (F, P) (see
     the module docstring).
 
     `w` (F, R) float64 weights; `sums` (R, P) float64 (R may be 0); `xs` (F, SUB) float64
-    scratch (SUB a multiple of BLOCK_PIXELS); `members` (G, F) uint8; `gsums`, `gsumsq` (G,)
-    uint64: the addresses of G C-contiguous (P,) float64 rows, which the caller keeps alive
-    (`gsumsq[g]` used where `has_sq[g]`); `maximum` (P,) float64
-    or empty (none); scratch `gacc`, `gsq` (G, SUB) and `tmax` (SUB,): int64, int64 (float64
-    unless `int_squares`) and the frames' type for integer frames, float64 (and the frames'
-    type) for float frames.
+    scratch (SUB a multiple of BLOCK_PIXELS); `members` (G, F) int64: group g's member
+    frames are members[g, :counts[g]]; `gsums`, `gsumsq` (G,) uint64: the addresses of G
+    C-contiguous (P,) float64 rows, which the caller keeps alive (`gsumsq[g]` used where
+    `has_sq[g]`); `maximum` (P,) float64 or empty (none); `nans`: the frames are floats (and
+    may hold NaN, which the maximum keeps).
     """
-    n_frames, n_pixels = frames.shape
+    n_frames = frames.shape[0]
     n_rows = sums.shape[0]
-    n_groups = members.shape[0]
     use_max = maximum.shape[0] > 0
     sub = xs.shape[1]
     ahead = _LINE // frames.itemsize
-    seen = np.zeros(n_groups, np.bool_)  # groups with a member frame in this pass
-    for g in range(n_groups):
-        for f in range(n_frames):
-            if members[g, f]:
-                seen[g] = True
     for t0 in range(start, stop, sub):
         n = min(sub, stop - t0)
         tu = np.uint64(t0)
         nxt = t0 + sub
-        for g in range(n_groups):
-            for i in range(n):
-                gacc[g, i] = 0
-                gsq[g, i] = 0
         for f in range(n_frames):
-            if n_rows > 0:
-                for i in range(n):
-                    xs[f, i] = frames[f, tu + np.uint64(i)]
+            for i in range(n):
+                xs[f, i] = frames[f, tu + np.uint64(i)]
             if nxt < stop:  # the next sub-tile's row of this frame, while this one computes
                 for i in range(0, min(sub, stop - nxt), ahead):
                     prefetch(frames, f, nxt + i)
-            if use_max:
-                if f == 0:
-                    for i in range(n):
-                        tmax[i] = frames[f, tu + np.uint64(i)]
-                else:
-                    for i in range(n):
-                        a = tmax[i]
-                        v = frames[f, tu + np.uint64(i)]
-                        tmax[i] = v if (v > a or v != v) else a
-            for g in range(n_groups):
-                if members[g, f] == 0:
-                    continue
-                for i in range(n):
-                    gacc[g, i] += frames[f, tu + np.uint64(i)]
-                if has_sq[g]:
-                    if int_squares:
-                        for i in range(n):
-                            v = np.int64(frames[f, tu + np.uint64(i)])
-                            gsq[g, i] += v * v
-                    else:
-                        for i in range(n):
-                            x = np.float64(frames[f, tu + np.uint64(i)])
-                            gsq[g, i] += x * x
         if n_rows > 0:
             _dense(xs, w, sums, n_frames, t0, n)
+        _groups(xs, members, counts, gsums, gsumsq, has_sq, t0, n)
         if use_max:
-            for i in range(n):
-                j = tu + np.uint64(i)
-                a = maximum[j]
-                v = np.float64(tmax[i])
-                maximum[j] = v if (v > a or v != v) else a  # a NaN maximum stays NaN
-        for g in range(n_groups):
-            if not seen[g]:
-                continue
-            row = _row(gsums, g, n_pixels)
-            for i in range(n):
-                row[tu + np.uint64(i)] += np.float64(gacc[g, i])
-            if has_sq[g]:
-                row = _row(gsumsq, g, n_pixels)
-                for i in range(n):
-                    row[tu + np.uint64(i)] += np.float64(gsq[g, i])
+            _maximum(xs, n_frames, maximum, t0, n, nans)
