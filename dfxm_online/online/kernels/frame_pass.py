@@ -53,6 +53,7 @@ from .group_block import (
     GROUP_1_SQ,
     GROUP_NV,
     GROUP_NV_SQ,
+    GROUP_PIXELS,
     MAX_1,
     MAX_1_INT,
     MAX_NV,
@@ -113,14 +114,14 @@ def _dense(xs, w, sums, n_frames, sx, n):
 def _groups(xs, members, counts, gsums, gsumsq, has_sq, t0, n):
     """Each group's sums (and squares) over the packed sub-tile's first n pixels, added to its
     rows at t0: register blocks, then single vectors, then scalars."""
-    n_blocks = n // BLOCK_PIXELS * BLOCK_PIXELS
+    n_blocks = n // GROUP_PIXELS * GROUP_PIXELS
     n_vec = n // VECTOR * VECTOR
     for g in range(members.shape[0]):
         count = counts[g]
         if count == 0:
             continue
         row, sq = gsums[g], gsumsq[g]
-        for p in range(0, n_blocks, BLOCK_PIXELS):
+        for p in range(0, n_blocks, GROUP_PIXELS):
             if has_sq[g]:
                 GROUP_NV_SQ(xs, members, g, count, row, sq, p, t0 + p)
             else:
@@ -149,9 +150,9 @@ def _groups(xs, members, counts, gsums, gsumsq, has_sq, t0, n):
 def _maximum(xs, n_frames, maximum, t0, n, nans):
     """maximum[t0:t0 + n] = max(itself, the packed sub-tile's first n pixels) (`nans`: the
     values may be NaN, which then stays)."""
-    n_blocks = n // BLOCK_PIXELS * BLOCK_PIXELS
+    n_blocks = n // GROUP_PIXELS * GROUP_PIXELS
     n_vec = n // VECTOR * VECTOR
-    for p in range(0, n_blocks, BLOCK_PIXELS):
+    for p in range(0, n_blocks, GROUP_PIXELS):
         if nans:
             MAX_NV(xs, n_frames, maximum, p, t0 + p)
         else:
