@@ -46,8 +46,9 @@ _PREFER_256 = "prefer-256-bit"
 
 
 def _allow_512_bit_vectors() -> None:
-    """Let numba's code use 512-bit vectors on an AVX-512 host (numba's target: the host's
-    CPU and features, plus `-prefer-256-bit`).
+    """Let numba's code use 512-bit vectors on an AVX-512 host: numba's target becomes the
+    host's CPU and features plus `-prefer-256-bit` (called first thing by the package,
+    dfxm_online/__init__.py).
 
     Why: LLVM's tuning for Intel's AVX-512 CPUs keeps vectors at 256 bits (Skylake-X lowered
     its clock under 512-bit code), so the register blocks ran on ymm at half the FMA width:
@@ -71,8 +72,6 @@ def _allow_512_bit_vectors() -> None:
     if "+avx512f" in features.split(","):
         config.CPU_FEATURES = f"{features},-{_PREFER_256}"
 
-
-_allow_512_bit_vectors()
 
 
 def wide_vectors() -> bool:
