@@ -114,6 +114,8 @@ def code_paths() -> list[tuple[str, dict]]:
         paths.insert(1, (f"AVX-512, 256-bit vectors (NUMBA_CPU_NAME={name})",
                          {"NUMBA_CPU_NAME": name, "NUMBA_CPU_FEATURES": get_host_cpu_features()}))
     return paths
+
+
 #: rounds of the compute-core measurement; each round runs every variant once, alternating
 CORE_ROUNDS = 5
 #: frames per round of the compute-core measurement (2048^2 uint16: 1 GiB)

@@ -5,7 +5,8 @@ target, in `__pycache__`), so one install is fast on AVX-512, AVX2 and older x86
 alike; `NUMBA_CPU_NAME` (and `NUMBA_CPU_FEATURES`) force another target, which is how the
 tests and `make bench` run the AVX2 (`haswell`) and generic (`generic`: SSE2) code on an
 AVX-512 machine. On an AVX-512 host the target also drops LLVM's preference for 256-bit
-vectors, so that the register blocks use the full 512-bit FMA width (`_allow_512_bit_vectors`). The kernels release the GIL and run on the project's tile threads
+vectors, so that the register blocks use the full 512-bit FMA width
+(`_allow_512_bit_vectors`). The kernels release the GIL and run on the project's tile threads
 (`online/tiles.py`), not numba's own thread pool (`parallel=True`), whose default
 "workqueue" layer aborts when two of the daemon's threads enter it at once.
 
@@ -71,7 +72,6 @@ def _allow_512_bit_vectors() -> None:
     features = get_host_cpu_features()
     if "+avx512f" in features.split(","):
         config.CPU_FEATURES = f"{features},-{_PREFER_256}"
-
 
 
 def wide_vectors() -> bool:

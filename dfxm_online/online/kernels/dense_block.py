@@ -63,11 +63,16 @@ def _data(context, builder, arrty, value):
     return ary.data, shape[1]
 
 
+def _vector_at(builder, base, offset, j: int = 0):
+    """A pointer to the `j`-th vector of VECTOR doubles from element `offset` of the float64
+    pointer `base` (the loads and stores of the register blocks here and in `group_block`)."""
+    vpt = ir.VectorType(ir.DoubleType(), VECTOR).as_pointer()
+    return builder.bitcast(builder.gep(base, [builder.add(offset, ir.Constant(ir.IntType(64), j * VECTOR))]), vpt)
+
+
 def _emit_block(builder, xs_p, ldx, w_p, ldw, s_p, lds, row_v, px_v, sx_v, nf_v, mr: int, nv: int) -> None:
     """The IR of one block of `mr` rows x `nv` vectors (see `_make_block`)."""
-    dbl = ir.DoubleType()
-    vt = ir.VectorType(dbl, VECTOR)
-    vpt = vt.as_pointer()
+    vt = ir.VectorType(ir.DoubleType(), VECTOR)
     zero = ir.Constant(vt, [0.0] * VECTOR)
     undef = ir.Constant(vt, ir.Undefined)
     splat = ir.Constant(ir.VectorType(ir.IntType(32), VECTOR), [0] * VECTOR)
@@ -79,9 +84,8 @@ def _emit_block(builder, xs_p, ldx, w_p, ldw, s_p, lds, row_v, px_v, sx_v, nf_v,
         accs.append(slot)
     with cgutils.for_range(builder, nf_v) as loop:
         f = loop.index
-        x_row = builder.gep(xs_p, [builder.add(builder.mul(f, ldx), px_v)])
-        xv = [builder.load(builder.bitcast(builder.gep(x_row, [ir.Constant(i64, j * VECTOR)]), vpt), align=8)
-              for j in range(nv)]
+        x_row = builder.add(builder.mul(f, ldx), px_v)
+        xv = [builder.load(_vector_at(builder, xs_p, x_row, j), align=8) for j in range(nv)]
         w_row = builder.gep(w_p, [builder.add(builder.mul(f, ldw), row_v)])
         for r in range(mr):
             wr = builder.load(builder.gep(w_row, [ir.Constant(i64, r)]), align=8)
@@ -92,9 +96,9 @@ def _emit_block(builder, xs_p, ldx, w_p, ldw, s_p, lds, row_v, px_v, sx_v, nf_v,
                 product = builder.fmul(wv, xv[j], flags=("contract",))
                 builder.store(builder.fadd(builder.load(slot), product, flags=("contract",)), slot)
     for r in range(mr):
-        s_row = builder.gep(s_p, [builder.add(builder.mul(builder.add(row_v, ir.Constant(i64, r)), lds), sx_v)])
+        s_row = builder.add(builder.mul(builder.add(row_v, ir.Constant(i64, r)), lds), sx_v)
         for j in range(nv):
-            ptr = builder.bitcast(builder.gep(s_row, [ir.Constant(i64, j * VECTOR)]), vpt)
+            ptr = _vector_at(builder, s_p, s_row, j)
             builder.store(builder.fadd(builder.load(ptr, align=8), builder.load(accs[r * nv + j])), ptr, align=8)
 
 

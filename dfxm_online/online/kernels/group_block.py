@@ -27,7 +27,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .dense_block import VECTOR, _data
+from .dense_block import VECTOR, _data, _vector_at
 
 #: vectors of pixels per group or maximum block: 6 sums, 6 squares and a frame vector at a
 #: time fit 16 registers. The compute core on the AVX2 target (NUMBA_CPU_NAME=haswell):
@@ -36,12 +36,6 @@ from .dense_block import VECTOR, _data
 NV = 6
 #: pixels one such block covers
 GROUP_PIXELS = VECTOR * NV
-
-
-def _row_pointer(builder, address, vpt, offset):
-    """The vector at element `offset` of the float64 row at `address` (a uint64)."""
-    base = builder.inttoptr(address, ir.DoubleType().as_pointer())
-    return builder.bitcast(builder.gep(base, [offset]), vpt)
 
 
 def _make_group_block(nv: int, squares: bool):
@@ -62,9 +56,7 @@ def _make_group_block(nv: int, squares: bool):
             xs_p, ldx = _data(context, builder, signature.args[0], xs_v)
             m_p, ldm = _data(context, builder, signature.args[1], m_v)
             vt = ir.VectorType(ir.DoubleType(), VECTOR)
-            vpt = vt.as_pointer()
             zero = ir.Constant(vt, [0.0] * VECTOR)
-            i64 = ir.IntType(64)
             accs, sqs = [], []
             for _ in range(nv):
                 accs.append(cgutils.alloca_once(builder, vt))
@@ -75,19 +67,19 @@ def _make_group_block(nv: int, squares: bool):
             m_row = builder.gep(m_p, [builder.mul(g_v, ldm)])
             with cgutils.for_range(builder, count_v) as loop:
                 f = builder.load(builder.gep(m_row, [loop.index]))
-                x_row = builder.gep(xs_p, [builder.add(builder.mul(f, ldx), px_v)])
+                x_row = builder.add(builder.mul(f, ldx), px_v)
                 for j in range(nv):
-                    xv = builder.load(builder.bitcast(builder.gep(x_row, [ir.Constant(i64, j * VECTOR)]), vpt), align=8)
+                    xv = builder.load(_vector_at(builder, xs_p, x_row, j), align=8)
                     builder.store(builder.fadd(builder.load(accs[j]), xv), accs[j])
                     if squares:
                         builder.store(builder.fadd(builder.load(sqs[j]), builder.fmul(xv, xv)), sqs[j])
+            rows = [(builder.inttoptr(row_v, ir.DoubleType().as_pointer()), accs)]
+            if squares:
+                rows.append((builder.inttoptr(sq_v, ir.DoubleType().as_pointer()), sqs))
             for j in range(nv):
-                offset = builder.add(dest_v, ir.Constant(i64, j * VECTOR))
-                for rows, slot in ((row_v, accs[j]), (sq_v, sqs[j] if squares else None)):
-                    if slot is None:
-                        continue
-                    ptr = _row_pointer(builder, rows, vpt, offset)
-                    builder.store(builder.fadd(builder.load(ptr, align=8), builder.load(slot)), ptr, align=8)
+                for base, slots in rows:
+                    ptr = _vector_at(builder, base, dest_v, j)
+                    builder.store(builder.fadd(builder.load(ptr, align=8), builder.load(slots[j])), ptr, align=8)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -121,12 +113,10 @@ def _make_max_block(nv: int, nans: bool):
             xs_p, ldx = _data(context, builder, signature.args[0], xs_v)
             max_p = context.make_array(signature.args[2])(context, builder, max_v).data
             vt = ir.VectorType(ir.DoubleType(), VECTOR)
-            vpt = vt.as_pointer()
             i64 = ir.IntType(64)
 
             def x_vector(f, j):
-                x_row = builder.gep(xs_p, [builder.add(builder.mul(f, ldx), px_v)])
-                return builder.load(builder.bitcast(builder.gep(x_row, [ir.Constant(i64, j * VECTOR)]), vpt), align=8)
+                return builder.load(_vector_at(builder, xs_p, builder.add(builder.mul(f, ldx), px_v), j), align=8)
 
             tops = []
             for j in range(nv):
@@ -137,7 +127,7 @@ def _make_max_block(nv: int, nans: bool):
                 for j in range(nv):
                     builder.store(_keep_max(builder, x_vector(f, j), builder.load(tops[j]), nans), tops[j])
             for j in range(nv):
-                ptr = builder.bitcast(builder.gep(max_p, [builder.add(dest_v, ir.Constant(i64, j * VECTOR))]), vpt)
+                ptr = _vector_at(builder, max_p, dest_v, j)
                 builder.store(_keep_max(builder, builder.load(tops[j]), builder.load(ptr, align=8), nans), ptr, align=8)
             return context.get_dummy_value()
 
