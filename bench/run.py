@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from threadpoolctl import threadpool_info
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -116,6 +117,13 @@ def code_paths() -> list[tuple[str, dict]]:
     return paths
 
 
+#: OpenBLAS kernels (OPENBLAS_CORETYPE) of a CPU of each forced numba target's kind: numpy's
+#: OpenBLAS picks its kernels for the real CPU, so the product beside a forced AVX2 or
+#: generic target runs AVX-512 code here; an AVX2 machine's product runs Haswell kernels
+#: (AMD's Zen too), an SSE4.2 machine's Nehalem ones and an older SSE3 one's Prescott ones
+#: (which OpenBLAS names "Katmai"). Measured in a process of its own each, beside the row.
+PATH_BLAS = {"haswell": ("Haswell",), "generic": ("Nehalem", "Prescott")}
+
 #: rounds of the compute-core measurement; each round runs every variant once, alternating
 CORE_ROUNDS = 5
 #: frames per round of the compute-core measurement (2048^2 uint16: 1 GiB)
@@ -142,11 +150,12 @@ def numpy_tiled_product(sums: np.ndarray, weights: np.ndarray, frames: np.ndarra
     for_each_tile(flat.shape[1], work, tile=TILE_PIXELS)
 
 
-def bench_compute_core(size: int, n_frames: int, batch: int) -> dict:
+def bench_compute_core(size: int, n_frames: int, batch: int, product_only: bool = False) -> dict:
     """This process's code path: the compute core (ScanPipeline.update with the default
     preprocessing and accumulators: 2-motor moments to 4th order, edge baseline,
     projections) on the numba pass and on the numpy floor, and the numpy tiled product of the
-    15 moment sums alone, in alternating rounds (frames/s: median, min-max)."""
+    15 moment sums alone, in alternating rounds (frames/s: median, min-max); `product_only`:
+    the product alone (under another OpenBLAS kernel, PATH_BLAS)."""
     from dfxm_online.online import kernels
     from dfxm_online.online.tiles import n_threads
 
@@ -166,6 +175,8 @@ def bench_compute_core(size: int, n_frames: int, batch: int) -> dict:
             numpy_tiled_product(sums, mono[s:s + batch], frames[s:s + batch])
 
     variants = {"numba": lambda: core("numba"), "numpy floor": lambda: core("numpy"), "numpy product": product}
+    if product_only:
+        variants = {"numpy product": product}
     for run in variants.values():  # compile, fault the memory in
         run()
     rates: dict[str, list[float]] = {k: [] for k in variants}
@@ -179,26 +190,34 @@ def bench_compute_core(size: int, n_frames: int, batch: int) -> dict:
             rates[name].append(n_frames / (time.perf_counter() - t0))
             cpu_rates[name].append(n_frames * n_threads() / (time.process_time() - c0))
     name, _ = kernels.numba_target()
+    blas = [i.get("architecture") for i in threadpool_info() if i.get("user_api") == "blas"]
     return {"target": name, "instruction_set": kernels.instruction_set(), "auto": kernels.frame_pass_backend()
-            if kernels.requested_backend() == "auto" else None,
+            if kernels.requested_backend() == "auto" else None, "blas": blas[0] if blas else None,
             **{k: (float(np.median(v)), float(min(v)), float(max(v))) for k, v in rates.items()},
             "cpu": {k: float(np.median(v)) for k, v in cpu_rates.items()}}
+
+
+def _core_child(size: int, n_frames: int, batch: int, env: dict, product_only: bool = False) -> dict | str:
+    """One compute-core child's JSON result, or the last line of its error."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU", "OPENBLAS_CORETYPE"))}
+    child_env.update(env)
+    child_env["DFXM_KERNELS"] = "auto"
+    flag = "--product-child" if product_only else "--compute-core-child"
+    run = subprocess.run([sys.executable, str(Path(__file__)), flag, str(size), str(n_frames), str(batch)],
+                         env=child_env, capture_output=True, text=True)
+    if run.returncode != 0:
+        return run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "?"
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def compute_core_paths(size: int, n_frames: int, batch: int) -> list[str]:
     """Markdown rows of the compute core on each code path (a subprocess each)."""
     rows = []
     for label, env in code_paths():
-        child_env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
-        child_env.update(env)
-        child_env["DFXM_KERNELS"] = "auto"
-        run = subprocess.run([sys.executable, str(Path(__file__)), "--compute-core-child", str(size),
-                              str(n_frames), str(batch)], env=child_env, capture_output=True, text=True)
-        if run.returncode != 0:
-            rows.append(f"| {label} | failed: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else '?'} |"
-                        " | | | | | |")
+        r = _core_child(size, n_frames, batch, env)
+        if isinstance(r, str):
+            rows.append(f"| {label} | failed: {r} | | | | | | |")
             continue
-        r = json.loads(run.stdout.strip().splitlines()[-1])
         print(json.dumps({"path": label, **r}), flush=True)
 
         def fps(v: list[float]) -> str:
@@ -206,8 +225,18 @@ def compute_core_paths(size: int, n_frames: int, batch: int) -> list[str]:
 
         chosen = "numba" if r["auto"] == "numba" else "numpy floor"
         cpu = r["cpu"]
+        own = []
+        for coretype in PATH_BLAS.get(env.get("NUMBA_CPU_NAME", ""), ()):
+            b = _core_child(size, n_frames, batch, {**env, "OPENBLAS_CORETYPE": coretype}, product_only=True)
+            if isinstance(b, str):
+                own.append(f"{coretype}: failed ({b})")
+                continue
+            print(json.dumps({"path": label, "OPENBLAS_CORETYPE": coretype, **b}), flush=True)
+            own.append(f"{coretype} ({b['blas']}): {fps(b['numpy product'])}, "
+                       f"{r['auto']} {r[chosen][0] / b['numpy product'][0]:.2f}x")
         rows.append(f"| {label} | {r['target']} ({r['instruction_set']}) | {fps(r['numba'])} | {fps(r['numpy floor'])} "
                     f"| {fps(r['numpy product'])} | {r['auto']}: {r[chosen][0] / r['numpy product'][0]:.2f}x "
+                    f"| {'; '.join(own) or '(the same CPU)'} "
                     f"| {cpu['numba']:.0f} / {cpu['numpy floor']:.0f} / {cpu['numpy product']:.0f}: "
                     f"{cpu[chosen] / cpu['numpy product']:.2f}x |")
     return rows
@@ -694,11 +723,16 @@ def main() -> None:
                         help="extra 'dfxm-online serve' flags for the daemon, e.g. '--batch-size 32'")
     parser.add_argument("--compute-core-child", nargs=3, type=int, metavar=("SIZE", "FRAMES", "BATCH"),
                         help=argparse.SUPPRESS)  # one code path's compute core, as JSON (see CODE_PATHS)
+    parser.add_argument("--product-child", nargs=3, type=int, metavar=("SIZE", "FRAMES", "BATCH"),
+                        help=argparse.SUPPRESS)  # the numpy tiled product alone (see PATH_BLAS)
     parser.add_argument("--daemon-log-level", default="WARNING",
                         help="the daemons' log level (their log goes to stderr), e.g. DEBUG for per-publish times")
     args = parser.parse_args()
     if args.compute_core_child:
         print(json.dumps(bench_compute_core(*args.compute_core_child)))
+        return
+    if args.product_child:
+        print(json.dumps(bench_compute_core(*args.product_child, product_only=True)))
         return
     DAEMON_ARGS[:] = args.daemon_args.split()
     DAEMON_LOG_LEVEL[0] = args.daemon_log_level
@@ -722,14 +756,18 @@ def main() -> None:
         "numpy tiled product of the 15 moment sums (`w @ x` over 16k-pixel tiles, one BLAS thread "
         "per tile thread; OpenBLAS picks its kernel for the real CPU whatever the numba target). "
         f"frames/s over {CORE_FRAMES} frames: median (min-max) of {CORE_ROUNDS} alternating rounds. "
-        "Then what `DFXM_KERNELS=auto` runs on that target, over the numpy tiled product. Last column: "
+        "Then what `DFXM_KERNELS=auto` runs on that target, over the numpy tiled product. Then the "
+        "product with the OpenBLAS kernels a CPU of the target's kind gets (`OPENBLAS_CORETYPE`, "
+        "a process of its own each: Haswell for AVX2, also AMD's; Nehalem for SSE4.2 and Prescott, "
+        "which OpenBLAS names Katmai, for older SSE CPUs), and what auto runs over it. Last column: "
         "the same per CPU time (frames per second of the process's CPU time x the tile threads: "
         "numba / numpy floor / numpy product, and auto over the product), which a machine shared "
         "with other work changes less than the wall-clock rates.",
         "",
         "| path | numba target | compute core, numba | compute core, numpy floor | numpy tiled product (15 sums) "
-        "| auto, over the product | per CPU time: numba / floor / product, auto over the product |",
-        "|---|---|---|---|---|---|---|",
+        "| auto, over the product | the product with the target's BLAS kernels, auto over it "
+        "| per CPU time: numba / floor / product, auto over the product |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     if part in (None, "accumulators", "compute-core"):
         lines += compute_core_paths(size, CORE_FRAMES, batch)

@@ -67,7 +67,54 @@ def check_frame_pass(backend: str = "numba") -> list[str]:
         done.append(f"frame_pass {np.dtype(dtype).name}{' float32 products' if single else ''}")
     done += check_register_block_edges(backend)
     done += check_groups_and_maximum_edges(backend)
+    done += check_groups_in_dense_rows(backend)
     return done
+
+
+def check_groups_in_dense_rows(backend: str = "numba") -> list[str]:
+    """Groups without squares beside dense rows (which the numba pass puts in the spare rows
+    of the last register block, `framesums._Pass._dense_groups`), for row counts that leave
+    0 to 7 spare rows on every block shape: integer frames' group sums exact whatever the
+    members; float frames' sums the float64 chain in frame order, bit for bit, for a group of
+    every frame, and a partial group untouched by a NaN in a frame outside it; the maximum
+    of integer frames (taken by the first dense blocks) and of float frames (NaN kept)."""
+    from dfxm_online.online.framesums import frame_pass
+
+    rng = np.random.default_rng(16)
+    for r in (1, 4, 7, 8, 13, 15, 16):
+        n, p = 19, 1003
+        x = rng.integers(0, 65536, size=(n, p)).astype(np.uint16)
+        xf = x.astype(np.float64)
+        w = rng.normal(size=(n, r))
+        members = rng.random((4, n)) > 0.5
+        members[3] = True
+        gsums = rng.integers(0, 1000, size=(4, p)).astype(np.float64)
+        before = gsums.copy()
+        maximum = np.full(p, 30000.0)
+        frame_pass(x, 0, p, w, np.zeros((r, p)), members.astype(np.uint8), list(gsums), None, maximum,
+                   backend=backend)
+        assert np.array_equal(gsums, before + members.astype(np.float64) @ xf), r
+        assert np.array_equal(maximum, np.maximum(xf.max(axis=0), 30000.0)), r
+        y = rng.uniform(-5, 5, size=(n, p)).astype(np.float32)
+        partial = members[0].copy()
+        partial[3], partial[4] = False, True
+        y[3, 500] = np.nan
+        gsums = np.zeros((2, p))
+        maximum = np.full(p, -np.inf)
+        frame_pass(y, 0, p, w, np.zeros((r, p)), np.array([partial, members[3]], np.uint8), list(gsums), None,
+                   maximum, backend=backend)
+        chain = np.zeros(p)
+        for f in range(n):
+            chain = chain + y[f].astype(np.float64)
+        keep = np.arange(p) != 500
+        # the numba blocks add in frame order; BLAS (the numpy floor) in an order of its own
+        same = np.array_equal if backend == "numba" else lambda a, b: np.allclose(a, b, rtol=1e-12, atol=1e-9)
+        assert same(gsums[1][keep], chain[keep]) and np.isnan(gsums[1][500]), r
+        assert np.all(np.isfinite(gsums[0])), r
+        expected = np.where(partial[:, None], y.astype(np.float64), 0.0).sum(axis=0)
+        assert np.allclose(gsums[0], expected, rtol=1e-12, atol=1e-9), r
+        assert np.isnan(maximum[500]) and np.array_equal(maximum[keep], y.max(axis=0)[keep].astype(np.float64)), r
+    return ["frame_pass groups beside dense rows (spare block rows), maximum fused in the blocks"]
 
 
 def check_groups_and_maximum_edges(backend: str = "numba") -> list[str]:

@@ -210,11 +210,20 @@ def test_register_block_refuses_arrays_not_in_c_order():
     block = dense_block.VECTOR_BLOCK
 
     @njit
-    def one_block(xs, w, sums):
-        block(xs, w, sums, 0, 1, 0, 0, xs.shape[0])
+    def one_block(xs, w, rows, top):
+        block(xs, w, rows, 0, 1, 0, 0, xs.shape[0], top)
 
     w, sums = np.ones((4, 1)), np.zeros((1, 64))
-    one_block(np.ones((4, 64)), w, sums)
-    assert np.all(sums[0, : dense_block.VECTOR] == 4) and not sums[0, dense_block.VECTOR:].any()
+    rows = np.array([sums.ctypes.data], np.uint64)
+    xs = np.arange(4 * 64, dtype=np.float64).reshape(4, 64)
+    one_block(xs, w, rows, np.uint64(0))
+    expected = xs[:, : dense_block.VECTOR].sum(axis=0)
+    assert np.array_equal(sums[0, : dense_block.VECTOR], expected) and not sums[0, dense_block.VECTOR:].any()
+    # with the maximum of the frame vectors (integer frames' values) into a row as well
+    top = np.full(64, 100.0)
+    one_block(xs, w, rows, np.uint64(top.ctypes.data))
+    assert np.array_equal(sums[0, : dense_block.VECTOR], 2 * expected)
+    assert np.array_equal(top[: dense_block.VECTOR], np.maximum(xs[:, : dense_block.VECTOR].max(axis=0), 100))
+    assert np.all(top[dense_block.VECTOR:] == 100)
     with pytest.raises(TypingError):
-        one_block(np.ones((4, 128))[:, ::2], w, sums)
+        one_block(np.ones((4, 128))[:, ::2], w, rows, np.uint64(0))

@@ -180,38 +180,71 @@ class _Pass:
         # float64 (the register blocks are float64; float32 products measured no faster in
         # numba's previous pass, bench/RESULTS.md), within the float32 bound a fortiori
         weights = self.weights.astype(np.float32) if rows and self.single else self.weights
-        self.w = np.ascontiguousarray(weights, dtype=np.float64) if rows else np.zeros((n_frames, 0))
-        self.dense = self.sums if rows else np.zeros((0, n_pixels))
-        empty = np.zeros(0)
-        # the group rows by address (checked C-contiguous (P,) float64 above; self.gsums and
-        # self.gsumsq keep them alive while the pass runs)
-        self.g_addr = np.array([row.ctypes.data for row in self.gsums], dtype=np.uint64)
-        self.q_addr = np.array([0 if sq is None else sq.ctypes.data for sq in self.gsumsq], dtype=np.uint64)
-        self.has_sq = np.array([q is not None for q in self.gsumsq], dtype=np.bool_)
-        self.max_row = self.maximum if self.maximum is not None else empty
+        weights = np.ascontiguousarray(weights, dtype=np.float64) if rows else np.zeros((n_frames, 0))
+        row_addr = [self.sums[r].ctypes.data for r in range(rows)]
+        groups = self._dense_groups(rows)
+        if groups:
+            # a group's sums in the last dense block's spare rows, weights 0 and 1: the block
+            # streams every frame past anyway, where a group block reads its member frames
+            # from L2 once more (half of a 2048^2 batch, one thread: a scan half's group cost
+            # 14-15 ms this way against 2 ms as a 16th dense row, AVX-512 host, 2026-12-06)
+            weights = np.hstack([weights, self.members[groups].T.astype(np.float64)])
+            row_addr += [self.gsums[g].ctypes.data for g in groups]
+        self.w = np.ascontiguousarray(weights)
+        self.row_addr = np.array(row_addr, dtype=np.uint64)
+        kept = [g for g in range(len(self.gsums)) if g not in groups]
+        # the group rows by address (checked C-contiguous (P,) float64 above; self.sums,
+        # self.gsums and self.gsumsq keep them alive while the pass runs)
+        self.g_addr = np.array([self.gsums[g].ctypes.data for g in kept], dtype=np.uint64)
+        self.q_addr = np.array([0 if self.gsumsq[g] is None else self.gsumsq[g].ctypes.data for g in kept],
+                               dtype=np.uint64)
+        self.has_sq = np.array([self.gsumsq[g] is not None for g in kept], dtype=np.bool_)
+        self.max_row = self.maximum if self.maximum is not None else np.zeros(0)
         # each group's member frames by index, first in its row (the register blocks read
         # only those frames' rows of the packed sub-tile)
-        self.counts = self.members.sum(axis=1, dtype=np.int64)
-        self.member_index = np.zeros(self.members.shape, np.int64)
-        for g, row in enumerate(self.members):
+        members = self.members[kept]
+        self.counts = members.sum(axis=1, dtype=np.int64)
+        self.member_index = np.zeros(members.shape, np.int64)
+        for g, row in enumerate(members):
             found = np.flatnonzero(row)
             self.member_index[g, :len(found)] = found
         self.sub = numba_pass.sub_pixels(n_frames)
 
+    def _dense_groups(self, rows: int) -> list[int]:
+        """The groups (without squares) whose sums take the spare rows of the last dense
+        register block: as a dense row of weights 0 and 1 a group's sum is the same float64
+        chain in frame order, exact and bit-identical for integer frames, and for float
+        frames only where every frame is a member (0 x NaN would be NaN)."""
+        spare = (-rows) % numba_pass.MR if rows else 0
+        integer = self.frames.dtype.kind in "iu"
+        return [g for g in range(len(self.gsums))
+                if self.gsumsq[g] is None and (integer or self.members[g].all())][:spare]
+
     def _prepare_numpy(self) -> None:
         groups = len(self.gsums)
         mm = self.members.astype(np.float64)
-        # one product for the dense rows and the group sums (float64 products), and one for
-        # the squares over the frames that some group with squares takes
+        # a group's sums as a product row of weights 0 and 1 where that is exact: integer
+        # frames, or a group of every frame (0 x NaN or 0 x inf would be NaN); the other
+        # groups of float frames are summed over their member rows
+        integer = self.frames.dtype.kind in "iu"
+        in_product = [g for g in range(groups) if integer or self.members[g].all()]
+        self.product_groups = in_product
+        self.direct_groups = [(g, _rows_of(self.members[g])) for g in range(groups) if g not in in_product]
+        mm = mm[in_product]
+        # one product for the dense rows and the group sums (float64 products)
         self.wt = None if self.weights is None else self.weights.T.astype(np.float64)
         if self.wt is not None and not self.single:
             self.wt, self.mm = np.vstack([self.wt, mm]), None
         else:
             self.mm = mm
             self.wt = None if self.wt is None else self.wt.astype(np.float32)
-        self.sq_rows = [g for g in range(groups) if self.gsumsq[g] is not None]
-        self.sq_frames = np.flatnonzero(mm[self.sq_rows].any(axis=0)) if self.sq_rows else np.zeros(0, int)
-        self.mm_sq = mm[np.ix_(self.sq_rows, self.sq_frames)]
+        # each group's squares as an einsum over its member rows: a view where they are
+        # consecutive (the edge bands), else gathered into the call's scratch. Half of a
+        # 2048^2 batch, one thread, three edge bands: ~50 ms, where squaring the frames and a
+        # product with the members took ~125 (2026-12-06)
+        self.sq_groups = [(g, _rows_of(self.members[g])) for g in range(groups) if self.gsumsq[g] is not None]
+        self.gather = max([_count(sel) for _, sel in self.sq_groups + self.direct_groups if isinstance(sel, np.ndarray)],
+                          default=0)
 
     def run(self, start: int, stop: int) -> None:
         """Pixels start <= p < stop."""
@@ -222,14 +255,14 @@ class _Pass:
         if self.backend == "numba":
             # per-call scratch (this thread's): the packed, converted sub-tile
             xs = np.empty((self.frames.shape[0], self.sub))
-            numba_pass.frame_pass(self.frames, start, stop, self.w, self.dense, xs, self.member_index, self.counts,
+            numba_pass.frame_pass(self.frames, start, stop, self.w, self.row_addr, xs, self.member_index, self.counts,
                                   self.g_addr, self.q_addr, self.has_sq, self.max_row,
                                   self.frames.dtype.kind == "f")
             return
-        # this call's scratch: a converted tile (and its squares) of NUMPY_TILE pixels
+        # this call's scratch: a converted tile of NUMPY_TILE pixels (and its rows gathered)
         n_frames = self.frames.shape[0]
         x = np.empty((n_frames, NUMPY_TILE))
-        x2 = np.empty((len(self.sq_frames), NUMPY_TILE)) if self.sq_rows else None
+        x2 = np.empty((self.gather, NUMPY_TILE)) if self.gather else None
         for a in range(start, stop, NUMPY_TILE):
             self._numpy_tile(a, min(a + NUMPY_TILE, stop), x, x2)
 
@@ -244,16 +277,41 @@ class _Pass:
             rows = self.sums.shape[0]
             self.sums[:, a:b] += products[:rows]
             totals = products[rows:] if self.mm is None else None
-        if self.gsums:
+        if self.product_groups:
             totals = self.mm @ x if totals is None else totals
-            for row, total in zip(self.gsums, totals):
-                row[a:b] += total
-            if self.sq_rows:
-                x2 = np.square(x[self.sq_frames], out=x2[:, : b - a])
-                for g, total in zip(self.sq_rows, self.mm_sq @ x2):
-                    self.gsumsq[g][a:b] += total
+            for g, total in zip(self.product_groups, totals):
+                self.gsums[g][a:b] += total
+        for g, sel in self.direct_groups:
+            if _count(sel):
+                self.gsums[g][a:b] += _member_rows(x, sel, x2).sum(axis=0)
+        for g, sel in self.sq_groups:
+            if _count(sel):
+                part = _member_rows(x, sel, x2)
+                self.gsumsq[g][a:b] += np.einsum("fp,fp->p", part, part)
         if self.maximum is not None:
-            np.maximum(self.maximum[a:b], x.max(axis=0), out=self.maximum[a:b])
+            # integer frames' maximum on the frames themselves (no NaN; 2-4x fewer bytes)
+            top = self.frames[:, a:b] if self.frames.dtype.kind in "iu" else x
+            np.maximum(self.maximum[a:b], top.max(axis=0), out=self.maximum[a:b])
+
+
+def _rows_of(members: np.ndarray) -> slice | np.ndarray:
+    """A group's member frames: a slice where they are consecutive, else their indices."""
+    found = np.flatnonzero(members)
+    if len(found) and found[-1] - found[0] + 1 == len(found):
+        return slice(int(found[0]), int(found[-1]) + 1)
+    return found
+
+
+def _count(rows: slice | np.ndarray) -> int:
+    return rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+
+
+def _member_rows(x: np.ndarray, rows: slice | np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """x's member rows: a view of a slice, or gathered into the scratch (no new array each
+    tile)."""
+    if isinstance(rows, slice):
+        return x[rows]
+    return np.take(x, rows, axis=0, out=scratch[: len(rows), : x.shape[1]])
 
 
 def frame_pass(frames: np.ndarray, start: int, stop: int, weights: np.ndarray | None,

@@ -23,6 +23,7 @@ then added to `sums` once: within `framesums.sum_order_bound` like any order.
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -52,6 +53,12 @@ def _block_shape() -> tuple[int, int, int]:
 
 #: doubles per vector, rows and vectors of running sums in one register block
 VECTOR, MR, NV = _block_shape()
+#: whether the pass takes the maximum of integer frames in its first dense blocks: NV more
+#: registers, which the blocks have to spare where the CPU has FMA (no register for the
+#: product). The compute core (2048^2, 64 frames): host 441 -> 505, AVX2 332 -> 365 frames/s
+#: (with the groups in spare rows, `framesums._Pass._dense_groups`); the generic SSE2 target,
+#: 16 registers and a product, 158 without against 154 with (alternating; 2026-12-06)
+MAX_IN_BLOCK = "fma" in numba_target()[1]
 #: pixels one register block covers
 BLOCK_PIXELS = VECTOR * NV
 
@@ -70,8 +77,10 @@ def _vector_at(builder, base, offset, j: int = 0):
     return builder.bitcast(builder.gep(base, [builder.add(offset, ir.Constant(ir.IntType(64), j * VECTOR))]), vpt)
 
 
-def _emit_block(builder, xs_p, ldx, w_p, ldw, s_p, lds, row_v, px_v, sx_v, nf_v, mr: int, nv: int) -> None:
-    """The IR of one block of `mr` rows x `nv` vectors (see `_make_block`)."""
+def _emit_block(builder, xs_p, ldx, w_p, ldw, rows_p, row_v, px_v, sx_v, nf_v, mr: int, nv: int,
+                max_p=None) -> None:
+    """The IR of one block of `mr` rows x `nv` vectors (see `_make_block`); with `max_p` (a
+    float64 pointer) also the maximum of the frame vectors, into max_p[0 : nv * VECTOR]."""
     vt = ir.VectorType(ir.DoubleType(), VECTOR)
     zero = ir.Constant(vt, [0.0] * VECTOR)
     undef = ir.Constant(vt, ir.Undefined)
@@ -82,10 +91,18 @@ def _emit_block(builder, xs_p, ldx, w_p, ldw, s_p, lds, row_v, px_v, sx_v, nf_v,
         slot = cgutils.alloca_once(builder, vt)
         builder.store(zero, slot)
         accs.append(slot)
+    tops = []
+    if max_p is not None:
+        lowest = ir.Constant(vt, [float("-inf")] * VECTOR)
+        for _ in range(nv):
+            tops.append(cgutils.alloca_once(builder, vt))
+            builder.store(lowest, tops[-1])
     with cgutils.for_range(builder, nf_v) as loop:
         f = loop.index
         x_row = builder.add(builder.mul(f, ldx), px_v)
         xv = [builder.load(_vector_at(builder, xs_p, x_row, j), align=8) for j in range(nv)]
+        for j, top in enumerate(tops):
+            builder.store(_larger(builder, xv[j], builder.load(top)), top)
         w_row = builder.gep(w_p, [builder.add(builder.mul(f, ldw), row_v)])
         for r in range(mr):
             wr = builder.load(builder.gep(w_row, [ir.Constant(i64, r)]), align=8)
@@ -96,39 +113,61 @@ def _emit_block(builder, xs_p, ldx, w_p, ldw, s_p, lds, row_v, px_v, sx_v, nf_v,
                 product = builder.fmul(wv, xv[j], flags=("contract",))
                 builder.store(builder.fadd(builder.load(slot), product, flags=("contract",)), slot)
     for r in range(mr):
-        s_row = builder.add(builder.mul(builder.add(row_v, ir.Constant(i64, r)), lds), sx_v)
+        address = builder.load(builder.gep(rows_p, [builder.add(row_v, ir.Constant(i64, r))]))
+        s_row = builder.inttoptr(address, ir.DoubleType().as_pointer())
         for j in range(nv):
-            ptr = _vector_at(builder, s_p, s_row, j)
+            ptr = _vector_at(builder, s_row, sx_v, j)
             builder.store(builder.fadd(builder.load(ptr, align=8), builder.load(accs[r * nv + j])), ptr, align=8)
+    for j, top in enumerate(tops):
+        ptr = _vector_at(builder, max_p, ir.Constant(i64, 0), j)
+        builder.store(_larger(builder, builder.load(top), builder.load(ptr, align=8)), ptr, align=8)
+
+
+def _larger(builder, candidate, current):
+    """max(current, candidate) of values that are never NaN (integer frames': one vmaxpd)."""
+    return builder.select(builder.fcmp_ordered(">", candidate, current), candidate, current)
+
+
+#: the switch's case offset of the blocks that also take the maximum (above every row count)
+_WITH_MAX = 64
 
 
 def _make_block(nv: int):
     """The intrinsic for a block of 1..MR rows (a run-time argument) x `nv` vectors."""
 
-    def block(typingctx, xs, w, sums, row, mr, px, sx, n_frames):
-        """sums[row + r, sx + j] += sum_{f < n_frames} w[f, row + r] * xs[f, px + j] for
-        r < mr (1 <= mr <= MR), j < nv * VECTOR (xs (F, X), w (F, R), sums (R, P):
-        C-contiguous float64)."""
-        if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == types.float64
-                   for a in (xs, w, sums)):
+    def block(typingctx, xs, w, rows, row, mr, px, sx, n_frames, top):
+        """S_{row + r}[sx + j] += sum_{f < n_frames} w[f, row + r] * xs[f, px + j] for
+        r < mr (1 <= mr <= MR), j < nv * VECTOR (xs (F, X), w (F, R): C-contiguous float64;
+        rows (R,) uint64: the addresses of the float64 rows S_r of the sums, which may be
+        rows of one array or not: a group's row takes a spare row of the last block). `top` (uint64): 0, or the address of nv * VECTOR float64
+        maxima to raise to those of the frame vectors (integer frames: no NaN), which the
+        block has in registers anyway (the pass's maximum then reads no frame again)."""
+        if not (all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == types.float64
+                    for a in (xs, w))
+                and isinstance(rows, types.Array) and rows.ndim == 1 and rows.dtype == types.uint64):
             return None  # the code below takes rows as shape[1] elements apart: C order only
-        sig = types.void(xs, w, sums, types.intp, types.intp, types.intp, types.intp, types.intp)
+        sig = types.void(xs, w, rows, types.intp, types.intp, types.intp, types.intp, types.intp, types.uint64)
 
         def codegen(context, builder, signature, args):
-            xs_v, w_v, sums_v, row_v, mr_v, px_v, sx_v, nf_v = args
+            xs_v, w_v, rows_v, row_v, mr_v, px_v, sx_v, nf_v, top_v = args
             xs_p, ldx = _data(context, builder, signature.args[0], xs_v)
             w_p, ldw = _data(context, builder, signature.args[1], w_v)
-            s_p, lds = _data(context, builder, signature.args[2], sums_v)
+            rows_p = context.make_array(signature.args[2])(context, builder, rows_v).data
             # one block of code per number of rows, chosen by a switch: a block's running
             # sums must be named registers, so each row count is its own code
+            # (and with and without the maximum, chosen by `top`)
             done = builder.function.append_basic_block(f"dense{nv}.done")
-            switch = builder.switch(mr_v, done)
-            for mr in range(1, MR + 1):
-                case = builder.function.append_basic_block(f"dense{nv}.rows{mr}")
-                switch.add_case(ir.Constant(mr_v.type, mr), case)
-                builder.position_at_end(case)
-                _emit_block(builder, xs_p, ldx, w_p, ldw, s_p, lds, row_v, px_v, sx_v, nf_v, mr, nv)
-                builder.branch(done)
+            top_p = builder.inttoptr(top_v, ir.DoubleType().as_pointer())
+            with_top = builder.zext(builder.icmp_unsigned("!=", top_v, ir.Constant(top_v.type, 0)), mr_v.type)
+            switch = builder.switch(builder.add(builder.mul(with_top, ir.Constant(mr_v.type, _WITH_MAX)), mr_v), done)
+            for with_max in (False, True):
+                for mr in range(1, MR + 1):
+                    case = builder.function.append_basic_block(f"dense{nv}.rows{mr}{'.max' if with_max else ''}")
+                    switch.add_case(ir.Constant(mr_v.type, _WITH_MAX * with_max + mr), case)
+                    builder.position_at_end(case)
+                    _emit_block(builder, xs_p, ldx, w_p, ldw, rows_p, row_v, px_v, sx_v, nf_v, mr, nv,
+                                top_p if with_max else None)
+                    builder.branch(done)
             builder.position_at_end(done)
             return context.get_dummy_value()
 
@@ -145,14 +184,16 @@ BLOCK, VECTOR_BLOCK = _make_block(NV), _make_block(1)
 
 
 @njit(nogil=True, cache=True)
-def dense_block_rows(xs, w, sums, r, mr, sx, n_blocks, n_vec, n_frames):
-    """sums[r:r+mr, sx:sx+n_vec] += w[:n_frames, r:r+mr].T @ xs[:n_frames, :n_vec] (1 <= mr
+def dense_block_rows(xs, w, rows, r, mr, sx, n_blocks, n_vec, n_frames, top):
+    """S[r:r+mr, sx:sx+n_vec] += w[:n_frames, r:r+mr].T @ xs[:n_frames, :n_vec] (S: the rows
+    at the addresses `rows`, see `BLOCK`; 1 <= mr
     <= MR; n_blocks <= n_vec multiples of BLOCK_PIXELS and VECTOR): full register blocks,
-    then single vectors."""
+    then single vectors. `top`: 0, or the address of the maximum's element for pixel `sx`,
+    raised to the frames' maximum over these n_vec pixels (integer frames)."""
     for p in range(0, n_blocks, BLOCK_PIXELS):
-        BLOCK(xs, w, sums, r, mr, p, sx + p, n_frames)
+        BLOCK(xs, w, rows, r, mr, p, sx + p, n_frames, top + np.uint64(8 * p) if top else top)
     for p in range(n_blocks, n_vec, VECTOR):
-        VECTOR_BLOCK(xs, w, sums, r, mr, p, sx + p, n_frames)
+        VECTOR_BLOCK(xs, w, rows, r, mr, p, sx + p, n_frames, top + np.uint64(8 * p) if top else top)
 
 
 @intrinsic

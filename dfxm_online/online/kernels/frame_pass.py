@@ -47,7 +47,7 @@ import numpy as np
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
-from .dense_block import BLOCK_PIXELS, MR, VECTOR, dense_block_rows, prefetch
+from .dense_block import BLOCK_PIXELS, MAX_IN_BLOCK, MR, VECTOR, dense_block_rows, prefetch
 from .group_block import (
     GROUP_1,
     GROUP_1_SQ,
@@ -94,20 +94,27 @@ def sub_pixels(n_frames: int) -> int:
 
 
 @njit(nogil=True, cache=True)
-def _dense(xs, w, sums, n_frames, sx, n):
-    """sums[:, sx:sx + n] += w[:n_frames].T @ xs[:n_frames, :n]: register blocks over the
-    rows and the pixels, single vectors for what is left of n, scalars for the last < VECTOR."""
-    n_rows = sums.shape[0]
+def _dense(xs, w, rows, n_frames, sx, n, top):
+    """S[:, sx:sx + n] += w[:n_frames].T @ xs[:n_frames, :n] (S: the float64 rows at the
+    addresses `rows`): register blocks over the
+    rows and the pixels, single vectors for what is left of n, scalars for the last < VECTOR.
+    `top`: 0, or the address of the maximum's element for pixel sx, which the first rows'
+    blocks raise to the frames' maximum over the first n // VECTOR * VECTOR pixels (integer
+    frames: `frame_pass`)."""
+    n_rows = rows.shape[0]
     n_blocks = n // BLOCK_PIXELS * BLOCK_PIXELS
     n_vec = n // VECTOR * VECTOR
     for r in range(0, n_rows, MR):
-        dense_block_rows(xs, w, sums, r, min(MR, n_rows - r), sx, n_blocks, n_vec, n_frames)
+        dense_block_rows(xs, w, rows, r, min(MR, n_rows - r), sx, n_blocks, n_vec, n_frames,
+                         top if r == 0 else np.uint64(0))
     for r in range(n_rows):
-        for i in range(n_vec, n):
-            acc = 0.0
-            for f in range(n_frames):
-                acc += w[f, r] * xs[f, i]
-            sums[r, sx + i] += acc
+        if n_vec < n:
+            row = _row(rows[r], sx, n)
+            for i in range(n_vec, n):
+                acc = 0.0
+                for f in range(n_frames):
+                    acc += w[f, r] * xs[f, i]
+                row[i] += acc
 
 
 @njit(nogil=True, cache=True)
@@ -147,12 +154,13 @@ def _groups(xs, members, counts, gsums, gsumsq, has_sq, t0, n):
 
 
 @njit(nogil=True, cache=True)
-def _maximum(xs, n_frames, maximum, t0, n, nans):
+def _maximum(xs, n_frames, maximum, t0, n, nans, tail_only):
     """maximum[t0:t0 + n] = max(itself, the packed sub-tile's first n pixels) (`nans`: the
-    values may be NaN, which then stays)."""
-    n_blocks = n // GROUP_PIXELS * GROUP_PIXELS
+    values may be NaN, which then stays); `tail_only`: only the last n % VECTOR pixels (the
+    dense blocks took the others)."""
     n_vec = n // VECTOR * VECTOR
-    for p in range(0, n_blocks, GROUP_PIXELS):
+    n_blocks = n_vec if tail_only else n // GROUP_PIXELS * GROUP_PIXELS
+    for p in range(n_vec if tail_only else 0, n_blocks, GROUP_PIXELS):
         if nans:
             MAX_NV(xs, n_frames, maximum, p, t0 + p)
         else:
@@ -172,11 +180,12 @@ def _maximum(xs, n_frames, maximum, t0, n, nans):
 
 
 @njit(nogil=True, cache=True)
-def frame_pass(frames, start, stop, w, sums, xs, members, counts, gsums, gsumsq, has_sq, maximum, nans):
+def frame_pass(frames, start, stop, w, rows, xs, members, counts, gsums, gsumsq, has_sq, maximum, nans):
     """One pass over pixels start..stop (0 <= start <= stop <= P) of `frames` (F, P) (see
     the module docstring).
 
-    `w` (F, R) float64 weights; `sums` (R, P) float64 (R may be 0); `xs` (F, SUB) float64
+    `w` (F, R) float64 weights; `rows` (R,) uint64: the addresses of R C-contiguous (P,)
+    float64 rows of sums (R may be 0), which the caller keeps alive; `xs` (F, SUB) float64
     scratch (SUB a multiple of BLOCK_PIXELS); `members` (G, F) int64: group g's member
     frames are members[g, :counts[g]]; `gsums`, `gsumsq` (G,) uint64: the addresses of G
     C-contiguous (P,) float64 rows, which the caller keeps alive (`gsumsq[g]` used where
@@ -184,7 +193,7 @@ def frame_pass(frames, start, stop, w, sums, xs, members, counts, gsums, gsumsq,
     may hold NaN, which the maximum keeps).
     """
     n_frames = frames.shape[0]
-    n_rows = sums.shape[0]
+    n_rows = rows.shape[0]
     use_max = maximum.shape[0] > 0
     sub = xs.shape[1]
     ahead = _LINE // frames.itemsize
@@ -198,8 +207,12 @@ def frame_pass(frames, start, stop, w, sums, xs, members, counts, gsums, gsumsq,
             if nxt < stop:  # the next sub-tile's row of this frame, while this one computes
                 for i in range(0, min(sub, stop - nxt), ahead):
                     prefetch(frames, f, nxt + i)
+        # the maximum of integer frames (never NaN) in the first dense rows' blocks, which
+        # hold the frame vectors in registers anyway: one pass over the sub-tile fewer
+        fused = use_max and n_rows > 0 and not nans and MAX_IN_BLOCK
         if n_rows > 0:
-            _dense(xs, w, sums, n_frames, t0, n)
+            top = np.uint64(maximum.ctypes.data + 8 * t0) if fused else np.uint64(0)
+            _dense(xs, w, rows, n_frames, t0, n, top)
         _groups(xs, members, counts, gsums, gsumsq, has_sq, t0, n)
         if use_max:
-            _maximum(xs, n_frames, maximum, t0, n, nans)
+            _maximum(xs, n_frames, maximum, t0, n, nans, fused)
