@@ -147,11 +147,14 @@ def test_accumulate_rejects_plans_of_different_sizes():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.uint32, np.int32])
-def test_integer_group_sums_and_maximum_exact_at_the_type_limits(dtype, backend):
+def test_integer_group_sums_and_maximum_exact_at_the_type_limits(dtype, dense, backend):
     # integer frames are summed and compared in integers within a tile: the largest batch
     # a pass takes, of the type's extreme values, must not overflow, and a NaN already in
-    # the maximum stays NaN as it does with float frames
+    # the maximum stays NaN as it does with float frames. With dense rows beside them the
+    # numba pass converts the frames in the dense blocks, takes the maximum there and puts
+    # the sum-only group in a spare dense row: the same values
     info = np.iinfo(dtype)
     n, p = MAX_PASS_FRAMES, 700
     x = np.full((n, p), info.max, dtype=dtype)
@@ -164,8 +167,11 @@ def test_integer_group_sums_and_maximum_exact_at_the_type_limits(dtype, backend)
     gsumsq = np.ones(p)
     maximum = np.zeros(p)
     maximum[10] = np.nan
-    frame_pass(x, 0, p, None, None, members, list(gsums), [None, gsumsq], maximum, False, backend=backend)
+    weights, sums = (np.ones((n, 3)), np.zeros((3, p))) if dense else (None, None)
+    frame_pass(x, 0, p, weights, sums, members, list(gsums), [None, gsumsq], maximum, False, backend=backend)
     xi = x.astype(np.int64)  # exact reference
+    if dense:  # whole numbers below 2^53: exact
+        np.testing.assert_array_equal(sums, np.broadcast_to(xi.sum(axis=0).astype(np.float64), (3, p)))
     expect = 1 + members.astype(np.int64) @ xi
     np.testing.assert_array_equal(gsums, expect.astype(np.float64))
     if info.bits <= 16:  # squares summed exactly in integers
@@ -210,20 +216,22 @@ def test_register_block_refuses_arrays_not_in_c_order():
     block = dense_block.VECTOR_BLOCK
 
     @njit
-    def one_block(xs, w, rows, top):
-        block(xs, w, rows, 0, 1, 0, 0, xs.shape[0], top)
+    def one_block(xs, w, rows, top, frames, pack):
+        block(xs, w, rows, 0, 1, 0, 0, xs.shape[0], top, frames, pack)
 
     w, sums = np.ones((4, 1)), np.zeros((1, 64))
     rows = np.array([sums.ctypes.data], np.uint64)
     xs = np.arange(4 * 64, dtype=np.float64).reshape(4, 64)
-    one_block(xs, w, rows, np.uint64(0))
+    one_block(xs, w, rows, np.uint64(0), xs, False)
     expected = xs[:, : dense_block.VECTOR].sum(axis=0)
     assert np.array_equal(sums[0, : dense_block.VECTOR], expected) and not sums[0, dense_block.VECTOR:].any()
-    # with the maximum of the frame vectors (integer frames' values) into a row as well
+    # packing integer frames into xs on the way, with their maximum into a row as well
+    frames = (xs[::-1] * 7).astype(np.uint16)
     top = np.full(64, 100.0)
-    one_block(xs, w, rows, np.uint64(top.ctypes.data))
-    assert np.array_equal(sums[0, : dense_block.VECTOR], 2 * expected)
-    assert np.array_equal(top[: dense_block.VECTOR], np.maximum(xs[:, : dense_block.VECTOR].max(axis=0), 100))
-    assert np.all(top[dense_block.VECTOR:] == 100)
+    one_block(xs, w, rows, np.uint64(top.ctypes.data), frames, True)
+    v = dense_block.VECTOR
+    assert np.array_equal(xs[:, :v], frames[:, :v]) and np.array_equal(xs[:, v:], np.arange(4 * 64.0).reshape(4, 64)[:, v:])
+    assert np.array_equal(sums[0, :v], expected + frames[:, :v].sum(axis=0))
+    assert np.array_equal(top[:v], np.maximum(frames[:, :v].max(axis=0), 100)) and np.all(top[v:] == 100)
     with pytest.raises(TypingError):
-        one_block(np.ones((4, 128))[:, ::2], w, rows, np.uint64(0))
+        one_block(np.ones((4, 128))[:, ::2], w, rows, np.uint64(0), frames, False)

@@ -32,10 +32,16 @@ from numba.extending import intrinsic
 from . import numba_target, wide_vectors
 
 
+def _registers() -> int:
+    """Vector registers of this process's numba target."""
+    _, features = numba_target()
+    return 32 if ("avx512f" in features or "neon" in features) else 16
+
+
 def _block_shape() -> tuple[int, int, int]:
     """(VECTOR doubles per vector, MR rows, NV vectors) for this process's numba target."""
     _, features = numba_target()
-    registers = 32 if ("avx512f" in features or "neon" in features) else 16
+    registers = _registers()
     if wide_vectors():
         # zmm: 24 running sums + 3 frame vectors + a weight, 28 of 32 registers. The
         # compute core (2048^2, 64 frames, 15 rows: blocks of 8 + 7) ran at 382-437 frames/s
@@ -59,6 +65,11 @@ VECTOR, MR, NV = _block_shape()
 #: (with the groups in spare rows, `framesums._Pass._dense_groups`); the generic SSE2 target,
 #: 16 registers and a product, 158 without against 154 with (alternating; 2026-12-06)
 MAX_IN_BLOCK = "fma" in numba_target()[1]
+#: whether the first dense blocks read the frames and pack the sub-tile themselves (where the
+#: packing loop would write it and the blocks read it back): with 32 registers. The compute
+#: core (2048^2, 64 frames): host 501 -> 528, AVX-512 on ymm 401 -> 408 frames/s; on the
+#: 16-register AVX2 and generic targets 356 -> 322 and 158 -> 149 (same runs, 2026-12-06)
+PACK_IN_BLOCK = _registers() >= 32
 #: pixels one register block covers
 BLOCK_PIXELS = VECTOR * NV
 
@@ -78,9 +89,11 @@ def _vector_at(builder, base, offset, j: int = 0):
 
 
 def _emit_block(builder, xs_p, ldx, w_p, ldw, rows_p, row_v, px_v, sx_v, nf_v, mr: int, nv: int,
-                max_p=None) -> None:
+                max_p=None, source=None) -> None:
     """The IR of one block of `mr` rows x `nv` vectors (see `_make_block`); with `max_p` (a
-    float64 pointer) also the maximum of the frame vectors, into max_p[0 : nv * VECTOR]."""
+    float64 pointer) also the maximum of the frame vectors, into max_p[0 : nv * VECTOR];
+    with `source` (frames pointer, row length, frame type) the frame vectors are read from
+    the frames at pixel sx, converted, and also stored into xs (the packing of the sub-tile)."""
     vt = ir.VectorType(ir.DoubleType(), VECTOR)
     zero = ir.Constant(vt, [0.0] * VECTOR)
     undef = ir.Constant(vt, ir.Undefined)
@@ -100,7 +113,12 @@ def _emit_block(builder, xs_p, ldx, w_p, ldw, rows_p, row_v, px_v, sx_v, nf_v, m
     with cgutils.for_range(builder, nf_v) as loop:
         f = loop.index
         x_row = builder.add(builder.mul(f, ldx), px_v)
-        xv = [builder.load(_vector_at(builder, xs_p, x_row, j), align=8) for j in range(nv)]
+        if source is None:
+            xv = [builder.load(_vector_at(builder, xs_p, x_row, j), align=8) for j in range(nv)]
+        else:
+            xv = _converted(builder, source, builder.add(builder.mul(f, source[1]), sx_v), nv)
+            for j in range(nv):
+                builder.store(xv[j], _vector_at(builder, xs_p, x_row, j), align=8)
         for j, top in enumerate(tops):
             builder.store(_larger(builder, xv[j], builder.load(top)), top)
         w_row = builder.gep(w_p, [builder.add(builder.mul(f, ldw), row_v)])
@@ -123,50 +141,81 @@ def _emit_block(builder, xs_p, ldx, w_p, ldw, rows_p, row_v, px_v, sx_v, nf_v, m
         builder.store(_larger(builder, builder.load(top), builder.load(ptr, align=8)), ptr, align=8)
 
 
+def _converted(builder, source, offset, nv: int) -> list:
+    """`nv` vectors of VECTOR frame values from element `offset` of the frames, as float64
+    (exact for every frame type the pass reads)."""
+    frames_p, _, dtype = source
+    lanes = ir.VectorType(frames_p.type.pointee, VECTOR)
+    vt = ir.VectorType(ir.DoubleType(), VECTOR)
+    out = []
+    for j in range(nv):
+        at = builder.gep(frames_p, [builder.add(offset, ir.Constant(ir.IntType(64), j * VECTOR))])
+        v = builder.load(builder.bitcast(at, lanes.as_pointer()), align=dtype.bitwidth // 8)
+        if isinstance(dtype, types.Float):
+            out.append(v if dtype.bitwidth == 64 else builder.fpext(v, vt))
+        elif dtype.signed:
+            out.append(builder.sitofp(v, vt))
+        else:
+            out.append(builder.uitofp(v, vt))
+    return out
+
+
 def _larger(builder, candidate, current):
     """max(current, candidate) of values that are never NaN (integer frames': one vmaxpd)."""
     return builder.select(builder.fcmp_ordered(">", candidate, current), candidate, current)
 
 
-#: the switch's case offset of the blocks that also take the maximum (above every row count)
-_WITH_MAX = 64
+#: the switch's case offset per mode of a block (above every row count): 2 x packs the
+#: sub-tile + takes the maximum
+_MODE = 64
 
 
 def _make_block(nv: int):
     """The intrinsic for a block of 1..MR rows (a run-time argument) x `nv` vectors."""
 
-    def block(typingctx, xs, w, rows, row, mr, px, sx, n_frames, top):
+    def block(typingctx, xs, w, rows, row, mr, px, sx, n_frames, top, frames, pack):
         """S_{row + r}[sx + j] += sum_{f < n_frames} w[f, row + r] * xs[f, px + j] for
         r < mr (1 <= mr <= MR), j < nv * VECTOR (xs (F, X), w (F, R): C-contiguous float64;
         rows (R,) uint64: the addresses of the float64 rows S_r of the sums, which may be
         rows of one array or not: a group's row takes a spare row of the last block). `top` (uint64): 0, or the address of nv * VECTOR float64
         maxima to raise to those of the frame vectors (integer frames: no NaN), which the
-        block has in registers anyway (the pass's maximum then reads no frame again)."""
+        block has in registers anyway (the pass's maximum then reads no frame again).
+        `pack` (bool): the frame vectors are frames[f, sx + j] (frames (F, P) C-contiguous,
+        any integer or float type of the pass), converted to float64 and stored into
+        xs[f, px + j] on the way: the first rows' blocks pack the sub-tile for the others
+        (`PACK_IN_BLOCK`)."""
         if not (all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == types.float64
                     for a in (xs, w))
-                and isinstance(rows, types.Array) and rows.ndim == 1 and rows.dtype == types.uint64):
+                and isinstance(rows, types.Array) and rows.ndim == 1 and rows.dtype == types.uint64
+                and isinstance(frames, types.Array) and frames.ndim == 2 and frames.layout == "C"
+                and isinstance(frames.dtype, (types.Integer, types.Float))):
             return None  # the code below takes rows as shape[1] elements apart: C order only
-        sig = types.void(xs, w, rows, types.intp, types.intp, types.intp, types.intp, types.intp, types.uint64)
+        sig = types.void(xs, w, rows, types.intp, types.intp, types.intp, types.intp, types.intp, types.uint64,
+                         frames, types.boolean)
 
         def codegen(context, builder, signature, args):
-            xs_v, w_v, rows_v, row_v, mr_v, px_v, sx_v, nf_v, top_v = args
+            xs_v, w_v, rows_v, row_v, mr_v, px_v, sx_v, nf_v, top_v, frames_v, pack_v = args
             xs_p, ldx = _data(context, builder, signature.args[0], xs_v)
             w_p, ldw = _data(context, builder, signature.args[1], w_v)
             rows_p = context.make_array(signature.args[2])(context, builder, rows_v).data
+            frames_p, ldf = _data(context, builder, signature.args[9], frames_v)
+            source = (frames_p, ldf, signature.args[9].dtype)
             # one block of code per number of rows, chosen by a switch: a block's running
             # sums must be named registers, so each row count is its own code
-            # (and with and without the maximum, chosen by `top`)
+            # (and reading the packed sub-tile or packing it, with or without the maximum:
+            # chosen by `pack` and `top`)
             done = builder.function.append_basic_block(f"dense{nv}.done")
             top_p = builder.inttoptr(top_v, ir.DoubleType().as_pointer())
             with_top = builder.zext(builder.icmp_unsigned("!=", top_v, ir.Constant(top_v.type, 0)), mr_v.type)
-            switch = builder.switch(builder.add(builder.mul(with_top, ir.Constant(mr_v.type, _WITH_MAX)), mr_v), done)
-            for with_max in (False, True):
+            mode = builder.add(builder.mul(builder.zext(pack_v, mr_v.type), ir.Constant(mr_v.type, 2)), with_top)
+            switch = builder.switch(builder.add(builder.mul(mode, ir.Constant(mr_v.type, _MODE)), mr_v), done)
+            for mode, name in enumerate(("", ".max", ".pack", ".pack.max")):
                 for mr in range(1, MR + 1):
-                    case = builder.function.append_basic_block(f"dense{nv}.rows{mr}{'.max' if with_max else ''}")
-                    switch.add_case(ir.Constant(mr_v.type, _WITH_MAX * with_max + mr), case)
+                    case = builder.function.append_basic_block(f"dense{nv}.rows{mr}{name}")
+                    switch.add_case(ir.Constant(mr_v.type, _MODE * mode + mr), case)
                     builder.position_at_end(case)
                     _emit_block(builder, xs_p, ldx, w_p, ldw, rows_p, row_v, px_v, sx_v, nf_v, mr, nv,
-                                top_p if with_max else None)
+                                top_p if mode % 2 else None, source if mode >= 2 else None)
                     builder.branch(done)
             builder.position_at_end(done)
             return context.get_dummy_value()
@@ -184,16 +233,17 @@ BLOCK, VECTOR_BLOCK = _make_block(NV), _make_block(1)
 
 
 @njit(nogil=True, cache=True)
-def dense_block_rows(xs, w, rows, r, mr, sx, n_blocks, n_vec, n_frames, top):
+def dense_block_rows(xs, w, rows, r, mr, sx, n_blocks, n_vec, n_frames, top, frames, pack):
     """S[r:r+mr, sx:sx+n_vec] += w[:n_frames, r:r+mr].T @ xs[:n_frames, :n_vec] (S: the rows
     at the addresses `rows`, see `BLOCK`; 1 <= mr
     <= MR; n_blocks <= n_vec multiples of BLOCK_PIXELS and VECTOR): full register blocks,
-    then single vectors. `top`: 0, or the address of the maximum's element for pixel `sx`,
-    raised to the frames' maximum over these n_vec pixels (integer frames)."""
+    then single vectors. `pack`: the frame vectors read from `frames` at pixel sx and packed
+    into xs on the way; `top`: 0, or the address of the maximum's element for
+    pixel `sx`, raised to the frames' maximum over these n_vec pixels (integer frames)."""
     for p in range(0, n_blocks, BLOCK_PIXELS):
-        BLOCK(xs, w, rows, r, mr, p, sx + p, n_frames, top + np.uint64(8 * p) if top else top)
+        BLOCK(xs, w, rows, r, mr, p, sx + p, n_frames, top + np.uint64(8 * p) if top else top, frames, pack)
     for p in range(n_blocks, n_vec, VECTOR):
-        VECTOR_BLOCK(xs, w, rows, r, mr, p, sx + p, n_frames, top + np.uint64(8 * p) if top else top)
+        VECTOR_BLOCK(xs, w, rows, r, mr, p, sx + p, n_frames, top + np.uint64(8 * p) if top else top, frames, pack)
 
 
 @intrinsic

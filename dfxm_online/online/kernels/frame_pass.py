@@ -47,7 +47,15 @@ import numpy as np
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
-from .dense_block import BLOCK_PIXELS, MAX_IN_BLOCK, MR, VECTOR, dense_block_rows, prefetch
+from .dense_block import (
+    BLOCK_PIXELS,
+    MAX_IN_BLOCK,
+    MR,
+    PACK_IN_BLOCK,
+    VECTOR,
+    dense_block_rows,
+    prefetch,
+)
 from .group_block import (
     GROUP_1,
     GROUP_1_SQ,
@@ -94,19 +102,20 @@ def sub_pixels(n_frames: int) -> int:
 
 
 @njit(nogil=True, cache=True)
-def _dense(xs, w, rows, n_frames, sx, n, top):
+def _dense(xs, w, rows, n_frames, sx, n, top, frames):
     """S[:, sx:sx + n] += w[:n_frames].T @ xs[:n_frames, :n] (S: the float64 rows at the
-    addresses `rows`): register blocks over the
-    rows and the pixels, single vectors for what is left of n, scalars for the last < VECTOR.
-    `top`: 0, or the address of the maximum's element for pixel sx, which the first rows'
-    blocks raise to the frames' maximum over the first n // VECTOR * VECTOR pixels (integer
-    frames: `frame_pass`)."""
+    addresses `rows`): register blocks over the rows and the pixels, single vectors for what
+    is left of n, scalars for the last < VECTOR. With PACK_IN_BLOCK the first rows' blocks
+    read the frames at pixel sx and pack the sub-tile's first n // VECTOR * VECTOR pixels into
+    xs for the others (the caller packs the rest); `top`: 0, or the address of the maximum's element for pixel
+    sx, which they raise to the frames' maximum over those pixels (integer frames:
+    `frame_pass`)."""
     n_rows = rows.shape[0]
     n_blocks = n // BLOCK_PIXELS * BLOCK_PIXELS
     n_vec = n // VECTOR * VECTOR
     for r in range(0, n_rows, MR):
         dense_block_rows(xs, w, rows, r, min(MR, n_rows - r), sx, n_blocks, n_vec, n_frames,
-                         top if r == 0 else np.uint64(0))
+                         top if r == 0 else np.uint64(0), frames, PACK_IN_BLOCK and r == 0)
     for r in range(n_rows):
         if n_vec < n:
             row = _row(rows[r], sx, n)
@@ -201,9 +210,16 @@ def frame_pass(frames, start, stop, w, rows, xs, members, counts, gsums, gsumsq,
         n = min(sub, stop - t0)
         tu = np.uint64(t0)
         nxt = t0 + sub
+        # with dense rows, their first blocks may pack the sub-tile's vectors (`_dense`):
+        # then only the last n % VECTOR pixels are packed here
+        packed = n // VECTOR * VECTOR if n_rows > 0 and PACK_IN_BLOCK else 0
         for f in range(n_frames):
-            for i in range(n):
-                xs[f, i] = frames[f, tu + np.uint64(i)]
+            if packed == 0:
+                for i in range(n):
+                    xs[f, i] = frames[f, tu + np.uint64(i)]
+            else:
+                for i in range(packed, n):
+                    xs[f, i] = frames[f, tu + np.uint64(i)]
             if nxt < stop:  # the next sub-tile's row of this frame, while this one computes
                 for i in range(0, min(sub, stop - nxt), ahead):
                     prefetch(frames, f, nxt + i)
@@ -212,7 +228,7 @@ def frame_pass(frames, start, stop, w, rows, xs, members, counts, gsums, gsumsq,
         fused = use_max and n_rows > 0 and not nans and MAX_IN_BLOCK
         if n_rows > 0:
             top = np.uint64(maximum.ctypes.data + 8 * t0) if fused else np.uint64(0)
-            _dense(xs, w, rows, n_frames, t0, n, top)
+            _dense(xs, w, rows, n_frames, t0, n, top, frames)
         _groups(xs, members, counts, gsums, gsumsq, has_sq, t0, n)
         if use_max:
             _maximum(xs, n_frames, maximum, t0, n, nans, fused)
