@@ -10,12 +10,25 @@ For pixels start <= p < stop of a batch `frames` (F, P):
 
 How, per sub-tile of pixels (SUB: as many as keep the batch's converted sub-tile within
 XS_BYTES, in L2): every frame's row of the sub-tile is read once from memory, converted
-to float64 into a packed (F, SUB) buffer; then the dense sums are a small matrix product of
+to float64 into a packed (F, SUB) buffer (by a loop, or by the first dense blocks, below); then the dense sums are a small matrix product of
 that buffer, made by register blocks of MR rows x NV vectors of running sums that stay in
 registers while all F frames stream past (`dense_block.py`, LLVM vectors sized for the
 target), and each group's sums (and squares) and the maximum are register blocks of NV
 vectors over the group's member frames (`group_block.py`). The running sums in memory are
 read and written once per pass.
+
+What the dense blocks also do, since every frame vector passes through their registers
+(single thread, half of a 64-frame 2048^2 uint16 batch with the compute core's plans, host
+AVX-512, 2026-12-06: the pass 160 ms before these three, 123 ms after):
+- on 32-register targets (`dense_block.PACK_IN_BLOCK`) the first rows' blocks read the
+  frames, convert them and store the packed sub-tile themselves, in place of a packing loop
+  that wrote it and the blocks that read it back (-13 ms; on 16-register targets it spilled);
+- on FMA targets (`dense_block.MAX_IN_BLOCK`) the first rows' blocks take the maximum of
+  integer frames, one vmaxpd per frame vector (-12 ms, where the max block read the
+  sub-tile once more);
+- sum-only groups take the last block's spare rows as rows of weights 0 and 1
+  (`framesums._Pass._dense_groups`; a 16th row cost 2 ms where the scan half's group block
+  cost 14-15).
 
 History (issue 20): the C pass held an 8 rows x 16 pixels block in AVX-512 registers and
 spilled on a 16-register AVX2 CPU (12 frames/s); the first numba pass, innermost loops over
