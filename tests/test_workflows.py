@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -211,6 +212,42 @@ def test_failing_workflow_is_reported_and_the_daemon_goes_on(make_daemon, redis_
     assert wait_done(daemon, second.scan_key).state == "complete"
     metrics = daemon.metrics.text().decode()
     assert 'dfxm_workflows_total{state="failed"}' in metrics
+
+
+def test_a_state_that_cannot_be_saved_is_reported_and_no_workflow_runs(make_daemon, redis_url, tmp_path,
+                                                                         monkeypatch):
+    """The state is saved while the final maps are made: when the save fails (a full disk),
+    the final file says so (`post_scan/state` failed, the reason), no workflow is queued,
+    and the next scan is processed."""
+    import dfxm_online.scan_worker as scan_worker
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(scan_worker, "save_state", full_disk)
+    daemon = make_daemon(DaemonConfig(publish_period=0.2, post_scan=PostScanConfig(workflow="post_scan", fit=False)))
+    spec = SimulationSpec(kind="rocking", frame_shape=(16, 16), scan_dir=tmp_path / "scans", session="full",
+                          image_mode="array")
+    first = simulate(redis_url, spec)
+    status = wait_done(daemon, first.scan_key)
+    # the final maps go out while the state is saved, so the failure may follow them by a moment
+    deadline = time.monotonic() + 30
+    while True:
+        with h5py.File(status.path, "r") as f:
+            post = {k: v[()].decode() for k, v in f["entry/process/post_scan"].items()}
+            window = f["entry/process/moment_window_reason"][()].decode()
+        if post["state"] != "queued" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert post["state"] == "failed"
+    assert "accumulator state not saved" in post["reason"] and "No space left on device" in post["reason"]
+    assert "applied by the scan-end workflow" not in window
+    maps, process = read_maps_file(status.path)
+    assert process["state"] == "complete" and np.isfinite(maps["com_mu"]).any()
+    assert daemon.post_scan.wait(first.scan_key, 1.0) is None  # nothing was queued
+    assert not state_path(status.path).exists()
+    second = simulate(redis_url, spec)
+    assert wait_done(daemon, second.scan_key).state == "complete"
 
 
 def test_a_workflow_stopped_with_the_daemon_is_resumed_by_the_next(make_daemon, redis_url, tmp_path):
