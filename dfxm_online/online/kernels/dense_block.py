@@ -53,8 +53,17 @@ def _block_shape() -> tuple[int, int, int]:
     else:
         vector = 2  # xmm: SSE2, NEON
     if registers >= 32:
-        return vector, 5, 4  # 20 running sums + 4 frame vectors + a weight: 25 of 32
-    return vector, 5, 2  # 10 running sums + 2 frame vectors + a weight (+ a product): <= 14 of 16
+        # 24 running sums + 3 frame vectors + a weight (+ 3 maxima), as on zmm. AVX-512 on ymm
+        # (NUMBA_CPU_NAME=rocketlake with the host's features): 406-410 frames/s against
+        # 397-403 for 5 x 4 and 343-356 for 6 x 4 (alternating, 2026-12-06)
+        return vector, 8, 3
+    # 12 running sums + 3 frame vectors + a weight (+ a product without FMA; + 3 maxima with
+    # it, MAX_IN_BLOCK): LLVM keeps the sums in registers and the rest close. Compute core,
+    # alternating children (2026-12-06): AVX2 (haswell) 367-403 frames/s against 331-351 for
+    # 5 x 2 and 356 for 3 x 4; generic SSE2 174 against 155 for 5 x 2, 161 for 6 x 2, 171
+    # for 3 x 4, 128 for 7 x 1. (15 rows are then 4 + 4 + 4 + 3 blocks, whose spare row takes
+    # a sum-only group.)
+    return vector, 4, 3
 
 
 #: doubles per vector, rows and vectors of running sums in one register block
