@@ -10,12 +10,12 @@ For pixels start <= p < stop of a batch `frames` (F, P):
 
 How, per sub-tile of pixels (SUB: as many as keep the batch's converted sub-tile within
 XS_BYTES, in L2): every frame's row of the sub-tile is read once from memory, converted
-to float64 into a packed (F, SUB) buffer (by a loop, or by the first dense blocks, below); then the dense sums are a small matrix product of
-that buffer, made by register blocks of MR rows x NV vectors of running sums that stay in
-registers while all F frames stream past (`dense_block.py`, LLVM vectors sized for the
-target), and each group's sums (and squares) and the maximum are register blocks of NV
-vectors over the group's member frames (`group_block.py`). The running sums in memory are
-read and written once per pass.
+to float64 into a packed (F, SUB) buffer (by a loop, or by the first dense blocks, below);
+then the dense sums are a small matrix product of that buffer, made by register blocks of
+MR rows x NV vectors of running sums that stay in registers while all F frames stream past
+(`dense_block.py`, LLVM vectors sized for the target), and each group's sums (and squares)
+and the maximum are register blocks of NV vectors over the group's member frames
+(`group_block.py`). The running sums in memory are read and written once per pass.
 
 What the dense blocks also do, since every frame vector passes through their registers
 (single thread, half of a 64-frame 2048^2 uint16 batch with the compute core's plans, host
@@ -120,9 +120,9 @@ def _dense(xs, w, rows, n_frames, sx, n, top, frames):
     addresses `rows`): register blocks over the rows and the pixels, single vectors for what
     is left of n, scalars for the last < VECTOR. With PACK_IN_BLOCK the first rows' blocks
     read the frames at pixel sx and pack the sub-tile's first n // VECTOR * VECTOR pixels into
-    xs for the others (the caller packs the rest); `top`: 0, or the address of the maximum's element for pixel
-    sx, which they raise to the frames' maximum over those pixels (integer frames:
-    `frame_pass`)."""
+    xs for the others (the caller packs the rest); `top`: 0, or the address of the maximum's
+    element for pixel sx, which they raise to the frames' maximum over those pixels (integer
+    frames: `frame_pass`)."""
     n_rows = rows.shape[0]
     n_blocks = n // BLOCK_PIXELS * BLOCK_PIXELS
     n_vec = n // VECTOR * VECTOR
@@ -227,6 +227,8 @@ def frame_pass(frames, start, stop, w, rows, xs, members, counts, gsums, gsumsq,
         # then only the last n % VECTOR pixels are packed here
         packed = n // VECTOR * VECTOR if n_rows > 0 and PACK_IN_BLOCK else 0
         for f in range(n_frames):
+            # two loops: the one from 0 vectorizes better (the packing alone took 53 ms per
+            # half batch with a start of 0 given as a variable, 32 ms as written)
             if packed == 0:
                 for i in range(n):
                     xs[f, i] = frames[f, tu + np.uint64(i)]
