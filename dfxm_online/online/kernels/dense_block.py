@@ -174,8 +174,8 @@ def _larger(builder, candidate, current):
     return builder.select(builder.fcmp_ordered(">", candidate, current), candidate, current)
 
 
-#: the switch's case offset per mode of a block (above every row count): 2 x packs the
-#: sub-tile + takes the maximum
+#: the switch's case offset per mode of a block, above every row count: the mode is
+#: 2 x (packs the sub-tile) + (takes the maximum)
 _MODE = 64
 
 
@@ -186,9 +186,10 @@ def _make_block(nv: int):
         """S_{row + r}[sx + j] += sum_{f < n_frames} w[f, row + r] * xs[f, px + j] for
         r < mr (1 <= mr <= MR), j < nv * VECTOR (xs (F, X), w (F, R): C-contiguous float64;
         rows (R,) uint64: the addresses of the float64 rows S_r of the sums, which may be
-        rows of one array or not: a group's row takes a spare row of the last block). `top` (uint64): 0, or the address of nv * VECTOR float64
-        maxima to raise to those of the frame vectors (integer frames: no NaN), which the
-        block has in registers anyway (the pass's maximum then reads no frame again).
+        rows of one array or not: a group's row takes a spare row of the last block).
+        `top` (uint64): 0, or the address of nv * VECTOR float64 maxima to raise to those of
+        the frame vectors (integer frames: no NaN), which the block has in registers anyway
+        (the pass's maximum then reads no frame again).
         `pack` (bool): the frame vectors are frames[f, sx + j] (frames (F, P) C-contiguous,
         any integer or float type of the pass), converted to float64 and stored into
         xs[f, px + j] on the way: the first rows' blocks pack the sub-tile for the others
@@ -218,13 +219,13 @@ def _make_block(nv: int):
             with_top = builder.zext(builder.icmp_unsigned("!=", top_v, ir.Constant(top_v.type, 0)), mr_v.type)
             mode = builder.add(builder.mul(builder.zext(pack_v, mr_v.type), ir.Constant(mr_v.type, 2)), with_top)
             switch = builder.switch(builder.add(builder.mul(mode, ir.Constant(mr_v.type, _MODE)), mr_v), done)
-            for mode, name in enumerate(("", ".max", ".pack", ".pack.max")):
+            for m, name in enumerate(("", ".max", ".pack", ".pack.max")):
                 for mr in range(1, MR + 1):
                     case = builder.function.append_basic_block(f"dense{nv}.rows{mr}{name}")
-                    switch.add_case(ir.Constant(mr_v.type, _MODE * mode + mr), case)
+                    switch.add_case(ir.Constant(mr_v.type, _MODE * m + mr), case)
                     builder.position_at_end(case)
                     _emit_block(builder, xs_p, ldx, w_p, ldw, rows_p, row_v, px_v, sx_v, nf_v, mr, nv,
-                                top_p if mode % 2 else None, source if mode >= 2 else None)
+                                top_p if m % 2 else None, source if m >= 2 else None)
                     builder.branch(done)
             builder.position_at_end(done)
             return context.get_dummy_value()
@@ -244,9 +245,8 @@ BLOCK, VECTOR_BLOCK = _make_block(NV), _make_block(1)
 @njit(nogil=True, cache=True)
 def dense_block_rows(xs, w, rows, r, mr, sx, n_blocks, n_vec, n_frames, top, frames, pack):
     """S[r:r+mr, sx:sx+n_vec] += w[:n_frames, r:r+mr].T @ xs[:n_frames, :n_vec] (S: the rows
-    at the addresses `rows`, see `BLOCK`; 1 <= mr
-    <= MR; n_blocks <= n_vec multiples of BLOCK_PIXELS and VECTOR): full register blocks,
-    then single vectors. `pack`: the frame vectors read from `frames` at pixel sx and packed
+    at the addresses `rows`, see `BLOCK`; 1 <= mr <= MR; n_blocks <= n_vec multiples of
+    BLOCK_PIXELS and VECTOR): full register blocks, then single vectors. `pack`: the frame vectors read from `frames` at pixel sx and packed
     into xs on the way; `top`: 0, or the address of the maximum's element for
     pixel `sx`, raised to the frames' maximum over these n_vec pixels (integer frames)."""
     for p in range(0, n_blocks, BLOCK_PIXELS):
