@@ -77,7 +77,9 @@ MAX_IN_BLOCK = "fma" in numba_target()[1]
 #: whether the first dense blocks read the frames and pack the sub-tile themselves (where the
 #: packing loop would write it and the blocks read it back): with 32 registers. The compute
 #: core (2048^2, 64 frames): host 501 -> 528, AVX-512 on ymm 401 -> 408 frames/s; on the
-#: 16-register AVX2 and generic targets 356 -> 322 and 158 -> 149 (same runs, 2026-12-06)
+#: 16-register AVX2 and generic targets, with their blocks of 5 x 2 then, 356 -> 322 and
+#: 158 -> 149 (same runs), and with AVX2's 4 x 3 blocks no gain: 381-398 against 374-399
+#: (alternating; 2026-12-06)
 PACK_IN_BLOCK = _registers() >= 32
 #: pixels one register block covers
 BLOCK_PIXELS = VECTOR * NV
