@@ -72,7 +72,8 @@ VECTOR, MR, NV = _block_shape()
 #: registers, which the blocks have to spare where the CPU has FMA (no register for the
 #: product). The compute core (2048^2, 64 frames): host 441 -> 505, AVX2 332 -> 365 frames/s
 #: (with the groups in spare rows, `framesums._Pass._dense_groups`); the generic SSE2 target,
-#: 16 registers and a product, 158 without against 154 with (alternating; 2026-12-06)
+#: 16 registers and a product, 158 without against 154 with (5 x 2 blocks), 171-176 without
+#: against 160-163 with (4 x 3 blocks; alternating, 2026-12-06)
 MAX_IN_BLOCK = "fma" in numba_target()[1]
 #: whether the first dense blocks read the frames and pack the sub-tile themselves (where the
 #: packing loop would write it and the blocks read it back): with 32 registers. The compute
