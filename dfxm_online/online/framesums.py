@@ -210,24 +210,25 @@ class _Pass:
             self.member_index[g, :len(found)] = found
         self.sub = numba_pass.sub_pixels(n_frames)
 
+    def _weighs_exactly(self, g: int) -> bool:
+        """Whether group g's sum may be a row of weights 0 and 1 over every frame (a dense
+        row of the numba pass, a product row of the numpy floor): for integer frames, and for
+        float frames only where every frame is a member (0 x NaN or 0 x inf would be NaN)."""
+        return self.frames.dtype.kind in "iu" or bool(self.members[g].all())
+
     def _dense_groups(self, rows: int) -> list[int]:
         """The groups (without squares) whose sums take the spare rows of the last dense
-        register block: as a dense row of weights 0 and 1 a group's sum is the same float64
-        chain in frame order, exact and bit-identical for integer frames, and for float
-        frames only where every frame is a member (0 x NaN would be NaN)."""
+        register block: as a dense row a group's sum is the same float64 chain in frame
+        order, so exact and bit-identical (`_weighs_exactly`)."""
         spare = (-rows) % numba_pass.MR if rows else 0
-        integer = self.frames.dtype.kind in "iu"
-        return [g for g in range(len(self.gsums))
-                if self.gsumsq[g] is None and (integer or self.members[g].all())][:spare]
+        return [g for g in range(len(self.gsums)) if self.gsumsq[g] is None and self._weighs_exactly(g)][:spare]
 
     def _prepare_numpy(self) -> None:
         groups = len(self.gsums)
         mm = self.members.astype(np.float64)
-        # a group's sums as a product row of weights 0 and 1 where that is exact: integer
-        # frames, or a group of every frame (0 x NaN or 0 x inf would be NaN); the other
-        # groups of float frames are summed over their member rows
-        integer = self.frames.dtype.kind in "iu"
-        in_product = [g for g in range(groups) if integer or self.members[g].all()]
+        # a group's sums as a product row of weights 0 and 1 where that is exact
+        # (`_weighs_exactly`); the other groups of float frames are summed over their rows
+        in_product = [g for g in range(groups) if self._weighs_exactly(g)]
         self.product_groups = in_product
         self.direct_groups = [(g, _rows_of(self.members[g])) for g in range(groups) if g not in in_product]
         mm = mm[in_product]
