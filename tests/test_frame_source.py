@@ -175,6 +175,46 @@ def test_recycled_array_buffers_never_overwrite_frames_not_handed_out(redis_url,
     assert source._array._conn is None  # its connection is closed once the stream is sealed
 
 
+@pytest.mark.parametrize("mode, lag, read_points", [("array", 1, 3), ("array", 3, 3), ("array", 12, 5),
+                                                    ("lima", 2, None), ("lima", 9, None)])
+def test_batches_given_back_late_are_never_overwritten(redis_url, tmp_path, mode, lag, read_points):
+    """A consumer that recycles its batches `lag` batches late (the daemon's full-resolution
+    updates run behind its reads) gets every frame right: no read goes where a batch not
+    given back is. When they come back within a buffer's round, the reads go round one
+    buffer instead of taking new ones."""
+    from collections import deque
+
+    from dfxm_online.acquisition.frames import root_of
+
+    key, frames, _ = publish_scan(redis_url, tmp_path, mode, 90, 70 + lag + 20 * (mode == "lima"), frames_per_file=3)
+    # batches as a live scan's: what each read brings (max_delay 0), a few frames each
+    source = open_source(redis_url, key, batch_size=8, max_delay=0.0)
+    if read_points is not None:
+        source._array.max_points = read_points
+    held: deque[tuple[int, np.ndarray]] = deque()
+    buffers: list[np.ndarray] = []  # kept alive: distinct buffers are distinct objects
+    count = 0
+
+    def give_back() -> None:
+        first, batch = held.popleft()
+        np.testing.assert_array_equal(batch, frames[first : first + len(batch)])
+        source.recycle(batch)
+
+    for batch in source.batches():
+        root = root_of(batch.frames)
+        if not any(root is b for b in buffers):
+            buffers.append(root)
+        held.append((count, batch.frames))
+        count += len(batch.frames)
+        while len(held) > lag:
+            give_back()
+    while held:
+        give_back()
+    assert count == len(frames)
+    if mode == "array" and lag == 1:
+        assert len(buffers) <= 2, f"{len(buffers)} buffers for a consumer one batch behind"
+
+
 def test_free_shape_array_stream_is_read_through_blissdata(redis_url, tmp_path):
     """Frames of a stream declared with a free shape (-1, -1) carry their shape in each
     payload: read through blissdata's decoder, not straight from the socket."""

@@ -110,11 +110,17 @@ def _read_frames(dset: h5py.Dataset, first: int, out: np.ndarray) -> None:
         dset.read_direct(out, np.s_[first : first + len(out)])
 
 
-def _root(array: np.ndarray) -> np.ndarray:
+def root_of(array: np.ndarray) -> np.ndarray:
     """The array that owns the memory `array` views."""
     while isinstance(array.base, np.ndarray):
         array = array.base
     return array
+
+
+def _span(root: np.ndarray, frames: np.ndarray) -> tuple[int, int]:
+    """The frames of a batch buffer `root` that `frames` (a contiguous view of it) are."""
+    start = (frames.ctypes.data - root.ctypes.data) // max(1, root[0].nbytes) if len(root) else 0
+    return start, start + len(frames)
 
 
 _MAX_STREAM_ID = 2**64 - 1  # id of a blissdata stream's seal entry
@@ -330,7 +336,11 @@ class LiveFrameSource:
         self._announced = 0  # frames the image stream says exist
         self._lima_backlog = 0  # frames in closed Lima files not read yet (read-ahead bound)
         self._owned: list[weakref.ref] = []  # batch buffers this source allocated (alive)
-        self._free: np.ndarray | None = None  # one recycled buffer, for the next read
+        self._free: np.ndarray | None = None  # a buffer whose batches all came back
+        self._going_round = False  # the last read went round the tail buffer, not to a new one
+        #: the frames (index ranges) of batches handed out and not recycled yet, per buffer
+        #: (by id): no read goes where they are (`_free_until`)
+        self._lent: dict[int, list[tuple[int, int]]] = {}
         # the buffer plain array reads are appended to, and how many frames it holds
         self._tail: np.ndarray | None = None
         self._tail_used = 0
@@ -421,49 +431,71 @@ class LiveFrameSource:
         self._sealed = self._cursors_done and self._n_frames >= self._announced
 
     def _allocate(self, count: int, frame_shape: tuple[int, ...], dtype) -> np.ndarray:
-        """Room for `count` Lima frames: the recycled buffer when it fits, else a new one
-        with room for a whole batch (so that it can be recycled in turn).
-
-        Fresh memory is expensive here: a new 512 MB batch array costs its page faults on
-        first write, which made reading Lima files ~100 frames/s at 2048^2 where the same
-        reads into reused memory run at ~1250 frames/s (measured on this VM).
-        """
+        """Room for `count` frames at the start of a buffer that later reads go round
+        (`_allocate_tail`): the one kept by `recycle` when it fits, else a new one with room
+        for at least a whole batch."""
         buf = self._free
-        if buf is not None and buf.shape[1:] == frame_shape and buf.dtype == dtype and len(buf) >= count:
-            self._free = None
+        self._free = None
+        if buf is not None and buf.shape[1:] == tuple(frame_shape) and buf.dtype == dtype and len(buf) >= count:
             return buf[:count]
+        self._owned = [ref for ref in self._owned if ref() is not None]
+        alive = {id(ref()) for ref in self._owned}  # a freed buffer's id may be taken again
+        self._lent = {key: n for key, n in self._lent.items() if key in alive}
         buf = np.empty((max(count, self.batch_size), *frame_shape), dtype=dtype)
-        self._owned = [ref for ref in self._owned if ref() is not None] + [weakref.ref(buf)]
+        self._owned.append(weakref.ref(buf))
         return buf[:count]
 
     def _allocate_tail(self, count: int, frame_shape: tuple[int, ...], dtype) -> np.ndarray:
-        """Room for `count` plain array frames: right after the last frames read, when the
-        buffer holding them has room left, else as `_allocate`. So consecutive reads fill
+        """Room for `count` frames: right after the last frames read, when the buffer
+        holding them has room left, else from that buffer's start again when the frames
+        there have come back (`recycle`), else as `_allocate`. So consecutive reads fill
         one batch-sized buffer, and a batch is handed out as one view of it, not copied
-        together from several reads."""
+        together from several reads; and a consumer that recycles its batches a little
+        later (the daemon's full-resolution updates run behind its reads) goes round one
+        buffer instead of holding two."""
         tail = self._tail
-        if (tail is not None and tail.shape[1:] == tuple(frame_shape) and tail.dtype == dtype
-                and self._tail_used + count <= len(tail)):
-            return tail[self._tail_used : self._tail_used + count]
+        if tail is not None and tail.shape[1:] == tuple(frame_shape) and tail.dtype == dtype:
+            for start in (self._tail_used, 0):
+                if start + count <= self._free_until(tail, start):
+                    if start == 0:  # the reads go round: a buffer kept for want of room goes
+                        self._free, self._going_round = None, True
+                    return tail[start : start + count]
+        self._going_round = False
         buf = self._allocate(count, frame_shape, dtype)
-        self._tail, self._tail_used = _root(buf), 0
+        self._tail, self._tail_used = root_of(buf), 0
         return buf
+
+    def _free_until(self, root: np.ndarray, start: int) -> int:
+        """The end of the free frames of `root` from `start` on: the first frame after it
+        that is lent out (a batch not recycled yet) or not handed out yet, else its end."""
+        end = len(root)
+        spans = list(self._lent.get(id(root), []))
+        spans += [_span(root, chunk) for chunk in self._frames if root_of(chunk) is root]
+        for first, stop in spans:
+            if stop > start:
+                end = min(end, max(first, start))
+        return end
 
     def _tail_room(self) -> int:
         """Frames the next plain array read should ask for at most: those that fit in the
-        buffer the last read went into, else a batch (a new buffer's size)."""
-        room = 0 if self._tail is None else len(self._tail) - self._tail_used
-        return room if room > 0 else self.batch_size
+        buffer the last read went into (after them, else from its start again), else a
+        batch (a new buffer's size)."""
+        if self._tail is not None:
+            for start in (self._tail_used, 0):
+                room = self._free_until(self._tail, start) - start
+                if room > 0:
+                    return room
+        return self.batch_size
 
     def _append_frames(self, frames: np.ndarray) -> None:
         """Frames read, after those held; a read that continues the previous one in the same
         buffer extends its view."""
-        root = _root(frames)
+        root = root_of(frames)
         if root is self._tail and len(frames) and frames.flags.c_contiguous:
             start = (frames.ctypes.data - root.ctypes.data) // frames[0].nbytes
             self._tail_used = start + len(frames)
             last = self._frames[-1] if self._frames else None
-            if (last is not None and _root(last) is root and last.flags.c_contiguous
+            if (last is not None and root_of(last) is root and last.flags.c_contiguous
                     and last.ctypes.data + last.nbytes == frames.ctypes.data):
                 first = (last.ctypes.data - root.ctypes.data) // frames[0].nbytes
                 self._frames[-1] = root[first : self._tail_used]
@@ -471,20 +503,29 @@ class LiveFrameSource:
         self._frames.append(frames)
 
     def recycle(self, frames: np.ndarray) -> None:
-        """The consumer is done with a batch's frames: their buffer may take later reads.
+        """The consumer is done with a batch's frames (once per batch): their place in the
+        buffer may take later reads.
 
         Only for a consumer that keeps no reference to them (the daemon asks its pipeline,
-        `ScanPipeline.retains_frames`). A buffer that still holds frames not handed out yet,
-        or that this source did not allocate, is left alone.
+        `ScanPipeline.retains_frames`). No read goes where frames not handed out yet are,
+        or batches the consumer has not given back (the daemon's full-resolution updates
+        run behind its reads, `behind_preview`): a consumer may recycle its batches late,
+        and in any order. Frames this source did not allocate are left alone.
         """
-        base = _root(frames)
+        base = root_of(frames)
         if not any(ref() is base for ref in self._owned):
             return
-        if any(_root(chunk) is base for chunk in self._frames):
-            return
-        self._free = base
-        if base is self._tail:  # reads start again at its beginning
-            self._tail = None
+        lent = self._lent.get(id(base), [])
+        span = _span(base, frames)
+        if span in lent:
+            lent.remove(span)
+        # the tail buffer's frames that came back take later reads there (`_allocate_tail`);
+        # another buffer (the tail had no room for a read: the consumer was behind) is kept
+        # whole once all its batches are back, for the next time the tail has no room,
+        # unless the reads have gone round the tail since (the consumer caught up)
+        if (base is not self._tail and not self._going_round and not lent
+                and not any(root_of(chunk) is base for chunk in self._frames)):
+            self._free = base
 
     def _check_shape(self, frames, first_index: int) -> None:
         for k, frame in enumerate(frames):
@@ -520,6 +561,9 @@ class LiveFrameSource:
                 self._frames[0] = chunk[need:]
             n += len(taken[-1])
         batch_frames = taken[0] if len(taken) == 1 else np.concatenate(taken)
+        root = root_of(batch_frames)
+        if any(ref() is root for ref in self._owned):
+            self._lent.setdefault(id(root), []).append(_span(root, batch_frames))
         positions = {}
         for motor, chunks in self._positions.items():
             values = np.concatenate(chunks) if len(chunks) != 1 else chunks[0]
