@@ -86,6 +86,14 @@ class UpdatesBehindPreview:
             out.append(self._done.popleft())
         return out
 
+    def wait_finished(self) -> bool:
+        """Wait until an update is done whose frames `finished` has not given back yet, or
+        none is waiting; True if there are frames to give back."""
+        with self._room:
+            while not self._done and self._pending:
+                self._room.wait()
+            return bool(self._done)
+
     def flush(self, raise_error: bool = True) -> None:
         """Wait for every update submitted; raise the first failure (unless not `raise_error`)."""
         with self._room:

@@ -15,6 +15,7 @@ import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -262,6 +263,9 @@ class ScanWorker(threading.Thread):
         its first touch of a new scan's memory) is never between a frame and its live maps.
         The updates may still run when it returns (`_flush_updates`): the scan's last frames
         go out in a preview version first."""
+        # the source weakly: held by its own callback, it and its buffers (256 MB at
+        # 2048^2) would outlive the scan until the garbage collector found the cycle
+        source.reclaim = partial(self._reclaim, weakref.proxy(source))
         t_read = time.perf_counter()
         for batch in source.batches(self._stop_requested):
             t0 = time.perf_counter()
@@ -280,7 +284,10 @@ class ScanWorker(threading.Thread):
                     # one batch buffer, not two (two motors at 2048^2, in service: peak RSS
                     # 1.90 GB; with a whole batch_mb waiting 1.92-2.21 GB)
                     self.updates = UpdatesBehindPreview(self.d.config.analysis.batch_mb << 19)
-                    self.gather = BatchGather(source.batch_size // 2)
+                    self.gather = BatchGather(source.buffer_frames // 2)
+                    # and batches of half a buffer too: a scan the daemon catches up with
+                    # is read into one half while the other half's update runs
+                    source.batch_size = max(1, source.buffer_frames // 2)
                 for gathered in self.gather.add(*prepared, batch.frames):
                     self._submit_full_resolution(gathered)
                 done = self.updates.finished()
@@ -294,6 +301,24 @@ class ScanWorker(threading.Thread):
                     source.recycle(frames)  # the next read reuses the memory
             del batch, done  # its frames are free before the next read
             t_read = time.perf_counter()
+
+    def _reclaim(self, source: LiveFrameSource) -> bool:
+        """The frame source has no room left in its buffer for a read: wait for the oldest
+        full-resolution update (sending the batches held first, when none is waiting) and
+        give its batches back; False when none can come back. So a daemon a buffer behind
+        waits for its updates instead of holding a second buffer (256 MB at 2048^2)."""
+        if self.updates is None or self.pipeline is None or self.pipeline.retains_frames:
+            return False
+        if not self.updates.wait_finished():
+            held = self.gather.take() if self.gather is not None else None
+            if held is None:
+                return False
+            self._submit_full_resolution(held)
+            if not self.updates.wait_finished():
+                return False
+        for frames in self.updates.finished():
+            source.recycle(frames)
+        return True
 
     def _add_full_resolution(self, pipeline: ScanPipeline, frames: np.ndarray, positions: Mapping[str, np.ndarray],
                              n: int) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import h5py
@@ -312,6 +312,9 @@ class LiveFrameSource:
         self.idle_timeout = idle_timeout
         self.geometry = geometry
         self.batch_size = batch_size
+        #: frames per batch buffer (reads go round it): `batch_size` unless changed before
+        #: the first read; a consumer may hand out smaller batches later (`batch_size`)
+        self.buffer_frames = batch_size
         self.read_ahead = max(1, read_ahead if read_ahead is not None else batch_size)
         self.read_timeout = min(read_timeout, max_delay) if max_delay > 0 else read_timeout
         self.max_delay = max_delay
@@ -338,6 +341,10 @@ class LiveFrameSource:
         self._owned: list[weakref.ref] = []  # batch buffers this source allocated (alive)
         self._free: np.ndarray | None = None  # a buffer whose batches all came back
         self._going_round = False  # the last read went round the tail buffer, not to a new one
+        #: the consumer's way to give batches back when a read finds no room (it waits for
+        #: its own work on them, `recycle`s some, and says whether it did): set, the reads
+        #: wait for the consumer instead of taking a new buffer
+        self.reclaim: Callable[[], bool] | None = None
         #: the frames (index ranges) of batches handed out and not recycled yet, per buffer
         #: (by id): no read goes where they are (`_free_until`)
         self._lent: dict[int, list[tuple[int, int]]] = {}
@@ -441,25 +448,29 @@ class LiveFrameSource:
         self._owned = [ref for ref in self._owned if ref() is not None]
         alive = {id(ref()) for ref in self._owned}  # a freed buffer's id may be taken again
         self._lent = {key: n for key, n in self._lent.items() if key in alive}
-        buf = np.empty((max(count, self.batch_size), *frame_shape), dtype=dtype)
+        buf = np.empty((max(count, self.buffer_frames), *frame_shape), dtype=dtype)
         self._owned.append(weakref.ref(buf))
         return buf[:count]
 
     def _allocate_tail(self, count: int, frame_shape: tuple[int, ...], dtype) -> np.ndarray:
         """Room for `count` frames: right after the last frames read, when the buffer
         holding them has room left, else from that buffer's start again when the frames
-        there have come back (`recycle`), else as `_allocate`. So consecutive reads fill
+        there have come back (`recycle`; with `reclaim` set, after waiting for the consumer to
+        give some back), else as `_allocate`. So consecutive reads fill
         one batch-sized buffer, and a batch is handed out as one view of it, not copied
         together from several reads; and a consumer that recycles its batches a little
         later (the daemon's full-resolution updates run behind its reads) goes round one
         buffer instead of holding two."""
         tail = self._tail
-        if tail is not None and tail.shape[1:] == tuple(frame_shape) and tail.dtype == dtype:
-            for start in (self._tail_used, 0):
-                if start + count <= self._free_until(tail, start):
-                    if start == 0:  # the reads go round: a buffer kept for want of room goes
-                        self._free, self._going_round = None, True
-                    return tail[start : start + count]
+        if tail is not None and tail.shape[1:] == tuple(frame_shape) and tail.dtype == dtype and count <= len(tail):
+            while True:
+                for start in (self._tail_used, 0):
+                    if start + count <= self._free_until(tail, start):
+                        if start == 0:  # the reads go round: a buffer kept for want of room goes
+                            self._free, self._going_round = None, True
+                        return tail[start : start + count]
+                if self.reclaim is None or not self.reclaim():
+                    break
         self._going_round = False
         buf = self._allocate(count, frame_shape, dtype)
         self._tail, self._tail_used = root_of(buf), 0
@@ -480,12 +491,14 @@ class LiveFrameSource:
         """Frames the next plain array read should ask for at most: those that fit in the
         buffer the last read went into (after them, else from its start again), else a
         batch (a new buffer's size)."""
-        if self._tail is not None:
+        while self._tail is not None:
             for start in (self._tail_used, 0):
                 room = self._free_until(self._tail, start) - start
                 if room > 0:
                     return room
-        return self.batch_size
+            if self.reclaim is None or not self.reclaim():
+                break
+        return self.buffer_frames
 
     def _append_frames(self, frames: np.ndarray) -> None:
         """Frames read, after those held; a read that continues the previous one in the same
