@@ -12,15 +12,6 @@ down (back-pressure) instead of holding more and more frames.
 
 The worker recycles a batch's frame buffer only once its update is done (`finished`), on
 its own thread: the frame source is not thread-safe.
-
-Small batches are gathered into one update (`BatchGather`). A live scan's batches are the
-frames of one or two points (the frame source hands frames out as soon as they come), and
-an update's cost is mostly one pass over the pipeline's sums, whatever the number of
-frames: at 2048^2 with two motors (~0.6 GB of sums) an update of 1-2 frames took 0.1-0.15 s
-on its one thread, so at 10 frames/s the updates kept a core busy and the live path waited
-for the other one (frame-to-map p99 0.66-0.70 s in service). Consecutive batches lie one
-after the other in the frame source's batch buffer, so gathering them costs no copy: one
-update per buffer.
 """
 
 from __future__ import annotations
@@ -28,13 +19,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
-
-from .acquisition.frames import root_of
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +40,9 @@ class UpdatesBehindPreview:
         self._error: BaseException | None = None
         self._done: deque[np.ndarray] = deque()
 
-    def submit(self, update: Callable[[], None], frames: np.ndarray,
-               sources: Sequence[np.ndarray] | None = None) -> None:
+    def submit(self, update: Callable[[], None], frames: np.ndarray) -> None:
         """Run `update` (which reads `frames`) after the updates submitted before it; waits
-        while the frames already waiting fill `max_bytes`. `finished` gives back `sources`
-        (the frame source's batches `frames` was gathered from), else `frames`."""
+        while the frames already waiting fill `max_bytes`."""
         self._raise()
         size = int(frames.nbytes)
         with self._room:
@@ -65,16 +51,16 @@ class UpdatesBehindPreview:
             if self._error is None:  # counted only when it will run (flush waits for the count)
                 self._pending += size
         self._raise()
-        self._executor.submit(self._run, update, [frames] if sources is None else list(sources), size)
+        self._executor.submit(self._run, update, frames, size)
 
-    def _run(self, update: Callable[[], None], sources: list[np.ndarray], size: int) -> None:
+    def _run(self, update: Callable[[], None], frames: np.ndarray, size: int) -> None:
         try:
             if self._error is None:
                 update()
         except BaseException as exc:  # raised on the worker's thread by submit/flush
             self._error = exc
         finally:
-            self._done.extend(sources)
+            self._done.append(frames)
             with self._room:
                 self._pending -= size
                 self._room.notify_all()
@@ -110,61 +96,3 @@ class UpdatesBehindPreview:
     def _raise(self) -> None:
         if self._error is not None:
             raise self._error
-
-
-@dataclass
-class Gathered:
-    """Consecutive batches as one: their frames (one view), positions, and the frame
-    source's batches they came from (to recycle once the update is done)."""
-
-    frames: np.ndarray
-    positions: dict[str, np.ndarray]
-    sources: list[np.ndarray] = field(default_factory=list)
-
-
-def _follows(first: np.ndarray, then: np.ndarray) -> bool:
-    """True when `then` lies right after `first` in the same buffer (one view covers both)."""
-    return (first.flags.c_contiguous and then.flags.c_contiguous and first.dtype == then.dtype
-            and first.shape[1:] == then.shape[1:] and root_of(first) is root_of(then)
-            and root_of(first).flags.c_contiguous
-            and first.ctypes.data + first.nbytes == then.ctypes.data)
-
-
-class BatchGather:
-    """Consecutive prepared batches held until they make one full-resolution update of at
-    least `frames` frames (module docstring). Only batches that follow one another in one
-    buffer are gathered, so an update is one view and never a copy, and the frames held
-    stay within the frame source's buffers: a batch from elsewhere (a new buffer, a copy
-    made by the preprocessing chain) first sends on what is held."""
-
-    def __init__(self, frames: int) -> None:
-        self.frames = max(1, frames)
-        self._held: list[tuple[np.ndarray, Mapping[str, np.ndarray], np.ndarray]] = []
-        self._count = 0
-
-    def add(self, frames: np.ndarray, positions: Mapping[str, np.ndarray], source: np.ndarray) -> list[Gathered]:
-        """Hold a batch (`frames` as the pipeline takes it, from the source's batch `source`);
-        return what is due for an update now, oldest first."""
-        due = []
-        if self._held and not _follows(self._held[-1][0], frames):
-            due.append(self.take())
-        self._held.append((frames, positions, source))
-        self._count += len(frames)
-        if self._count >= self.frames:
-            due.append(self.take())
-        return [g for g in due if g is not None]
-
-    def take(self) -> Gathered | None:
-        """Everything held, as one batch (None when nothing is)."""
-        if not self._held:
-            return None
-        held, self._held, self._count = self._held, [], 0
-        first = held[0][0]
-        if len(held) == 1:
-            frames = first
-        else:  # one view over the batches, which follow one another in `root` (`add`)
-            root = root_of(first)
-            frames = np.ndarray((sum(len(f) for f, _, _ in held), *first.shape[1:]), dtype=first.dtype,
-                                buffer=root, offset=first.ctypes.data - root.ctypes.data)
-        positions = {key: np.concatenate([np.asarray(p[key]) for _, p, _ in held]) for key in held[0][1]}
-        return Gathered(frames, positions, [source for _, _, source in held])

@@ -35,7 +35,7 @@ from .acquisition.geometry import (
     geometry_from_scan_info,
     select_image_stream,
 )
-from .behind_preview import BatchGather, Gathered, UpdatesBehindPreview
+from .behind_preview import UpdatesBehindPreview
 from .live_binning import preview_binning
 from .logtext import one_line
 from .map_publisher import PROCESS_EXTRAS, MapPublisher
@@ -100,8 +100,6 @@ class ScanWorker(threading.Thread):
         self.preview_factor = 1
         #: the full-resolution updates, on a thread of their own behind the preview's
         self.updates: UpdatesBehindPreview | None = None
-        #: the live batches held until they make one full-resolution update
-        self.gather: BatchGather | None = None
         self.dark_mean: RunningMean | None = None
         self.dark_shape: tuple[int, ...] = ()
         self.geometry: ScanGeometry | None = None
@@ -125,7 +123,7 @@ class ScanWorker(threading.Thread):
         finally:
             if self.updates is not None:
                 self.updates.close()
-                self.updates = self.gather = None
+                self.updates = None
             # the daemon keeps its workers (their status, their key against a second
             # worker for the scan), not their accumulators: ~0.4-0.8 GB per 2048^2 scan
             self.pipeline = self.preview = None
@@ -160,23 +158,10 @@ class ScanWorker(threading.Thread):
             self._fail(f"{type(exc).__name__}: {exc}")
 
     def _flush_updates(self, raise_error: bool = True) -> None:
-        """Send the batches held (`gather`) and wait for the full-resolution updates
-        (`behind_preview`): before any version made from the full-resolution pipeline."""
-        if self.updates is None:
-            return
-        held = self.gather.take() if self.gather is not None else None
-        if held is not None:
-            try:
-                self._submit_full_resolution(held)
-            except Exception:  # an earlier update failed: raised by submit
-                if raise_error:
-                    raise
-        self.updates.flush(raise_error)
-
-    def _submit_full_resolution(self, gathered: Gathered) -> None:
-        """One gathered batch to the full-resolution pipeline, behind the preview."""
-        self.updates.submit(partial(self._add_full_resolution, self.pipeline, gathered.frames, gathered.positions,
-                                    len(gathered.frames)), gathered.frames, gathered.sources)
+        """Wait for the full-resolution updates submitted (`behind_preview`): before any
+        version made from the full-resolution pipeline."""
+        if self.updates is not None:
+            self.updates.flush(raise_error)
 
     def _fail(self, reason: str) -> None:
         reason = one_line(reason)
@@ -278,18 +263,8 @@ class ScanWorker(threading.Thread):
                 self.publish("running", background=True, behind=source.behind)
             if prepared is not None:
                 if self.updates is None:
-                    # updates of half a batch buffer, at most half a buffer of frames
-                    # waiting: the first half's update is done before the reads go round
-                    # to it again (`LiveFrameSource._allocate_tail`), so a live scan holds
-                    # one batch buffer, not two (two motors at 2048^2, in service: peak RSS
-                    # 1.90 GB; with a whole batch_mb waiting 1.92-2.21 GB)
-                    self.updates = UpdatesBehindPreview(self.d.config.analysis.batch_mb << 19)
-                    self.gather = BatchGather(source.buffer_frames // 2)
-                    # and batches of half a buffer too: a scan the daemon catches up with
-                    # is read into one half while the other half's update runs
-                    source.batch_size = max(1, source.buffer_frames // 2)
-                for gathered in self.gather.add(*prepared, batch.frames):
-                    self._submit_full_resolution(gathered)
+                    self.updates = UpdatesBehindPreview(self.d.config.analysis.batch_mb << 20)
+                self.updates.submit(partial(self._add_full_resolution, self.pipeline, *prepared, n), batch.frames)
                 done = self.updates.finished()
             else:
                 self.metrics.frames.inc(n)
@@ -304,18 +279,13 @@ class ScanWorker(threading.Thread):
 
     def _reclaim(self, source: LiveFrameSource) -> bool:
         """The frame source has no room left in its buffer for a read: wait for the oldest
-        full-resolution update (sending the batches held first, when none is waiting) and
-        give its batches back; False when none can come back. So a daemon a buffer behind
-        waits for its updates instead of holding a second buffer (256 MB at 2048^2)."""
+        full-resolution update and give its batch back; False when none can come back. So a
+        daemon a buffer behind waits for its updates instead of holding a second buffer
+        (256 MB at 2048^2)."""
         if self.updates is None or self.pipeline is None or self.pipeline.retains_frames:
             return False
         if not self.updates.wait_finished():
-            held = self.gather.take() if self.gather is not None else None
-            if held is None:
-                return False
-            self._submit_full_resolution(held)
-            if not self.updates.wait_finished():
-                return False
+            return False
         for frames in self.updates.finished():
             source.recycle(frames)
         return True
@@ -344,8 +314,8 @@ class ScanWorker(threading.Thread):
             self.dark_mean.update(batch.frames)
             return None
         shape = tuple(batch.frames.shape[1:])
-        if self.pipeline is not None and self.pipeline.raw_shape != shape:
-            self._flush_updates()  # whether the pipeline has taken frames yet
+        if self.pipeline is not None and self.pipeline.raw_shape != shape and self.updates is not None:
+            self.updates.flush()  # whether the pipeline has taken frames yet
         if self.pipeline is None or (not self.pipeline.frames_processed and self.pipeline.raw_shape != shape):
             self.pipeline = self._new_pipeline(geometry, shape)  # the announced shape was not the frames'
             self.preview_factor = preview_binning(self.pipeline.frame_shape, len(geometry.motors), self._forced())

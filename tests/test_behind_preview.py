@@ -101,46 +101,26 @@ def test_a_submit_waiting_for_room_when_an_update_fails_raises_and_flush_returns
     updates.close()
 
 
-def test_consecutive_batches_are_gathered_into_one_view_without_a_copy():
-    """Batches that follow one another in one buffer become one update of at least the
-    gather's size: one view of that buffer (no copy), their positions in order, and the
-    batches themselves to give back to the frame source."""
-    from dfxm_online.behind_preview import BatchGather
 
-    buffer = np.arange(12 * 3 * 2, dtype=np.uint16).reshape(12, 3, 2)
-    gather = BatchGather(5)
-    assert gather.take() is None
-    sizes, due, start = (2, 1, 3, 2, 1), [], 0
-    for size in sizes:
-        due += gather.add(buffer[start : start + size], {"mu": np.arange(start, start + size, dtype=float)},
-                          buffer[start : start + size])
-        start += size
-    assert len(due) == 1  # 2 + 1 + 3 frames: due at 6 >= 5
-    first = due[0]
-    assert first.frames.shape == (6, 3, 2) and np.shares_memory(first.frames, buffer)
-    assert first.frames.ctypes.data == buffer.ctypes.data
-    np.testing.assert_array_equal(first.frames, buffer[:6])
-    np.testing.assert_array_equal(first.positions["mu"], np.arange(6.0))
-    assert [len(s) for s in first.sources] == [2, 1, 3]
-    rest = gather.take()  # the scan's end: what is held, whatever its size
-    np.testing.assert_array_equal(rest.frames, buffer[6:9])
-    np.testing.assert_array_equal(rest.positions["mu"], np.arange(6.0, 9.0))
-    assert gather.take() is None
+def test_wait_finished_waits_for_an_update_and_says_whether_frames_came_back():
+    """What the daemon's reads wait on when the frame source has no room (`_reclaim`): the
+    oldest update done, its frames to give back; nothing waiting, no wait and False."""
+    updates = UpdatesBehindPreview(max_bytes=1 << 20)
+    assert updates.wait_finished() is False
+    release = threading.Event()
+    updates.submit(release.wait, np.zeros(10, np.uint16))
+    waited = threading.Event()
 
+    def wait() -> None:
+        assert updates.wait_finished() is True
+        waited.set()
 
-def test_a_batch_from_elsewhere_sends_on_what_is_held():
-    """A batch that does not follow the held ones in their buffer (the reads went round to
-    the buffer's start, or a copy) is never joined to them: what is held goes first, alone."""
-    from dfxm_online.behind_preview import BatchGather
-
-    buffer = np.arange(10 * 4, dtype=np.float32).reshape(10, 4)
-    gather = BatchGather(100)
-    assert gather.add(buffer[6:8], {"mu": np.array([6.0, 7.0])}, buffer[6:8]) == []
-    due = gather.add(buffer[0:2], {"mu": np.array([0.0, 1.0])}, buffer[0:2])  # round to the start
-    assert len(due) == 1
-    np.testing.assert_array_equal(due[0].frames, buffer[6:8])
-    copy = buffer[2:4].copy()
-    due = gather.add(copy, {"mu": np.array([2.0, 3.0])}, copy)
-    np.testing.assert_array_equal(due[0].frames, buffer[0:2])
-    held = gather.take()
-    assert held.frames is copy and held.sources == [copy]
+    thread = threading.Thread(target=wait)
+    thread.start()
+    assert not waited.wait(0.2)  # held while the update runs
+    release.set()
+    assert waited.wait(5)
+    thread.join()
+    assert len(updates.finished()) == 1
+    assert updates.wait_finished() is False
+    updates.close()

@@ -461,3 +461,51 @@ def test_live_binning_publishes_binned_maps_and_full_resolution_final_ones(make_
                                rtol=2e-5)
     last = f"running version, {len(positions)} frames"
     assert any(last in r.getMessage() for r in caplog.records), "the last frames were not published binned first"
+
+
+def test_final_maps_are_right_when_the_full_resolution_updates_fall_behind(make_daemon, redis_url, tmp_path,
+                                                                            monkeypatch):
+    """With a live preview the full-resolution updates run behind the frame reads. When
+    they fall several batches behind, the frame source must not put new frames where frames
+    still waiting for them are (it reused a buffer from its start as soon as one of its
+    batches was done): the final one-pass maps equal brute force of every frame."""
+    from blissdata.redis_engine.store import DataStore
+
+    from dfxm_online.acquisition.model import CrystalModel, scan_positions
+    from dfxm_online.acquisition.publisher import ScanDescription, ScanPublisher
+    from dfxm_online.scan_worker import ScanWorker
+
+    add = ScanWorker._add_full_resolution
+
+    def behind(self, *args):  # a busy machine: each update takes a while
+        time.sleep(0.04)
+        add(self, *args)
+
+    monkeypatch.setattr(ScanWorker, "_add_full_resolution", behind)
+    axes = [MotorAxis("mu", -0.4, 0.4, 40)]
+    model = CrystalModel.make(SHAPE, axes, seed=8)
+    positions = scan_positions(axes)
+    stack = np.stack([model.frame(p, np.random.default_rng(8 + i)) for i, p in enumerate(positions)])
+    daemon = make_daemon(DaemonConfig(publish_period=0.01, live_binning=2,
+                                      analysis=AnalysisConfig(moment_window=0, batch_size=8, batch_delay=0.0)))
+    desc = ScanDescription(
+        session="lag", number=1, name="ascan", title="ascan mu -0.4 0.4 39 0.1",
+        filename=tmp_path / "scans" / "lag.h5", detector="pco", frame_shape=SHAPE, npoints=len(positions),
+        motors=[("mu", -0.4, 0.4, 40)],
+    )
+    pub = ScanPublisher(DataStore(redis_url), desc, "array")
+    pub.start()
+    for p, frame in zip(positions, stack):  # one point at a time, faster than the updates
+        pub.publish({"mu": p[0]}, frame)
+        time.sleep(0.01)
+    pub.finish()
+    status = wait_done(daemon, pub.scan.key)
+    assert status.state == "complete", status.reason
+    final, process = read_maps_file(status.path)
+    assert process["map_binning"] == 1 and final["intensity"].shape == SHAPE
+    offset = brute.edge_baseline(stack, positions, axes, 0.2)
+    ref = brute.moments(stack, positions, offset)
+    np.testing.assert_allclose(final["sum"], stack.astype(np.float64).sum(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(final["intensity"], ref["intensity"], rtol=2e-5, atol=1e-3)
+    valid = signal_mask(ref["intensity"], 0.05) & (ref["var0"] > 0)
+    np.testing.assert_allclose(final["com_mu"][valid], ref["mean0"][valid], rtol=2e-5, atol=1e-6)

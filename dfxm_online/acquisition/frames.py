@@ -312,9 +312,6 @@ class LiveFrameSource:
         self.idle_timeout = idle_timeout
         self.geometry = geometry
         self.batch_size = batch_size
-        #: frames per batch buffer (reads go round it): `batch_size` unless changed before
-        #: the first read; a consumer may hand out smaller batches later (`batch_size`)
-        self.buffer_frames = batch_size
         self.read_ahead = max(1, read_ahead if read_ahead is not None else batch_size)
         self.read_timeout = min(read_timeout, max_delay) if max_delay > 0 else read_timeout
         self.max_delay = max_delay
@@ -448,7 +445,7 @@ class LiveFrameSource:
         self._owned = [ref for ref in self._owned if ref() is not None]
         alive = {id(ref()) for ref in self._owned}  # a freed buffer's id may be taken again
         self._lent = {key: n for key, n in self._lent.items() if key in alive}
-        buf = np.empty((max(count, self.buffer_frames), *frame_shape), dtype=dtype)
+        buf = np.empty((max(count, self.batch_size), *frame_shape), dtype=dtype)
         self._owned.append(weakref.ref(buf))
         return buf[:count]
 
@@ -498,7 +495,7 @@ class LiveFrameSource:
                     return room
             if self.reclaim is None or not self.reclaim():
                 break
-        return self.buffer_frames
+        return self.batch_size
 
     def _append_frames(self, frames: np.ndarray) -> None:
         """Frames read, after those held; a read that continues the previous one in the same
