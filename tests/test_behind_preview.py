@@ -101,7 +101,6 @@ def test_a_submit_waiting_for_room_when_an_update_fails_raises_and_flush_returns
     updates.close()
 
 
-
 def test_wait_finished_waits_for_an_update_and_says_whether_frames_came_back():
     """What the daemon's reads wait on when the frame source has no room (`_reclaim`): the
     oldest update done, its frames to give back; nothing waiting, no wait and False."""

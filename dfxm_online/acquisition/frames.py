@@ -460,14 +460,12 @@ class LiveFrameSource:
         buffer instead of holding two."""
         tail = self._tail
         if tail is not None and tail.shape[1:] == tuple(frame_shape) and tail.dtype == dtype and count <= len(tail):
-            while True:
-                for start in (self._tail_used, 0):
-                    if start + count <= self._free_until(tail, start):
-                        if start == 0:  # the reads go round: a buffer kept for want of room goes
-                            self._free, self._going_round = None, True
-                        return tail[start : start + count]
-                if self.reclaim is None or not self.reclaim():
-                    break
+            found = self._room(count)
+            if found is not None:
+                start = found[0]
+                if start == 0:  # the reads go round: a buffer kept for want of room goes
+                    self._free, self._going_round = None, True
+                return tail[start : start + count]
         self._going_round = False
         buf = self._allocate(count, frame_shape, dtype)
         self._tail, self._tail_used = root_of(buf), 0
@@ -484,31 +482,35 @@ class LiveFrameSource:
                 end = min(end, max(first, start))
         return end
 
-    def _tail_room(self) -> int:
-        """Frames the next plain array read should ask for at most: those that fit in the
-        buffer the last read went into (after them, else from its start again), else a
-        batch (a new buffer's size)."""
+    def _room(self, want: int) -> tuple[int, int] | None:
+        """Where in the tail buffer the next read goes and how many frames fit there: after
+        the last frames read, else from its start again; while fewer than `want` fit, the
+        consumer is asked to give batches back (`reclaim`). None when they do not fit."""
         while self._tail is not None:
             for start in (self._tail_used, 0):
                 room = self._free_until(self._tail, start) - start
-                if room > 0:
-                    return room
+                if room >= want:
+                    return start, room
             if self.reclaim is None or not self.reclaim():
                 break
-        return self.batch_size
+        return None
+
+    def _tail_room(self) -> int:
+        """Frames the next plain array read should ask for at most: those that fit in the
+        buffer the last read went into (`_room`), else a batch (a new buffer's size)."""
+        found = self._room(1)
+        return self.batch_size if found is None else found[1]
 
     def _append_frames(self, frames: np.ndarray) -> None:
         """Frames read, after those held; a read that continues the previous one in the same
         buffer extends its view."""
         root = root_of(frames)
         if root is self._tail and len(frames) and frames.flags.c_contiguous:
-            start = (frames.ctypes.data - root.ctypes.data) // frames[0].nbytes
-            self._tail_used = start + len(frames)
+            self._tail_used = _span(root, frames)[1]
             last = self._frames[-1] if self._frames else None
             if (last is not None and root_of(last) is root and last.flags.c_contiguous
                     and last.ctypes.data + last.nbytes == frames.ctypes.data):
-                first = (last.ctypes.data - root.ctypes.data) // frames[0].nbytes
-                self._frames[-1] = root[first : self._tail_used]
+                self._frames[-1] = root[_span(root, last)[0] : self._tail_used]
                 return
         self._frames.append(frames)
 
