@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -89,8 +90,29 @@ def bench_accumulators(size: int, n_frames: int, batch: int) -> list[tuple[str, 
     rows.append(("ScanPipeline.update, defaults with precision float32",
                  frames_per_second(pipe32.update, frames, pos, batch, PASSES)))
     t0 = time.perf_counter()
-    pipe.snapshot()
+    maps = pipe.snapshot()
     rows.append(("ScanPipeline.snapshot (maps), seconds", time.perf_counter() - t0))
+    rows += bench_window(maps, axes, frames, pos, batch)
+    return rows
+
+
+def bench_window(maps, axes, frames, pos, batch: int) -> list[tuple[str, float]]:
+    """A pass of the final maps' moment window (`ScanPipeline.windowed_maps` makes one per
+    `moment_window_passes`): its coefficients from the maps, then the windowed power sums on
+    the numba pass (the step fused into it) and on the numpy floor (the step, then the sums
+    of a float32 copy, a few frames at a time)."""
+    from dfxm_online.online import kernels
+    from dfxm_online.online.moment_window import MomentWindow
+
+    t0 = time.perf_counter()
+    window = MomentWindow.from_maps(maps, axes, AnalysisConfig().moment_window)
+    rows = [("MomentWindow.from_maps (a window's coefficients), seconds", time.perf_counter() - t0)]
+    offset = np.zeros(window.n_pixels)
+    for backend, label in (("numba", "the step in the numba pass"), ("numpy", "numpy floor: the step, then the sums")):
+        with kernels.use_backend(backend):
+            add = partial(window.add_to, PowerSums(axes, window.n_pixels), offset=offset)
+            rate = frames_per_second(add, frames, pos, batch, PASSES)
+        rows.append((f"MomentWindow.add_to, 2 motors (windowed power sums): {label}", rate))
     return rows
 
 

@@ -222,11 +222,63 @@ def check_moment_maps_of_sums() -> list[str]:
     return done
 
 
+def check_windowed_pass(backend: str = "numba") -> list[str]:
+    """`MomentWindow.add_to` (the window's step fused into the frame pass; on the numpy floor
+    the step then the sums) against numpy: the points inside each pixel's window (its
+    quadratic form summed in the kernel's order, so the same points) minus the offset, the
+    power sums of those values in float64 within the summation-order bound (the floor's
+    values rounded to float32: within the float32 bound); pixels without a window unchanged;
+    1-3 motors, 16-bit and float32 frames."""
+    from dfxm_online.acquisition.geometry import MotorAxis
+    from dfxm_online.gaussian import FWHM_PER_SIGMA
+    from dfxm_online.online import kernels
+    from dfxm_online.online.accumulators.moments import PowerSums
+    from dfxm_online.online.framesums import sum_order_bound
+    from dfxm_online.online.moment_window import MomentWindow
+
+    rng = np.random.default_rng(17)
+    done = []
+    n, p, rho = 23, 3001, 2.5
+    for n_motors, dtype in ((1, np.float32), (2, np.uint16), (2, np.float32), (3, np.uint16)):
+        names = ("mu", "chi", "phi")[:n_motors]
+        axes = [MotorAxis(name, -1.0, 1.0, 21) for name in names]
+        maps = {f"com_{a}": rng.uniform(-0.5, 0.5, p) for a in names}
+        maps |= {f"fwhm_{a}": FWHM_PER_SIGMA * rng.uniform(0.1, 0.6, p) for a in names}
+        maps |= {f"cov_{a}_{b}": rng.uniform(-0.02, 0.02, p) for i, a in enumerate(names) for b in names[i + 1:]}
+        maps[f"com_{names[0]}"][:7] = np.nan  # no window: the sums stay as they are
+        window = MomentWindow.from_maps(maps, axes, rho)
+        positions = {a: rng.uniform(-1, 1, n) for a in names}
+        frames = rng.uniform(0, 4000, (n, p)).astype(dtype)
+        offset = rng.uniform(0, 90, p)
+        sums = PowerSums(axes, p)
+        sums.sums[:] = rng.normal(size=sums.sums.shape) * 1e3
+        before = sums.sums.copy()
+        with kernels.use_backend(backend):
+            window.add_to(sums, frames, positions, offset)
+        mono, coef = window.monomials(positions), window.coefficients
+        q = np.broadcast_to(coef[-1], (n, p)).copy()
+        for k in range(coef.shape[0] - 1):
+            q += coef[k] * mono[:, k : k + 1]
+        inside = q <= rho * rho
+        assert inside.any() and not inside.all(), n_motors
+        values = np.where(inside, frames.astype(np.float64) - offset, 0.0)
+        w = sums.monomials(np.stack([(positions[a.name] - a.centre) / a.scale for a in axes], axis=1))
+        exact = before + w.T @ values
+        scale = np.abs(before) + np.abs(w).T @ np.abs(values)
+        bound = sum_order_bound(n) if backend == "numba" else sum_order_bound(n, True)
+        error = np.abs(sums.sums - exact) / scale
+        assert error.max() <= bound, (n_motors, np.dtype(dtype).name, backend, error.max() / bound)
+        assert np.array_equal(sums.sums[:, :7], before[:, :7]) and sums.count == n
+        done.append(f"windowed pass {n_motors} motor(s) {np.dtype(dtype).name}")
+    return done
+
+
 def run_all() -> dict:
     """Every check on this process's code path; the path and what was checked."""
     from dfxm_online.online import kernels
 
-    checked = check_frame_pass("numba") + check_block_sums() + check_moment_maps_of_sums()
+    checked = (check_frame_pass("numba") + check_windowed_pass("numba") + check_block_sums()
+               + check_moment_maps_of_sums())
     return {"code_path": kernels.code_path(), "instruction_set": kernels.instruction_set(),
             "target": kernels.numba_target()[0], "wide_vectors": kernels.wide_vectors(), "checked": checked}
 

@@ -68,7 +68,7 @@ def test_narrower_target_in_a_subprocess(cpu, instruction_set, host_features):
 
 
 def test_numpy_floor():
-    checked = kernel_checks.check_frame_pass("numpy")
+    checked = kernel_checks.check_frame_pass("numpy") + kernel_checks.check_windowed_pass("numpy")
     assert checked
     kernel_checks.EXERCISED.append("numpy floor (tiled w @ x)")
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
@@ -37,7 +38,13 @@ from scipy.special import gammainc
 
 from ..acquisition.geometry import MotorAxis
 from ..gaussian import FWHM_PER_SIGMA
+from . import kernels
+from .framesums import MAX_PASS_FRAMES, PASS_PIXELS, frames_for_pass
+from .kernels import frame_pass as numba_pass
 from .tiles import TILE_PIXELS, for_each_tile
+
+if TYPE_CHECKING:
+    from .accumulators.moments import PowerSums
 
 
 def truncation_factors(rho: float, dims: int) -> tuple[float, float]:
@@ -57,27 +64,18 @@ MAX_CORRELATION = 0.9
 #: for two motors) stay in cache while every frame of the batch is windowed
 BLOCK = 1024
 
+#: bytes of windowed float32 frames made at once where the window's step and the moment sums
+#: are two passes (`MomentWindow.add_to` on the numpy floor)
+WINDOW_CHUNK_BYTES = 64 << 20
+
 
 @numba.njit(nogil=True, cache=True)
 def _window_kernel(frames, offset, mono, coef, rho2, out, start, stop):  # pragma: no cover - compiled
     """out[b, p] = frames[b, p] - offset[p] where q_p(point b) <= rho2, else 0, for pixels
-    start <= p < stop; q_p(point b) = sum_k mono[b, k] coef[k, p] (the last coefficient
-    row is the constant term)."""
-    n_frames = frames.shape[0]
-    n_terms = coef.shape[0] - 1
+    start <= p < stop (`kernels.frame_pass.window_values`, in blocks of BLOCK pixels)."""
     q = np.empty(BLOCK)
     for p0 in range(start, stop, BLOCK):
-        n = min(BLOCK, stop - p0)
-        for b in range(n_frames):
-            for i in range(n):
-                q[i] = coef[n_terms, p0 + i]
-            for k in range(n_terms):
-                f = mono[b, k]
-                for i in range(n):
-                    q[i] += coef[k, p0 + i] * f
-            for i in range(n):
-                p = p0 + i
-                out[b, p] = (frames[b, p] - offset[p]) if q[i] <= rho2 else 0.0
+        numba_pass.window_values(frames, offset, mono, coef, rho2, p0, min(BLOCK, stop - p0), out, p0, q)
 
 
 @dataclass
@@ -112,36 +110,22 @@ class MomentWindow:
             raise ValueError("the window radius must be > 0 standard deviations")
         axes = tuple(axes)
         m = len(axes)
-        scale = np.array([a.scale for a in axes])
-        centre = np.stack([(np.asarray(maps[f"com_{a.name}"], np.float64).reshape(-1) - a.centre) / a.scale
-                           for a in axes])
-        cov = np.empty((m, m, centre.shape[1]))
-        for i, axis in enumerate(axes):
-            sigma = np.asarray(maps[f"fwhm_{axis.name}"], np.float64).reshape(-1) / FWHM_PER_SIGMA
-            sigma = np.where(np.isnan(sigma), abs(axis.high - axis.low), np.fmax(sigma, abs(axis.scale)))
-            cov[i, i] = (sigma / scale[i]) ** 2
-        for i in range(m):
-            for j in range(i + 1, m):
-                # the tails' noise can make a weak peak's correlation exceed 1: at most
-                # MAX_CORRELATION for the window
-                bound = MAX_CORRELATION * np.sqrt(cov[i, i] * cov[j, j])
-                value = np.asarray(maps[f"cov_{axes[i].name}_{axes[j].name}"], np.float64).reshape(-1)
-                cov[i, j] = cov[j, i] = np.clip(value / (scale[i] * scale[j]), -bound, bound)
-        valid = np.isfinite(centre).all(axis=0) & np.isfinite(cov).all(axis=(0, 1))
-        stacked = np.where(valid, cov, 0.0).transpose(2, 0, 1)  # (P, M, M)
-        # three motors: correlations each below 1 can still make a matrix that is not
-        # positive definite (every leading minor > 0, Sylvester); those windows lose theirs
-        definite = np.ones(valid.shape, dtype=bool)
-        for k in range(3, m + 1):
-            definite &= np.linalg.det(stacked[:, :k, :k]) > 0
-        stacked = np.where(definite[:, None, None], stacked, stacked * np.eye(m))
-        inv = np.linalg.inv(np.where(valid[:, None, None], stacked, np.eye(m))).transpose(1, 2, 0)
-        c = np.where(valid, centre, 0.0)
-        g = np.einsum("ijp,jp->ip", inv, c)
-        rows = [inv[i, i] if i == j else 2.0 * inv[i, j] for i in range(m) for j in range(i, m)]
-        rows += [-2.0 * g[i] for i in range(m)]
-        rows.append(np.where(valid, np.einsum("ip,ip->p", c, g), np.inf))
-        return cls(axes, np.ascontiguousarray(np.stack(rows)), valid, float(rho))
+
+        def stacked(names: list[str]) -> np.ndarray:
+            if not names:
+                return np.zeros((0, np.asarray(maps[f"com_{axes[0].name}"]).size))
+            return np.stack([np.asarray(maps[name], np.float64).reshape(-1) for name in names])
+
+        com = stacked([f"com_{a.name}" for a in axes])
+        fwhm = stacked([f"fwhm_{a.name}" for a in axes])
+        cov = stacked([f"cov_{axes[i].name}_{axes[j].name}" for i in range(m) for j in range(i + 1, m)])
+        coefficients = np.empty((m * (m + 1) // 2 + m + 1, com.shape[1]))
+        valid = np.empty(com.shape[1], dtype=np.bool_)
+        centre, scale = np.array([a.centre for a in axes], np.float64), np.array([a.scale for a in axes], np.float64)
+        span = np.array([abs(a.high - a.low) for a in axes], np.float64)
+        for_each_tile(com.shape[1], lambda a, b: _window_coefficients(
+            com, fwhm, cov, centre, scale, span, coefficients, valid, a, b), tile=TILE_PIXELS)
+        return cls(axes, coefficients, valid, float(rho))
 
     @property
     def n_pixels(self) -> int:
@@ -175,6 +159,152 @@ class MomentWindow:
         for_each_tile(self.n_pixels, lambda a, b: _window_kernel(
             frames, off, mono, self.coefficients, rho2, out, a, b), tile=TILE_PIXELS)
         return out
+
+    def add_to(self, sums: PowerSums, frames: np.ndarray, positions: Mapping[str, np.ndarray],
+               offset: np.ndarray | None) -> None:
+        """``sums.update(self.apply(frames, positions, offset), positions)``, in one pass:
+        each sub-tile's windowed values go straight into the frame pass's packed sub-tile,
+        which its dense register blocks read (`kernels.frame_pass.windowed_pass`), where the
+        step and the sums were two passes over a float32 copy made a few frames at a time.
+
+        Why: the two passes ran at 38 frames/s on a 2048^2 two-motor mesh (window step 4.3 s
+        and sums 2.0 s per 240 frames, the sums over 4-frame chunks), `process` spending 2 of
+        its 3 passes over the frames there (bench/RESULTS.md, session 7). The values are
+        float64 here (the two passes rounded them to float32 first). On the numpy floor
+        (`DFXM_KERNELS=numpy`) it is the two passes, a chunk at a time."""
+        frames = np.asarray(frames).reshape(len(frames), -1)
+        if frames.shape[1] != self.n_pixels or sums.n_pixels != self.n_pixels:
+            raise ValueError(f"frames have {frames.shape[1]} pixels, the sums {sums.n_pixels}, "
+                             f"the window {self.n_pixels}")
+        if kernels.frame_pass_backend() != "numba":
+            step = max(1, WINDOW_CHUNK_BYTES // max(1, 4 * self.n_pixels))
+            for start in range(0, len(frames), step):
+                part = {k: np.asarray(v)[start:start + step] for k, v in positions.items()}
+                sums.update(self.apply(frames[start:start + step], part, offset), part)
+            return
+        for lo in range(0, len(frames), MAX_PASS_FRAMES):
+            part = {k: np.asarray(v)[lo:lo + MAX_PASS_FRAMES] for k, v in positions.items()}
+            self._windowed_pass(sums, frames[lo:lo + MAX_PASS_FRAMES], part, offset)
+
+    def _windowed_pass(self, sums: PowerSums, frames: np.ndarray, positions: Mapping[str, np.ndarray],
+                       offset: np.ndarray | None) -> None:
+        """One compiled windowed pass of at most MAX_PASS_FRAMES frames (`add_to`)."""
+        plan = sums.sums_plan(positions, len(frames))
+        flat = frames_for_pass(frames, self.n_pixels)
+        off = np.zeros(self.n_pixels) if offset is None else np.ascontiguousarray(offset, np.float64).reshape(-1)
+        # float32 products (`precision`) as the frame pass forms them: weights rounded
+        weights = plan.weights.astype(np.float32) if plan.single else plan.weights
+        weights = np.ascontiguousarray(weights, dtype=np.float64)
+        rows = np.array([plan.sums[r].ctypes.data for r in range(plan.sums.shape[0])], dtype=np.uint64)
+        mono = self.monomials(positions)
+        rho2 = self.rho * self.rho
+        sub = numba_pass.sub_pixels(len(flat))
+
+        def work(a: int, b: int) -> None:
+            numba_pass.windowed_pass(flat, a, b, off, mono, self.coefficients, rho2, weights, rows,
+                                     np.empty((len(flat), sub)), np.empty(sub))
+
+        for_each_tile(self.n_pixels, work, tile=PASS_PIXELS)
+        if plan.after is not None:
+            plan.after()
+
+
+@numba.njit(nogil=True, cache=True)
+def _window_coefficients(com, fwhm, cov_maps, centre, scale, span, out, valid, start, stop):  # pragma: no cover
+    """`MomentWindow.from_maps`, pixel by pixel: each pixel's centre and covariance in reduced
+    coordinates (variances at least a step squared, or the scanned range where no number;
+    correlations within MAX_CORRELATION), the identity and no window where any is not
+    finite, a three-motor matrix that is not positive definite without its correlations;
+    then its inverse A (closed forms) and the rows of q(v) = (v - c)^T A (v - c) into
+    `out` (K, P): A_ii / 2 A_ij (i < j), -2 (A c)_i, c^T A c (+inf without a window).
+    Why compiled: the same in numpy on (M, M, P) arrays took 2.3-2.7 s per window at
+    2048^2 (np.linalg.inv over (P, 2, 2), its transposes and temporaries; bench/RESULTS.md,
+    session 7). `com`, `fwhm` (M, P), `cov_maps` (M (M - 1) / 2, P): the maps, pairs in
+    (0, 1), (0, 2), (1, 2) order; pixels start..stop."""
+    m = com.shape[0]
+    c = np.zeros(3)
+    g = np.zeros(3)
+    cv = np.zeros((3, 3))
+    inv = np.zeros((3, 3))
+    for p in range(start, stop):
+        ok = True
+        for i in range(m):
+            c[i] = (com[i, p] - centre[i]) / scale[i]
+            sigma = fwhm[i, p] / FWHM_PER_SIGMA
+            sigma = span[i] if np.isnan(sigma) else max(sigma, abs(scale[i]))
+            v = sigma / scale[i]
+            cv[i, i] = v * v
+            ok = ok and np.isfinite(c[i]) and np.isfinite(cv[i, i])
+        k = 0
+        for i in range(m):
+            for j in range(i + 1, m):
+                # the tails' noise can make a weak peak's correlation exceed 1: at most
+                # MAX_CORRELATION for the window
+                bound = MAX_CORRELATION * np.sqrt(cv[i, i] * cv[j, j])
+                value = cov_maps[k, p] / (scale[i] * scale[j])
+                k += 1
+                if not np.isnan(value):
+                    value = min(max(value, -bound), bound)
+                cv[i, j] = value
+                cv[j, i] = value
+                ok = ok and np.isfinite(value)
+        if not ok:  # no window: the identity, centred at 0 (its constant term is +inf below)
+            for i in range(m):
+                c[i] = 0.0
+                for j in range(m):
+                    cv[i, j] = 1.0 if i == j else 0.0
+        if m == 3:
+            det = (cv[0, 0] * (cv[1, 1] * cv[2, 2] - cv[1, 2] * cv[2, 1])
+                   - cv[0, 1] * (cv[1, 0] * cv[2, 2] - cv[1, 2] * cv[2, 0])
+                   + cv[0, 2] * (cv[1, 0] * cv[2, 1] - cv[1, 1] * cv[2, 0]))
+            if not det > 0:
+                # correlations each below 1 can still make a matrix that is not positive
+                # definite (Sylvester: the 1 x 1 and 2 x 2 minors are by the bounds above);
+                # those windows lose their correlations
+                for i in range(3):
+                    for j in range(3):
+                        if i != j:
+                            cv[i, j] = 0.0
+        _invert(cv, inv, m)
+        for i in range(m):
+            g[i] = 0.0
+            for j in range(m):
+                g[i] += inv[i, j] * c[j]
+        r = 0
+        for i in range(m):
+            for j in range(i, m):
+                out[r, p] = inv[i, i] if i == j else 2.0 * inv[i, j]
+                r += 1
+        constant = 0.0
+        for i in range(m):
+            out[r, p] = -2.0 * g[i]
+            r += 1
+            constant += c[i] * g[i]
+        out[r, p] = constant if ok else np.inf
+        valid[p] = ok
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _invert(a, inv, m):  # pragma: no cover - compiled
+    """inv = a^-1 of a symmetric m x m matrix (m <= 3), by its adjugate."""
+    if m == 1:
+        inv[0, 0] = 1.0 / a[0, 0]
+    elif m == 2:
+        det = a[0, 0] * a[1, 1] - a[0, 1] * a[0, 1]
+        inv[0, 0] = a[1, 1] / det
+        inv[1, 1] = a[0, 0] / det
+        inv[0, 1] = inv[1, 0] = -a[0, 1] / det
+    else:
+        c00 = a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1]
+        c01 = a[1, 2] * a[2, 0] - a[1, 0] * a[2, 2]
+        c02 = a[1, 0] * a[2, 1] - a[1, 1] * a[2, 0]
+        det = a[0, 0] * c00 + a[0, 1] * c01 + a[0, 2] * c02
+        inv[0, 0] = c00 / det
+        inv[1, 0] = inv[0, 1] = c01 / det
+        inv[2, 0] = inv[0, 2] = c02 / det
+        inv[1, 1] = (a[0, 0] * a[2, 2] - a[0, 2] * a[2, 0]) / det
+        inv[2, 1] = inv[1, 2] = (a[0, 2] * a[1, 0] - a[0, 0] * a[1, 2]) / det
+        inv[2, 2] = (a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]) / det
 
 
 def correct_truncation(maps: dict[str, np.ndarray], motors: Sequence[str], rho: float) -> None:

@@ -25,9 +25,6 @@ from .orientation import KEY_SIZE, kam, mosaicity_rgb
 from .preprocess import DarkStep, MonitorStep, PreprocessChain, binned_shape
 from .registry import REGISTRY
 
-#: bytes of windowed float32 frames made at once by `windowed_maps`
-WINDOW_CHUNK_BYTES = 64 << 20
-
 if TYPE_CHECKING:
     from ..acquisition.frames import Batch
 
@@ -418,13 +415,7 @@ class ScanPipeline:
             dropped = self.points_dropped  # counted once, by `update`
             for batch in reread():
                 frames, positions, monitor = self._finite_points(batch.frames, batch.positions, batch.monitor)
-                frames = self.preprocessed(frames, positions, monitor)
-                # windowed a few frames at a time: the float32 copy stays small (a batch of
-                # 32 frames of 2048^2 would be 512 MB beside the second set of sums)
-                step = max(1, WINDOW_CHUNK_BYTES // max(1, 4 * window.n_pixels))
-                for start in range(0, len(frames), step):
-                    part = {k: np.asarray(v)[start:start + step] for k, v in positions.items()}
-                    sums.update(window.apply(frames[start:start + step], part, offset), part)
+                window.add_to(sums, self.preprocessed(frames, positions, monitor), positions, offset)
             self.points_dropped = dropped
             if sums.count == 0:
                 raise ScanError("the scan's frames could not be read again for the windowed moments")

@@ -85,6 +85,9 @@ from .group_block import (
 #: while the register blocks read it once per MR rows; 256 KB measured best (64 frames: 512
 #: pixels; 1024 and 2048 pixels were 5-10 % slower)
 XS_BYTES = 256 * 1024
+#: pixels windowed at once by `windowed_pass`: their window coefficients (K rows: 6 for two
+#: motors, 12 KB) stay in L1 while the batch's frames stream past
+WINDOW_PIXELS = 256
 #: cache lines of a frame row fetched ahead per prefetch (64 bytes)
 _LINE = 64
 
@@ -115,20 +118,21 @@ def sub_pixels(n_frames: int) -> int:
 
 
 @njit(nogil=True, cache=True)
-def _dense(xs, w, rows, n_frames, sx, n, top, frames):
+def _dense(xs, w, rows, n_frames, sx, n, top, frames, pack):
     """S[:, sx:sx + n] += w[:n_frames].T @ xs[:n_frames, :n] (S: the float64 rows at the
     addresses `rows`): register blocks over the rows and the pixels, single vectors for what
-    is left of n, scalars for the last < VECTOR. With PACK_IN_BLOCK the first rows' blocks
-    read the frames at pixel sx and pack the sub-tile's first n // VECTOR * VECTOR pixels into
-    xs for the others (the caller packs the rest); `top`: 0, or the address of the maximum's
-    element for pixel sx, which they raise to the frames' maximum over those pixels (integer
-    frames: `frame_pass`)."""
+    is left of n, scalars for the last < VECTOR. With `pack` and PACK_IN_BLOCK the first
+    rows' blocks read the frames at pixel sx and pack the sub-tile's first n // VECTOR *
+    VECTOR pixels into xs for the others (the caller packs the rest; without `pack` xs holds
+    the sub-tile already: `windowed_pass`); `top`: 0, or the address of the maximum's element
+    for pixel sx, which they raise to the frames' maximum over those pixels (integer frames:
+    `frame_pass`)."""
     n_rows = rows.shape[0]
     n_blocks = n // BLOCK_PIXELS * BLOCK_PIXELS
     n_vec = n // VECTOR * VECTOR
     for r in range(0, n_rows, MR):
         dense_block_rows(xs, w, rows, r, min(MR, n_rows - r), sx, n_blocks, n_vec, n_frames,
-                         top if r == 0 else np.uint64(0), frames, PACK_IN_BLOCK and r == 0)
+                         top if r == 0 else np.uint64(0), frames, pack and PACK_IN_BLOCK and r == 0)
     for r in range(n_rows):
         if n_vec < n:
             row = _row(rows[r], sx, n)
@@ -243,7 +247,45 @@ def frame_pass(frames, start, stop, w, rows, xs, members, counts, gsums, gsumsq,
         fused = use_max and n_rows > 0 and not nans and MAX_IN_BLOCK
         if n_rows > 0:
             top = np.uint64(maximum.ctypes.data + 8 * t0) if fused else np.uint64(0)
-            _dense(xs, w, rows, n_frames, t0, n, top, frames)
+            _dense(xs, w, rows, n_frames, t0, n, top, frames, True)
         _groups(xs, members, counts, gsums, gsumsq, has_sq, t0, n)
         if use_max:
             _maximum(xs, n_frames, maximum, t0, n, nans, fused)
+
+
+@njit(nogil=True, cache=True)
+def window_values(frames, offset, mono, coef, rho2, t0, n, out, o, q):
+    """out[f, o + i] = frames[f, t0 + i] - offset[t0 + i] where frame f's point lies within
+    pixel t0 + i's window, else 0, for i < n and every frame (`online/moment_window.py`: the
+    point's quadratic form q = coef[K, p] + sum_k mono[f, k] coef[k, p], K = the last row,
+    inside where q <= rho2); `q` (>= n,) float64 scratch. One rule for the window's step
+    (`MomentWindow.apply`) and for the windowed pass below."""
+    n_terms = coef.shape[0] - 1
+    tu, ou = np.uint64(t0), np.uint64(o)  # unsigned: no wraparound, the loops vectorize
+    for f in range(frames.shape[0]):
+        for i in range(n):
+            q[i] = coef[n_terms, tu + np.uint64(i)]
+        for k in range(n_terms):
+            m = mono[f, k]
+            for i in range(n):
+                q[i] += coef[k, tu + np.uint64(i)] * m
+        for i in range(n):
+            p = tu + np.uint64(i)
+            out[f, ou + np.uint64(i)] = (frames[f, p] - offset[p]) if q[i] <= rho2 else 0.0
+
+
+@njit(nogil=True, cache=True)
+def windowed_pass(frames, start, stop, offset, mono, coef, rho2, w, rows, xs, q):
+    """The dense sums of the frames windowed by `window_values`, pixels start..stop:
+    S_r[p] += sum_f w[f, r] x (frames[f, p] - offset[p] inside the window, else 0), the S_r
+    at the addresses `rows` (see `frame_pass`). Each sub-tile's windowed values are packed
+    straight into `xs` (F, SUB) (float64), which the dense register blocks then read: no
+    windowed copy of the frames in memory. `q` (SUB,) float64 scratch."""
+    sub = xs.shape[1]
+    for t0 in range(start, stop, sub):
+        n = min(sub, stop - t0)
+        # in chunks whose window coefficients stay in L1 while every frame is windowed
+        for c0 in range(0, n, WINDOW_PIXELS):
+            window_values(frames, offset, mono, coef, rho2, t0 + c0, min(WINDOW_PIXELS, n - c0), xs, c0, q)
+        _dense(xs, w, rows, frames.shape[0], t0, n, np.uint64(0), frames, False)
+
