@@ -411,12 +411,16 @@ class ScanPipeline:
         for _ in range(self.config.moment_window_passes):
             window = MomentWindow.from_maps(current, self.geometry.motors, rho)
             window.without(masked.reshape(-1))
+            # the previous pass's maps made this window and are done with (`maps` stays):
+            # 0.4 GB at 2048^2 that would otherwise stand beside this pass's sums
+            current = None
             sums = PowerSums(self.geometry.motors, window.n_pixels, precision=self.config.precision)
             dropped = self.points_dropped  # counted once, by `update`
             for batch in reread():
                 frames, positions, monitor = self._finite_points(batch.frames, batch.positions, batch.monitor)
                 window.add_to(sums, self.preprocessed(frames, positions, monitor), positions, offset)
             self.points_dropped = dropped
+            del window  # its coefficients (0.2 GB at 2048^2), before the maps of its sums
             if sums.count == 0:
                 raise ScanError("the scan's frames could not be read again for the windowed moments")
             current = moment_maps_of_sums(sums, None, names, self.frame_shape, 0.0)
