@@ -263,6 +263,19 @@ def window_values(frames, offset, mono, coef, rho2, t0, n, out, o, q):
     n_terms = coef.shape[0] - 1
     tu, ou = np.uint64(t0), np.uint64(o)  # unsigned: no wraparound, the loops vectorize
     for f in range(frames.shape[0]):
+        if n_terms == 5:
+            # two motors: the form written out, so that one loop over the pixels vectorizes
+            # (the same sums in the same order as the general loops below)
+            m0, m1, m2, m3, m4 = mono[f, 0], mono[f, 1], mono[f, 2], mono[f, 3], mono[f, 4]
+            for i in range(n):
+                p = tu + np.uint64(i)
+                qq = coef[5, p] + coef[0, p] * m0
+                qq = qq + coef[1, p] * m1
+                qq = qq + coef[2, p] * m2
+                qq = qq + coef[3, p] * m3
+                qq = qq + coef[4, p] * m4
+                out[f, ou + np.uint64(i)] = (frames[f, p] - offset[p]) if qq <= rho2 else 0.0
+            continue
         for i in range(n):
             q[i] = coef[n_terms, tu + np.uint64(i)]
         for k in range(n_terms):
