@@ -111,19 +111,21 @@ class MomentWindow:
         axes = tuple(axes)
         m = len(axes)
 
-        def stacked(names: list[str]) -> np.ndarray:
-            if not names:
-                return np.zeros((0, np.asarray(maps[f"com_{axes[0].name}"]).size))
-            return np.stack([np.asarray(maps[name], np.float64).reshape(-1) for name in names])
+        def flat(names: list[str]) -> tuple[np.ndarray, ...]:
+            """The maps as flat float64 rows, not copied where they are (a tuple, not a
+            stack: copying five 2048^2 maps took 0.25 s of each window)."""
+            return tuple(np.ascontiguousarray(maps[name], np.float64).reshape(-1) for name in names)
 
-        com = stacked([f"com_{a.name}" for a in axes])
-        fwhm = stacked([f"fwhm_{a.name}" for a in axes])
-        cov = stacked([f"cov_{axes[i].name}_{axes[j].name}" for i in range(m) for j in range(i + 1, m)])
-        coefficients = np.empty((m * (m + 1) // 2 + m + 1, com.shape[1]))
-        valid = np.empty(com.shape[1], dtype=np.bool_)
+        com = flat([f"com_{a.name}" for a in axes])
+        fwhm = flat([f"fwhm_{a.name}" for a in axes])
+        # one motor: no pair, a row that is never read (a tuple of one type for the kernel)
+        cov = flat([f"cov_{axes[i].name}_{axes[j].name}" for i in range(m) for j in range(i + 1, m)]) or (com[0],)
+        n = com[0].shape[0]
+        coefficients = np.empty((m * (m + 1) // 2 + m + 1, n))
+        valid = np.empty(n, dtype=np.bool_)
         centre, scale = np.array([a.centre for a in axes], np.float64), np.array([a.scale for a in axes], np.float64)
         span = np.array([abs(a.high - a.low) for a in axes], np.float64)
-        for_each_tile(com.shape[1], lambda a, b: _window_coefficients(
+        for_each_tile(n, lambda a, b: _window_coefficients(
             com, fwhm, cov, centre, scale, span, coefficients, valid, a, b), tile=TILE_PIXELS)
         return cls(axes, coefficients, valid, float(rho))
 
@@ -219,9 +221,9 @@ def _window_coefficients(com, fwhm, cov_maps, centre, scale, span, out, valid, s
     `out` (K, P): A_ii / 2 A_ij (i < j), -2 (A c)_i, c^T A c (+inf without a window).
     Why compiled: the same in numpy on (M, M, P) arrays took 2.3-2.7 s per window at
     2048^2 (np.linalg.inv over (P, 2, 2), its transposes and temporaries; bench/RESULTS.md,
-    session 7). `com`, `fwhm` (M, P), `cov_maps` (M (M - 1) / 2, P): the maps, pairs in
-    (0, 1), (0, 2), (1, 2) order; pixels start..stop."""
-    m = com.shape[0]
+    session 7). `com`, `fwhm`: M maps (P,), `cov_maps`: the M (M - 1) / 2 maps of the pairs
+    (0, 1), (0, 2), (1, 2) in that order (tuples of float64 rows); pixels start..stop."""
+    m = len(com)
     c = np.zeros(3)
     g = np.zeros(3)
     cv = np.zeros((3, 3))
@@ -229,8 +231,8 @@ def _window_coefficients(com, fwhm, cov_maps, centre, scale, span, out, valid, s
     for p in range(start, stop):
         ok = True
         for i in range(m):
-            c[i] = (com[i, p] - centre[i]) / scale[i]
-            sigma = fwhm[i, p] / FWHM_PER_SIGMA
+            c[i] = (com[i][p] - centre[i]) / scale[i]
+            sigma = fwhm[i][p] / FWHM_PER_SIGMA
             sigma = span[i] if np.isnan(sigma) else max(sigma, abs(scale[i]))
             v = sigma / scale[i]
             cv[i, i] = v * v
@@ -241,7 +243,7 @@ def _window_coefficients(com, fwhm, cov_maps, centre, scale, span, out, valid, s
                 # the tails' noise can make a weak peak's correlation exceed 1: at most
                 # MAX_CORRELATION for the window
                 bound = MAX_CORRELATION * np.sqrt(cv[i, i] * cv[j, j])
-                value = cov_maps[k, p] / (scale[i] * scale[j])
+                value = cov_maps[k][p] / (scale[i] * scale[j])
                 k += 1
                 if not np.isnan(value):
                     value = min(max(value, -bound), bound)
