@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -101,20 +100,21 @@ def bench_window(maps, axes, frames, pos, batch: int) -> list[tuple[str, float]]
     `moment_window_passes`): its coefficients from the maps, then the windowed power sums on
     the numba pass (the step fused into it) and on the numpy floor (the step, then the sums
     of a float32 copy, a few frames at a time)."""
-    from dfxm_online.online import kernels
     from dfxm_online.online.moment_window import MomentWindow
 
     t0 = time.perf_counter()
-    window = MomentWindow.from_maps(maps, axes, AnalysisConfig().moment_window)
+    MomentWindow.from_maps(maps, axes, AnalysisConfig().moment_window)
     rows = [("MomentWindow.from_maps (a window's coefficients), seconds", time.perf_counter() - t0)]
-    offset = np.zeros(window.n_pixels)
-    for backend, label in (("numba", "the step in the numba pass"), ("numpy", "numpy floor: the step, then the sums")):
-        with kernels.use_backend(backend):
-            add = partial(window.add_to, PowerSums(axes, window.n_pixels), offset=offset)
-            rate = frames_per_second(add, frames, pos, batch, PASSES)
-        rows.append((f"MomentWindow.add_to, 2 motors (windowed power sums): {label}", rate))
+    labels = {"window numba": "the step in the numba pass", "window numpy floor": "numpy floor: the step, then the sums"}
+    for name, run in window_variants(maps, axes, frames, pos, batch).items():
+        run()  # compile, fault the memory in
+        rates = []
+        for _ in range(PASSES):
+            t0 = time.perf_counter()
+            run()
+            rates.append(len(frames) / (time.perf_counter() - t0))
+        rows.append((f"MomentWindow.add_to, 2 motors (windowed power sums): {labels[name]}", float(np.median(rates))))
     return rows
-
 
 #: code paths the compute core is measured on, each in a process of its own (numba's target is
 #: process-wide): (label, environment); DFXM_KERNELS=numba so that the generic target's numba
@@ -176,8 +176,9 @@ def bench_compute_core(size: int, n_frames: int, batch: int, product_only: bool 
     """This process's code path: the compute core (ScanPipeline.update with the default
     preprocessing and accumulators: 2-motor moments to 4th order, edge baseline,
     projections) on the numba pass and on the numpy floor, and the numpy tiled product of the
-    15 moment sums alone, in alternating rounds (frames/s: median, min-max); `product_only`:
-    the product alone (under another OpenBLAS kernel, PATH_BLAS)."""
+    15 moment sums alone, in alternating rounds (frames/s: median, min-max); then a pass of the
+    final maps' moment window (`MomentWindow.add_to`) on the numba pass and on the numpy
+    floor; `product_only`: the product alone (under another OpenBLAS kernel, PATH_BLAS)."""
     from dfxm_online.online import kernels
     from dfxm_online.online.tiles import n_threads
 
@@ -201,6 +202,10 @@ def bench_compute_core(size: int, n_frames: int, batch: int, product_only: bool 
         variants = {"numpy product": product}
     for run in variants.values():  # compile, fault the memory in
         run()
+    if not product_only:
+        variants |= window_variants(pipes["numba"].snapshot(), axes, frames, pos, batch)
+        for name in ("window numba", "window numpy floor"):
+            variants[name]()
     rates: dict[str, list[float]] = {k: [] for k in variants}
     # frames per second of this process's CPU time over the tile threads: on a machine shared
     # with other work the wall-clock rate measures the share of the cores it got as well
@@ -217,6 +222,24 @@ def bench_compute_core(size: int, n_frames: int, batch: int, product_only: bool 
             if kernels.requested_backend() == "auto" else None, "blas": blas[0] if blas else None,
             **{k: (float(np.median(v)), float(min(v)), float(max(v))) for k, v in rates.items()},
             "cpu": {k: float(np.median(v)) for k, v in cpu_rates.items()}}
+
+
+def window_variants(maps, axes, frames, pos, batch: int) -> dict:
+    """A pass of the final maps' moment window over `frames` (`MomentWindow.add_to`, the
+    defaults' radius) on the numba pass and on the numpy floor, as compute-core variants."""
+    from dfxm_online.online import kernels
+    from dfxm_online.online.moment_window import MomentWindow
+
+    window = MomentWindow.from_maps(maps, axes, AnalysisConfig().moment_window)
+    sums = PowerSums(axes, window.n_pixels)
+    offset = np.zeros(window.n_pixels)
+
+    def windowed(backend: str) -> None:
+        with kernels.use_backend(backend):
+            for s in range(0, len(frames), batch):
+                window.add_to(sums, frames[s:s + batch], {k: v[s:s + batch] for k, v in pos.items()}, offset)
+
+    return {"window numba": lambda: windowed("numba"), "window numpy floor": lambda: windowed("numpy")}
 
 
 def _core_child(size: int, n_frames: int, batch: int, env: dict, product_only: bool = False) -> dict | str:
@@ -238,7 +261,7 @@ def compute_core_paths(size: int, n_frames: int, batch: int) -> list[str]:
     for label, env in code_paths():
         r = _core_child(size, n_frames, batch, env)
         if isinstance(r, str):
-            rows.append(f"| {label} | failed: {r} | | | | | | |")
+            rows.append(f"| {label} | failed: {r} | | | | | | | |")
             continue
         print(json.dumps({"path": label, **r}), flush=True)
 
@@ -260,7 +283,8 @@ def compute_core_paths(size: int, n_frames: int, batch: int) -> list[str]:
                     f"| {fps(r['numpy product'])} | {r['auto']}: {r[chosen][0] / r['numpy product'][0]:.2f}x "
                     f"| {'; '.join(own) or '(the same CPU)'} "
                     f"| {cpu['numba']:.0f} / {cpu['numpy floor']:.0f} / {cpu['numpy product']:.0f}: "
-                    f"{cpu[chosen] / cpu['numpy product']:.2f}x |")
+                    f"{cpu[chosen] / cpu['numpy product']:.2f}x "
+                    f"| {fps(r['window numba'])} / {fps(r['window numpy floor'])} |")
     return rows
 
 
@@ -788,8 +812,9 @@ def main() -> None:
         "",
         "| path | numba target | compute core, numba | compute core, numpy floor | numpy tiled product (15 sums) "
         "| auto, over the product | the product with the target's BLAS kernels, auto over it "
-        "| per CPU time: numba / floor / product, auto over the product |",
-        "|---|---|---|---|---|---|---|---|",
+        "| per CPU time: numba / floor / product, auto over the product "
+        "| a moment window pass (windowed power sums): numba / numpy floor |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     if part in (None, "accumulators", "compute-core"):
         lines += compute_core_paths(size, CORE_FRAMES, batch)
