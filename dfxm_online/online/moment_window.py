@@ -73,9 +73,8 @@ WINDOW_CHUNK_BYTES = 64 << 20
 def _window_kernel(frames, offset, mono, coef, rho2, out, start, stop):  # pragma: no cover - compiled
     """out[b, p] = frames[b, p] - offset[p] where q_p(point b) <= rho2, else 0, for pixels
     start <= p < stop (`kernels.frame_pass.window_values`, in blocks of BLOCK pixels)."""
-    q = np.empty(BLOCK)
     for p0 in range(start, stop, BLOCK):
-        numba_pass.window_values(frames, offset, mono, coef, rho2, p0, min(BLOCK, stop - p0), out, p0, q)
+        numba_pass.window_values(frames, offset, mono, coef, rho2, p0, min(BLOCK, stop - p0), out, p0)
 
 
 @dataclass
@@ -204,7 +203,7 @@ class MomentWindow:
 
         def work(a: int, b: int) -> None:
             numba_pass.windowed_pass(flat, a, b, off, mono, self.coefficients, rho2, weights, rows,
-                                     np.empty((len(flat), sub)), np.empty(sub))
+                                     np.empty((len(flat), sub)))
 
         for_each_tile(self.n_pixels, work, tile=PASS_PIXELS)
         if plan.after is not None:

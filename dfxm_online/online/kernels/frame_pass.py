@@ -253,52 +253,52 @@ def frame_pass(frames, start, stop, w, rows, xs, members, counts, gsums, gsumsq,
             _maximum(xs, n_frames, maximum, t0, n, nans, fused)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _window_row(frames, offset, mono, coef, rho2, f, tu, n, out, ou, n_terms):
+    """Frame f's windowed values of pixels tu..tu+n into out[f, ou..ou+n] (see
+    `window_values`). Called with a literal `n_terms` (2, 5, 9: one to three motors), the
+    loop over the terms has a known length: it unrolls and the loop over the pixels
+    vectorizes, with the same sums in the same order as any other call."""
+    for i in range(n):
+        p = tu + np.uint64(i)
+        q = coef[n_terms, p]
+        for k in range(n_terms):
+            q = q + coef[k, p] * mono[f, k]
+        out[f, ou + np.uint64(i)] = (frames[f, p] - offset[p]) if q <= rho2 else 0.0
+
+
 @njit(nogil=True, cache=True)
-def window_values(frames, offset, mono, coef, rho2, t0, n, out, o, q):
+def window_values(frames, offset, mono, coef, rho2, t0, n, out, o):
     """out[f, o + i] = frames[f, t0 + i] - offset[t0 + i] where frame f's point lies within
     pixel t0 + i's window, else 0, for i < n and every frame (`online/moment_window.py`: the
     point's quadratic form q = coef[K, p] + sum_k mono[f, k] coef[k, p], K = the last row,
-    inside where q <= rho2); `q` (>= n,) float64 scratch. One rule for the window's step
+    summed in that order, inside where q <= rho2). One rule for the window's step
     (`MomentWindow.apply`) and for the windowed pass below."""
     n_terms = coef.shape[0] - 1
     tu, ou = np.uint64(t0), np.uint64(o)  # unsigned: no wraparound, the loops vectorize
     for f in range(frames.shape[0]):
-        if n_terms == 5:
-            # two motors: the form written out, so that one loop over the pixels vectorizes
-            # (the same sums in the same order as the general loops below)
-            m0, m1, m2, m3, m4 = mono[f, 0], mono[f, 1], mono[f, 2], mono[f, 3], mono[f, 4]
-            for i in range(n):
-                p = tu + np.uint64(i)
-                qq = coef[5, p] + coef[0, p] * m0
-                qq = qq + coef[1, p] * m1
-                qq = qq + coef[2, p] * m2
-                qq = qq + coef[3, p] * m3
-                qq = qq + coef[4, p] * m4
-                out[f, ou + np.uint64(i)] = (frames[f, p] - offset[p]) if qq <= rho2 else 0.0
-            continue
-        for i in range(n):
-            q[i] = coef[n_terms, tu + np.uint64(i)]
-        for k in range(n_terms):
-            m = mono[f, k]
-            for i in range(n):
-                q[i] += coef[k, tu + np.uint64(i)] * m
-        for i in range(n):
-            p = tu + np.uint64(i)
-            out[f, ou + np.uint64(i)] = (frames[f, p] - offset[p]) if q[i] <= rho2 else 0.0
+        if n_terms == 5:  # two motors
+            _window_row(frames, offset, mono, coef, rho2, f, tu, n, out, ou, 5)
+        elif n_terms == 2:  # one motor
+            _window_row(frames, offset, mono, coef, rho2, f, tu, n, out, ou, 2)
+        elif n_terms == 9:  # three motors
+            _window_row(frames, offset, mono, coef, rho2, f, tu, n, out, ou, 9)
+        else:
+            _window_row(frames, offset, mono, coef, rho2, f, tu, n, out, ou, n_terms)
 
 
 @njit(nogil=True, cache=True)
-def windowed_pass(frames, start, stop, offset, mono, coef, rho2, w, rows, xs, q):
+def windowed_pass(frames, start, stop, offset, mono, coef, rho2, w, rows, xs):
     """The dense sums of the frames windowed by `window_values`, pixels start..stop:
     S_r[p] += sum_f w[f, r] x (frames[f, p] - offset[p] inside the window, else 0), the S_r
     at the addresses `rows` (see `frame_pass`). Each sub-tile's windowed values are packed
     straight into `xs` (F, SUB) (float64), which the dense register blocks then read: no
-    windowed copy of the frames in memory. `q` (SUB,) float64 scratch."""
+    windowed copy of the frames in memory."""
     sub = xs.shape[1]
     for t0 in range(start, stop, sub):
         n = min(sub, stop - t0)
         # in chunks whose window coefficients stay in L1 while every frame is windowed
         for c0 in range(0, n, WINDOW_PIXELS):
-            window_values(frames, offset, mono, coef, rho2, t0 + c0, min(WINDOW_PIXELS, n - c0), xs, c0, q)
+            window_values(frames, offset, mono, coef, rho2, t0 + c0, min(WINDOW_PIXELS, n - c0), xs, c0)
         _dense(xs, w, rows, frames.shape[0], t0, n, np.uint64(0), frames, False)
 
