@@ -176,12 +176,10 @@ class _Pass:
     def _prepare_numba(self) -> None:
         n_frames, n_pixels = self.frames.shape
         rows = 0 if self.weights is None else self.weights.shape[1]
-        # `single` on the numba path: the weights rounded to float32, the products and sums
-        # float64 (the register blocks are float64; float32 products measured no faster in
-        # numba's previous pass, bench/RESULTS.md), within the float32 bound a fortiori
-        weights = self.weights.astype(np.float32) if rows and self.single else self.weights
-        weights = np.ascontiguousarray(weights, dtype=np.float64) if rows else np.zeros((n_frames, 0))
-        row_addr = [self.sums[r].ctypes.data for r in range(rows)]
+        if rows:
+            weights, row_addr = numba_dense_rows(self.weights, self.sums, self.single)
+        else:
+            weights, row_addr = np.zeros((n_frames, 0)), []
         groups = self._dense_groups(rows)
         if groups:
             # a group's sums in the last dense block's spare rows, weights 0 and 1: the block
@@ -293,6 +291,17 @@ class _Pass:
             # integer frames' maximum on the frames themselves (no NaN; 2-4x fewer bytes)
             top = self.frames[:, a:b] if self.frames.dtype.kind in "iu" else x
             np.maximum(self.maximum[a:b], top.max(axis=0), out=self.maximum[a:b])
+
+
+def numba_dense_rows(weights: np.ndarray, sums: np.ndarray, single: bool) -> tuple[np.ndarray, list[int]]:
+    """Dense rows as the numba pass takes them: the weights (F, R) as C-contiguous float64,
+    and the addresses of the R rows of `sums` (which the caller keeps alive). `single`: the
+    weights rounded to float32, the products and sums float64 (the register blocks are
+    float64; float32 products measured no faster in numba's previous pass,
+    bench/RESULTS.md), within the float32 bound a fortiori."""
+    rounded = weights.astype(np.float32) if single else weights
+    return (np.ascontiguousarray(rounded, dtype=np.float64),
+            [sums[r].ctypes.data for r in range(weights.shape[1])])
 
 
 def _rows_of(members: np.ndarray) -> slice | np.ndarray:

@@ -39,7 +39,7 @@ from scipy.special import gammainc
 from ..acquisition.geometry import MotorAxis
 from ..gaussian import FWHM_PER_SIGMA
 from . import kernels
-from .framesums import MAX_PASS_FRAMES, PASS_PIXELS, frames_for_pass
+from .framesums import MAX_PASS_FRAMES, PASS_PIXELS, frames_for_pass, numba_dense_rows
 from .kernels import frame_pass as numba_pass
 from .tiles import TILE_PIXELS, for_each_tile
 
@@ -193,10 +193,8 @@ class MomentWindow:
         plan = sums.sums_plan(positions, len(frames))
         flat = frames_for_pass(frames, self.n_pixels)
         off = np.zeros(self.n_pixels) if offset is None else np.ascontiguousarray(offset, np.float64).reshape(-1)
-        # float32 products (`precision`) as the frame pass forms them: weights rounded
-        weights = plan.weights.astype(np.float32) if plan.single else plan.weights
-        weights = np.ascontiguousarray(weights, dtype=np.float64)
-        rows = np.array([plan.sums[r].ctypes.data for r in range(plan.sums.shape[0])], dtype=np.uint64)
+        weights, addresses = numba_dense_rows(plan.weights, plan.sums, plan.single)
+        rows = np.array(addresses, dtype=np.uint64)
         mono = self.monomials(positions)
         rho2 = self.rho * self.rho
         sub = numba_pass.sub_pixels(len(flat))
