@@ -237,3 +237,33 @@ def test_quicklook_panels_units_fits_and_key_in_degrees(mosaicity_file, tmp_path
         finally:
             plt.close(fig)
     assert process["state"] == "complete"
+
+
+def test_quicklook_draws_a_large_map_from_every_kth_pixel_over_its_whole_extent():
+    """A map larger than `DRAWN_PIXELS` a side is drawn from every k-th pixel (k the
+    smallest step that fits), over the full map's pixel extent, its colour range from what
+    is drawn; the mosaicity RGB map the same; a small map as it is."""
+    from dfxm_online.publish.quicklook import _DRAWING, DRAWN_PIXELS, draw_figure, robust_range
+
+    rng = np.random.default_rng(3)
+    rows, columns = 3 * DRAWN_PIXELS - 100, 2 * DRAWN_PIXELS + 7  # k = 3
+    maps = {"com_mu": rng.normal(size=(rows, columns)).astype(np.float32),
+            "com_chi": rng.normal(size=(40, 30)).astype(np.float32),
+            "mosaicity": rng.random((rows, columns, 3)).astype(np.float32),
+            "mosaicity_key": rng.random((16, 16, 3)).astype(np.float32)}
+    with _DRAWING:
+        import matplotlib.pyplot as plt
+
+        fig = draw_figure(maps, ["mu", "chi"], "t")
+        try:
+            panels = {ax.get_label(): ax for ax in fig.axes if ax.get_label() and not ax.get_label().startswith("<")}
+            image = panels["com_mu"].images[0]
+            np.testing.assert_array_equal(image.get_array(), maps["com_mu"][::3, ::3])
+            assert list(image.get_extent()) == [-0.5, columns - 0.5, -0.5, rows - 0.5]
+            assert (image.norm.vmin, image.norm.vmax) == pytest.approx(robust_range(maps["com_mu"][::3, ::3]))
+            colours = panels["mosaicity"].images[0]
+            np.testing.assert_array_equal(colours.get_array(), maps["mosaicity"][::3, ::3])
+            assert list(colours.get_extent()) == [-0.5, columns - 0.5, -0.5, rows - 0.5]
+            np.testing.assert_array_equal(panels["com_chi"].images[0].get_array(), maps["com_chi"])
+        finally:
+            plt.close(fig)
