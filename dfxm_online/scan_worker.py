@@ -17,7 +17,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -35,7 +34,7 @@ from .acquisition.geometry import (
     geometry_from_scan_info,
     select_image_stream,
 )
-from .behind_preview import UpdatesBehindPreview
+from .behind_preview import GatheredBatches, UpdatesBehindPreview, joined
 from .live_binning import preview_binning
 from .logtext import one_line
 from .map_publisher import PROCESS_EXTRAS, MapPublisher
@@ -100,6 +99,8 @@ class ScanWorker(threading.Thread):
         self.preview_factor = 1
         #: the full-resolution updates, on a thread of their own behind the preview's
         self.updates: UpdatesBehindPreview | None = None
+        #: the live batches held back for the next full-resolution update (`behind_preview`)
+        self.gathered: GatheredBatches | None = None
         self.dark_mean: RunningMean | None = None
         self.dark_shape: tuple[int, ...] = ()
         self.geometry: ScanGeometry | None = None
@@ -107,8 +108,6 @@ class ScanWorker(threading.Thread):
         #: the scan's frames read again from its start, for the final windowed moments
         self._reread: Callable[[], Iterable[Batch]] | None = None
         self._job: Job | None = None  # the scan-end workflow's job (`_hand_off`)
-        #: saves the accumulator state for the workflow while the final maps are made
-        self._saver = ThreadPoolExecutor(1, thread_name_prefix=f"state-{key[-8:]}")
         self._window_reason: str | None = None  # the provenance's, before the hand-off
         self.metrics = daemon.metrics
 
@@ -129,7 +128,6 @@ class ScanWorker(threading.Thread):
             self.pipeline = self.preview = None
             self.dark_mean = None
             self.buffers = MapBuffers()
-            self._saver.shutdown(wait=True)
             self.metrics.active.dec()
             if self.status is not None:
                 self.metrics.scans.labels(self.status.state).inc()
@@ -158,10 +156,26 @@ class ScanWorker(threading.Thread):
             self._fail(f"{type(exc).__name__}: {exc}")
 
     def _flush_updates(self, raise_error: bool = True) -> None:
-        """Wait for the full-resolution updates submitted (`behind_preview`): before any
-        version made from the full-resolution pipeline."""
+        """Every batch in the full-resolution pipeline: the gathered ones submitted, and the
+        updates waited for (`behind_preview`): before any version made from the
+        full-resolution pipeline."""
         if self.updates is not None:
+            self._submit_gathered()
             self.updates.flush(raise_error)
+
+    def _submit_gathered(self) -> None:
+        """The batches gathered so far into the full-resolution pipeline, as one update on
+        the updates' thread (it joins them there: the copy is off the live path)."""
+        if self.gathered is None or not len(self.gathered):
+            return
+        n = len(self.gathered)
+        items, raw = self.gathered.take()
+        pipeline = self.pipeline
+
+        def update() -> None:
+            self._add_full_resolution(pipeline, *joined(items), n)
+
+        self.updates.submit(update, raw)
 
     def _fail(self, reason: str) -> None:
         reason = one_line(reason)
@@ -263,8 +277,9 @@ class ScanWorker(threading.Thread):
                 self.publish("running", background=True, behind=source.behind)
             if prepared is not None:
                 if self.updates is None:
-                    self.updates = UpdatesBehindPreview(self.d.config.analysis.batch_mb << 20)
-                self.updates.submit(partial(self._add_full_resolution, self.pipeline, *prepared, n), batch.frames)
+                    self.updates, self.gathered = self._full_resolution_updates(geometry)
+                if self.gathered.add(*prepared, batch.frames):
+                    self._submit_gathered()
                 done = self.updates.finished()
             else:
                 self.metrics.frames.inc(n)
@@ -277,15 +292,29 @@ class ScanWorker(threading.Thread):
             del batch, done  # its frames are free before the next read
             t_read = time.perf_counter()
 
+    def _full_resolution_updates(self, geometry: ScanGeometry) -> tuple[UpdatesBehindPreview, GatheredBatches]:
+        """The scan's full-resolution updates and the batches gathered for them: an update
+        takes up to an eighth of the accumulators' bytes in frames (so that its frames, not
+        the running sums it reads and writes whatever its frames, are most of its work), at
+        most a quarter of `batch_mb`: the frame source's buffer (`batch_mb`) holds the
+        frames gathered, those of the updates waiting and the next reads, and a read that
+        finds no room waits for an update (2048^2 two motors: 8 of its 32 frames)."""
+        batch_bytes = self.d.config.analysis.batch_mb << 20
+        sums = ScanPipeline.memory_bytes(geometry, self.pipeline.frame_shape, self.d.config.analysis)
+        return UpdatesBehindPreview(batch_bytes), GatheredBatches(min(sums // 8, batch_bytes // 4))
+
     def _reclaim(self, source: LiveFrameSource) -> bool:
         """The frame source has no room left in its buffer for a read: wait for the oldest
         full-resolution update and give its batch back; False when none can come back. So a
         daemon a buffer behind waits for its updates instead of holding a second buffer
-        (256 MB at 2048^2)."""
+        (256 MB at 2048^2). The batches gathered for the next update go first."""
         if self.updates is None or self.pipeline is None or self.pipeline.retains_frames:
             return False
+        self._submit_gathered()
+        t0 = time.perf_counter()
         if not self.updates.wait_finished():
             return False
+        logger.debug("scan %s: reads waited %.3f s for a full-resolution update", self.key, time.perf_counter() - t0)
         for frames in self.updates.finished():
             source.recycle(frames)
         return True
@@ -315,7 +344,7 @@ class ScanWorker(threading.Thread):
             return None
         shape = tuple(batch.frames.shape[1:])
         if self.pipeline is not None and self.pipeline.raw_shape != shape and self.updates is not None:
-            self.updates.flush()  # whether the pipeline has taken frames yet
+            self._flush_updates()  # whether the pipeline has taken frames yet
         if self.pipeline is None or (not self.pipeline.frames_processed and self.pipeline.raw_shape != shape):
             self.pipeline = self._new_pipeline(geometry, shape)  # the announced shape was not the frames'
             self.preview_factor = preview_binning(self.pipeline.frame_shape, len(geometry.motors), self._forced())
@@ -349,7 +378,7 @@ class ScanWorker(threading.Thread):
         end_reason = self._end_reason(scan)
         self.publisher.provenance.update(end_time=str(scan.info.get("end_time", "")), end_reason=end_reason)
         workflow = self._workflow(geometry, end_reason)
-        saving: Future | None = None
+        saving: Callable[[], object] | None = None
         if self.pipeline is not None:
             self.pipeline.finish()
             if workflow:
@@ -368,17 +397,15 @@ class ScanWorker(threading.Thread):
                 self.publisher.provenance["moment_window_reason"] = "windowed final moments in progress"
                 self.publish("running", full_resolution=True)
                 self.publisher.provenance["moment_window_reason"] = ""
-        try:
-            if st.dark and self.dark_mean is not None and self.dark_mean.count:
-                self.d.darks.add(st.session, st.number, self.dark_mean)
-            processed = st.frames_processed
-            if processed == 0:
-                raise ScanError(f"scan ended ({end_reason}) without any complete point")
-            last = ("complete", "") if end_reason == "SUCCESS" and (st.frames_expected in (0, processed)) else (
-                "aborted", f"scan ended with {end_reason} after {processed} of {st.frames_expected} points")
-            self.publish(*last)
-        finally:
-            workflow = self._handed_off(saving, workflow) if saving is not None else None
+        if st.dark and self.dark_mean is not None and self.dark_mean.count:
+            self.d.darks.add(st.session, st.number, self.dark_mean)
+        processed = st.frames_processed
+        if processed == 0:
+            raise ScanError(f"scan ended ({end_reason}) without any complete point")
+        last = ("complete", "") if end_reason == "SUCCESS" and (st.frames_expected in (0, processed)) else (
+            "aborted", f"scan ended with {end_reason} after {processed} of {st.frames_expected} points")
+        self.publish(*last)
+        workflow = self._handed_off(saving, workflow) if saving is not None else None
         if saving is not None and workflow is None:
             self.publish(*last)  # the final file says why no workflow follows (rare: disk full...)
         logger.info("scan %s done: %s, %d frames", self.key, self.status.state, processed)
@@ -398,17 +425,19 @@ class ScanWorker(threading.Thread):
             return None
         return cfg.workflow_for(geometry.scan_type)
 
-    def _hand_off(self, scan, workflow: str) -> Future:
-        """Start saving the scan's accumulator state beside its maps file (on a thread of its
-        own: the final maps are made and written meanwhile) and prepare the workflow's job;
-        the provenance says the workflow is queued. `_handed_off` waits for the save.
+    def _hand_off(self, scan, workflow: str) -> Callable[[], object]:
+        """Prepare the workflow's job (the provenance says it is queued) and return the save
+        of the scan's accumulator state for it, which `_handed_off` runs once the final maps
+        are on disk.
 
-        Why beside: at 2048^2 with two motors the save (~0.5 GB of sums) took 1.6 s and the
-        final maps 2.5 s after it; both read the finished accumulators only."""
+        Why after the maps: they are what the beamline waits for. At 2048^2 with two motors
+        the save (~0.7 GB of sums) run beside the final maps' snapshot and write (as it was)
+        slowed them to 3.8-4.3 s after the last frame (snapshot 1.7 s instead of 0.4 s, write
+        2.1 s); the workflow, which takes tens of seconds, starts a save later."""
         cfg, st, provenance = self.d.config.post_scan, self.status, self.publisher.provenance
         filename = str(getattr(scan, "path", None) or scan.info.get("filename") or "")
-        saving = self._saver.submit(save_state, state_path(st.path), self.pipeline, self.key, raw_file=filename,
-                                    raw_entry=f"{st.number}.1")
+        saving = partial(save_state, state_path(st.path), self.pipeline, self.key, raw_file=filename,
+                         raw_entry=f"{st.number}.1")
         self._job = post_scan_job(cfg, self.d.config.quicklook, filename=filename, scan=f"{st.number}.1",
                                   output=st.path, state=str(state_path(st.path)), scan_key=self.key)
         self.publisher.quicklook_by_workflow = True
@@ -417,11 +446,11 @@ class ScanWorker(threading.Thread):
                            "moment_window_reason": f"applied by the scan-end workflow {workflow}"})
         return saving
 
-    def _handed_off(self, saving: Future, workflow: str) -> str | None:
-        """The workflow once its state is saved; None (and the reason in the provenance, for
-        the caller to publish) when the state could not be saved."""
+    def _handed_off(self, saving: Callable[[], object], workflow: str) -> str | None:
+        """The workflow once its state is saved (`saving`); None (and the reason in the
+        provenance, for the caller to publish) when the state could not be saved."""
         try:
-            saving.result()
+            saving()
             return workflow
         except (OSError, RuntimeError) as exc:
             reason = one_line(f"accumulator state not saved: {exc}")

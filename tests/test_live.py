@@ -468,7 +468,8 @@ def test_final_maps_are_right_when_the_full_resolution_updates_fall_behind(make_
     """With a live preview the full-resolution updates run behind the frame reads. When
     they fall several batches behind, the frame source must not put new frames where frames
     still waiting for them are (it reused a buffer from its start as soon as one of its
-    batches was done): the final one-pass maps equal brute force of every frame."""
+    batches was done): the final one-pass maps equal brute force of every frame. The live
+    batches are gathered into fewer full-resolution updates (`GatheredBatches`)."""
     from blissdata.redis_engine.store import DataStore
 
     from dfxm_online.acquisition.model import CrystalModel, scan_positions
@@ -476,10 +477,12 @@ def test_final_maps_are_right_when_the_full_resolution_updates_fall_behind(make_
     from dfxm_online.scan_worker import ScanWorker
 
     add = ScanWorker._add_full_resolution
+    updated: list[int] = []  # frames per full-resolution update
 
-    def behind(self, *args):  # a busy machine: each update takes a while
+    def behind(self, pipeline, frames, *args):  # a busy machine: each update takes a while
         time.sleep(0.04)
-        add(self, *args)
+        updated.append(frames.shape[0])
+        add(self, pipeline, frames, *args)
 
     monkeypatch.setattr(ScanWorker, "_add_full_resolution", behind)
     axes = [MotorAxis("mu", -0.4, 0.4, 40)]
@@ -501,6 +504,8 @@ def test_final_maps_are_right_when_the_full_resolution_updates_fall_behind(make_
     pub.finish()
     status = wait_done(daemon, pub.scan.key)
     assert status.state == "complete", status.reason
+    # the live batches were gathered into fewer full-resolution updates, every frame once
+    assert sum(updated) == len(positions) and max(updated) > 1 and len(updated) < len(positions) / 2, updated
     final, process = read_maps_file(status.path)
     assert process["map_binning"] == 1 and final["intensity"].shape == SHAPE
     offset = brute.edge_baseline(stack, positions, axes, 0.2)

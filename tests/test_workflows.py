@@ -147,10 +147,22 @@ def wait_workflow(daemon, key: str, timeout: float = 180.0) -> dict:
     return vars(record)
 
 
-def test_daemon_runs_post_scan_and_its_maps_are_the_offline_graph_s(make_daemon, redis_url, tmp_path):
-    """The daemon saves the state at scan end and starts post_scan.json in a local process:
-    the final file gets the fits and the record `done`, its maps equal `ewoks execute` of
-    offline.json on the scan file the simulator wrote."""
+def test_daemon_runs_post_scan_and_its_maps_are_the_offline_graph_s(make_daemon, redis_url, tmp_path,
+                                                                     monkeypatch):
+    """The daemon saves the state at scan end, once its final maps are on disk, and starts
+    post_scan.json in a local process: the final file gets the fits and the record `done`,
+    its maps equal `ewoks execute` of offline.json on the scan file the simulator wrote."""
+    import dfxm_online.scan_worker as scan_worker
+
+    save = scan_worker.save_state
+    maps_state_at_save: list[str] = []
+
+    def save_after_maps(path, *args, **kwargs):
+        maps_file = Path(path).with_name(Path(path).name.replace(".state.h5", ".h5"))  # state_path's inverse
+        maps_state_at_save.append(read_maps_file(maps_file)[1]["state"])
+        return save(path, *args, **kwargs)
+
+    monkeypatch.setattr(scan_worker, "save_state", save_after_maps)
     daemon = make_daemon(DaemonConfig(publish_period=0.2, post_scan=PostScanConfig(workflow="post_scan")))
     spec = SimulationSpec(kind="mosaicity", frame_shape=(24, 20), scan_dir=tmp_path / "scans", dark_frames=8,
                           session="wf", peak_counts=3000.0, background=5.0, image_mode="lima", zigzag=True)
@@ -159,6 +171,7 @@ def test_daemon_runs_post_scan_and_its_maps_are_the_offline_graph_s(make_daemon,
     assert status.state == "complete", status.reason
     record = wait_workflow(daemon, result.scan_key)
     assert record["state"] == "done", record["reason"]
+    assert maps_state_at_save == ["complete"]  # the final maps first, then the state
     assert record["job_id"] and record["started"] >= record["submitted"] > 0
     path = Path(status.path)
     assert daemon.status()["scans"][result.scan_key]["post_scan"]["state"] == "done"
@@ -216,9 +229,9 @@ def test_failing_workflow_is_reported_and_the_daemon_goes_on(make_daemon, redis_
 
 def test_a_state_that_cannot_be_saved_is_reported_and_no_workflow_runs(make_daemon, redis_url, tmp_path,
                                                                          monkeypatch):
-    """The state is saved while the final maps are made: when the save fails (a full disk),
-    the final file says so (`post_scan/state` failed, the reason), no workflow is queued,
-    and the next scan is processed."""
+    """The state is saved once the final maps are written: when the save fails (a full
+    disk), the final file says so (`post_scan/state` failed, the reason), no workflow is
+    queued, and the next scan is processed."""
     import dfxm_online.scan_worker as scan_worker
 
     def full_disk(*args, **kwargs):
@@ -230,7 +243,7 @@ def test_a_state_that_cannot_be_saved_is_reported_and_no_workflow_runs(make_daem
                           image_mode="array")
     first = simulate(redis_url, spec)
     status = wait_done(daemon, first.scan_key)
-    # the final maps go out while the state is saved, so the failure may follow them by a moment
+    # the final maps go out before the state is saved, so the failure may follow them by a moment
     deadline = time.monotonic() + 30
     while True:
         with h5py.File(status.path, "r") as f:
