@@ -92,7 +92,34 @@ def bench_accumulators(size: int, n_frames: int, batch: int) -> list[tuple[str, 
     maps = pipe.snapshot()
     rows.append(("ScanPipeline.snapshot (maps), seconds", time.perf_counter() - t0))
     rows += bench_window(maps, axes, frames, pos, batch)
+    rows += bench_live_updates(pipe, frames, pos)
+    rows.append(("write_quicklook of these maps (the final PNG), seconds", bench_quicklook(maps)))
     return rows
+
+
+def bench_live_updates(pipe: ScanPipeline, frames: np.ndarray, pos: dict) -> list[tuple[str, float]]:
+    """The daemon's full-resolution updates of a live scan: its one- or two-frame batches one
+    by one, against the same gathered 8 at a time (`behind_preview.GatheredBatches`): an
+    update reads and writes every running sum whatever its frames."""
+    n = min(64, len(frames))
+    live, live_pos = frames[:n], {k: v[:n] for k, v in pos.items()}
+    return [(f"ScanPipeline.update, batches of {b} (the daemon's full-resolution updates, {how})",
+             frames_per_second(pipe.update, live, live_pos, b, 2))
+            for b, how in ((1, "live batches one by one"), (8, "gathered"))]
+
+
+def bench_quicklook(maps) -> float:
+    """Seconds to draw and write the quick-look PNG of `maps` (matplotlib loaded first)."""
+    from dfxm_online.publish.quicklook import write_quicklook
+
+    key_axes = maps.axes.get("mosaicity_key")
+    with tempfile.TemporaryDirectory() as tmp:
+        small = {name: values[:16, :16] for name, values in maps.items() if name != "mosaicity_key"}
+        write_quicklook({**small, "mosaicity_key": maps["mosaicity_key"]}, ["mu", "chi"], Path(tmp) / "w.png",
+                        "bench", key_axes)
+        t0 = time.perf_counter()
+        write_quicklook(maps, ["mu", "chi"], Path(tmp) / "q.png", "bench", key_axes)
+        return time.perf_counter() - t0
 
 
 def bench_window(maps, axes, frames, pos, batch: int) -> list[tuple[str, float]]:
@@ -492,6 +519,13 @@ def peak_rss_of(pid: int) -> int:
     raise RuntimeError(f"no VmHWM for process {pid}")
 
 
+def cpu_seconds_of(pid: int) -> float:
+    """A process's CPU time so far (user + system, its threads; not its children's)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_daemon(url: str, out: Path, port: int, workdir: Path, *extra: str) -> subprocess.Popen:
     """The daemon of this checkout (PYTHONPATH: from its temporary working directory the
     interpreter would import the installed package, another checkout's code)."""
@@ -615,8 +649,9 @@ def bench_end_to_end(url: str, workdir: Path, size: int, n_frames: int, mode: st
 
 def watch_progress(path: str, timeout: float, conn) -> None:
     """Child process of the latency bench: watch the maps file until the scan is no longer
-    running (or `timeout`), then send back [(time, frames processed)] at each change
-    ("ready" first, once it watches; `time.monotonic`: one clock for every process).
+    running (or `timeout`), then send back [(time, frames processed)] at each change and the
+    time the final version appeared (None if it did not; "ready" first, once it watches;
+    `time.monotonic`: one clock for every process).
 
     Every 2 ms it only stats the path (each published version is another inode: a
     new file renamed over the path), and reads the process fields when
@@ -628,6 +663,7 @@ def watch_progress(path: str, timeout: float, conn) -> None:
 
     conn.send("ready")
     seen: list[tuple[float, int]] = []
+    final = None  # when the file first said the scan is no longer running
     last = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -643,11 +679,12 @@ def watch_progress(path: str, timeout: float, conn) -> None:
                 if not seen or n > seen[-1][1]:
                     seen.append((t, n))
                 if state != "running":
+                    final = t
                     break
         except (OSError, KeyError):  # not there yet, or swapped while being opened: again
             pass
         time.sleep(0.002)
-    conn.send(seen)
+    conn.send((seen, final))
     conn.close()
 
 
@@ -731,9 +768,11 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
         receive.recv()  # "ready"
         thread = threading.Thread(target=publish)
         thread.start()
-        seen: list[tuple[float, int]] = receive.recv()
+        cpu_before = cpu_seconds_of(daemon.pid)
+        seen, final = receive.recv()
         watcher.join()
         thread.join()
+        cpu = cpu_seconds_of(daemon.pid) - cpu_before
         latencies = []
         for k, t_pub in enumerate(published):
             t_map = next((t for t, n in seen if n > k), None)
@@ -746,6 +785,10 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
                 "p50": float(np.percentile(lat, 50)),
                 "p99": float(np.percentile(lat, 99)), "measured": len(lat), "peak_rss_mb": peak_mb,
                 "p99_steady": float(np.percentile(lat[10:-5], 99)) if len(lat) > 30 else float("nan"),
+                # the final (full-resolution) maps on disk after the last frame's publication
+                "final_after_last": float(final - published[-1]) if final is not None else float("nan"),
+                # the daemon's own CPU (not its workflow processes') over the scan
+                "daemon_cpu_s": cpu,
                 # where the tail is: the slowest frames (index, latency), for the notes
                 "slowest": [(int(k), round(float(lat[k]), 3)) for k in np.argsort(lat)[::-1][:6]]}
     finally:
@@ -879,10 +922,12 @@ def main() -> None:
                       "accumulators, so its maps have that many times fewer pixels per side. Live maps "
                       "binned: `--live-binning`, the running versions binned from the full-resolution "
                       "accumulators, the final maps full resolution. p99 steady: without the first 10 "
-                      "and last 5 frames (the scan's start and its final maps).", "",
+                      "and last 5 frames (the scan's start and its final maps). Final maps: from the last "
+                      "frame's publication to the final version on disk. Daemon CPU: the daemon's own "
+                      "(not its workflow processes') over the scan.", "",
                       "| frame | rate (frames/s) | frames | motors | daemon | p50 (s) | p99 (s) "
-                      "| p99 steady (s) | peak daemon RSS (MB) |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+                      "| p99 steady (s) | final maps after last frame (s) | daemon CPU (s) | peak daemon RSS (MB) |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
             lat_runs = [(512, 100, "new", 1, 1, 1), (2048, 60, "new", 1, 1, 1), (2048, 60, "new", 2, 1, 1),
                         (2048, 60, "in service", 1, 1, 1), (2048, 200, "in service", 1, 1, 1),
                         (2048, 200, "in service", 2, 1, 1), (2048, 200, "in service", 2, 1, 2)]
@@ -901,7 +946,8 @@ def main() -> None:
                 frame = f"{sz}x{sz}" + (f" binned {binning}x{binning}" if binning > 1 else "")
                 frame += f", live maps binned {live}x{live}" if live > 1 else ""
                 lines.append(f"| {frame} | 10 | {r['frames']} | {motors} | {daemon_kind} | {r['p50']:.3f} "
-                             f"| {r['p99']:.3f} | {r['p99_steady']:.3f} | {r['peak_rss_mb']:.0f} |")
+                             f"| {r['p99']:.3f} | {r['p99_steady']:.3f} | {r['final_after_last']:.2f} "
+                             f"| {r['daemon_cpu_s']:.1f} | {r['peak_rss_mb']:.0f} |")
         finally:
             store.stop()
     from fits import section as fits_section  # bench/fits.py: the per-pixel fits vs darfix
