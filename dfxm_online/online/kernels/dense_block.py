@@ -76,12 +76,15 @@ VECTOR, MR, NV = _block_shape()
 #: against 160-163 with (4 x 3 blocks; alternating, 2026-12-06)
 MAX_IN_BLOCK = "fma" in numba_target()[1]
 #: whether the first dense blocks read the frames and pack the sub-tile themselves (where the
-#: packing loop would write it and the blocks read it back): with 32 registers. The compute
-#: core (2048^2, 64 frames): host 501 -> 528, AVX-512 on ymm 401 -> 408 frames/s; on the
-#: 16-register AVX2 and generic targets, with their blocks of 5 x 2 then, 356 -> 322 and
-#: 158 -> 149 (same runs), and with AVX2's 4 x 3 blocks no gain: 381-398 against 374-399
-#: (alternating; 2026-12-06)
-PACK_IN_BLOCK = _registers() >= 32
+#: packing loop would write it and the blocks read it back): with 32 registers, on Intel's
+#: CPUs. The compute core (2048^2, 64 frames) on an Intel AVX-512 Xeon: host 501 -> 528,
+#: AVX-512 on ymm 401 -> 408 frames/s; on the 16-register AVX2 and generic targets, with
+#: their blocks of 5 x 2 then, 356 -> 322 and 158 -> 149 (same runs), and with AVX2's 4 x 3
+#: blocks no gain: 381-398 against 374-399 (alternating; 2026-12-06). Not on AMD's Zen
+#: targets (znver*), where it cost 5-25 %: on an EPYC Zen 4 (2026-12-07, alternating
+#: children, 8 x 3 zmm blocks) host 328-353 frames/s with against 344-389 without, and on
+#: ymm (NUMBA_CPU_NAME=znver4, 4 x 3 blocks) 264 against 340-344
+PACK_IN_BLOCK = _registers() >= 32 and not numba_target()[0].startswith("znver")
 #: pixels one register block covers
 BLOCK_PIXELS = VECTOR * NV
 

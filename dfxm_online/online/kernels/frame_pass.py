@@ -20,9 +20,10 @@ and the maximum are register blocks of NV vectors over the group's member frames
 What the dense blocks also do, since every frame vector passes through their registers
 (single thread, half of a 64-frame 2048^2 uint16 batch with the compute core's plans, host
 AVX-512, 2026-12-06: the pass 160 ms before these three, 123 ms after):
-- on 32-register targets (`dense_block.PACK_IN_BLOCK`) the first rows' blocks read the
-  frames, convert them and store the packed sub-tile themselves, in place of a packing loop
-  that wrote it and the blocks that read it back (-13 ms; on 16-register targets it spilled);
+- on 32-register targets of Intel's (`dense_block.PACK_IN_BLOCK`) the first rows' blocks
+  read the frames, convert them and store the packed sub-tile themselves, in place of a
+  packing loop that wrote it and the blocks that read it back (-13 ms; on 16-register
+  targets it spilled; on AMD's Zen 4 it cost 5-25 % of the compute core);
 - on FMA targets (`dense_block.MAX_IN_BLOCK`) the first rows' blocks take the maximum of
   integer frames, one vmaxpd per frame vector (-12 ms, where the max block read the
   sub-tile once more);
