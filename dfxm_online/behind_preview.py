@@ -115,9 +115,9 @@ class UpdatesBehindPreview:
 
 class GatheredBatches:
     """Prepared batches held back until they make one full-resolution update of at least
-    `min_bytes` of frames (module docstring): `add` says when; `take` gives them, as one
-    update's frames and positions (`joined`, to run on the updates' thread: it copies) and
-    the raw batches to give back to the frame source once that update is done."""
+    `min_bytes` of frames (module docstring): `add` says when; `take` gives them (which
+    `joined` makes one update's frames and positions of, on the updates' thread) and the raw
+    batches to give back to the frame source once that update is done."""
 
     def __init__(self, min_bytes: int) -> None:
         self.min_bytes = min_bytes

@@ -123,6 +123,7 @@ class ScanWorker(threading.Thread):
             if self.updates is not None:
                 self.updates.close()
                 self.updates = None
+            self.gathered = None  # batches never submitted (a failure): their frame buffers go
             # the daemon keeps its workers (their status, their key against a second
             # worker for the scan), not their accumulators: ~0.4-0.8 GB per 2048^2 scan
             self.pipeline = self.preview = None
@@ -165,7 +166,7 @@ class ScanWorker(threading.Thread):
 
     def _submit_gathered(self) -> None:
         """The batches gathered so far into the full-resolution pipeline, as one update on
-        the updates' thread (it joins them there: the copy is off the live path)."""
+        the updates' thread (joined there, off the live path)."""
         if self.gathered is None or not len(self.gathered):
             return
         n = len(self.gathered)
@@ -405,6 +406,7 @@ class ScanWorker(threading.Thread):
         last = ("complete", "") if end_reason == "SUCCESS" and (st.frames_expected in (0, processed)) else (
             "aborted", f"scan ended with {end_reason} after {processed} of {st.frames_expected} points")
         self.publish(*last)
+        self.buffers = MapBuffers()  # the final maps (~0.3 GB at 2048^2) are on disk: not held through the save
         workflow = self._handed_off(saving, workflow) if saving is not None else None
         if saving is not None and workflow is None:
             self.publish(*last)  # the final file says why no workflow follows (rare: disk full...)
