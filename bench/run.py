@@ -329,7 +329,13 @@ def cpu_description() -> str:
     except OSError:
         pass
     simd = [f for f in flags if f.startswith(("sse", "ssse", "avx", "fma", "amx"))]
-    return f"{model}; SIMD flags: {' '.join(simd) or 'unknown'}"
+    from dfxm_online.online.kernels import l2_cache_bytes
+    from dfxm_online.online.kernels.frame_pass import XS_BYTES
+
+    l2 = l2_cache_bytes()
+    cache = f"L2 {l2 // 1024} KB per core" if l2 else "L2 size unknown"
+    return (f"{model}; SIMD flags: {' '.join(simd) or 'unknown'}; {cache} "
+            f"(the frame pass's sub-tile: {XS_BYTES // 1024} KB)")
 
 
 def wait_state(path: Path, timeout: float) -> dict:

@@ -235,3 +235,66 @@ def test_register_block_refuses_arrays_not_in_c_order():
     assert np.array_equal(top[:v], np.maximum(frames[:, :v].max(axis=0), 100)) and np.all(top[v:] == 100)
     with pytest.raises(TypingError):
         one_block(np.ones((4, 128))[:, ::2], w, rows, np.uint64(0), frames, False)
+
+
+@pytest.mark.parametrize("sub_tile_kb", [32, 128, 256])
+def test_every_sub_tile_size_gives_the_sums_of_numpy(sub_tile_kb, monkeypatch):
+    # the numba pass sizes its sub-tile from the CPU's L2 (`sub_tile_bytes`): whatever the
+    # size, sub-tiles and their partial last one cover every pixel once, with the groups,
+    # squares and maximum exact and the dense sums within the summation-order bound
+    from dfxm_online.online.kernels import frame_pass as numba_pass
+
+    monkeypatch.setattr(numba_pass, "XS_BYTES", sub_tile_kb * 1024)
+    n, p = 64, 9001
+    assert numba_pass.sub_pixels(n) < p  # several sub-tiles, the last one partial
+    x = _batch(np.uint16, n, p, seed=7)
+    xf = x.astype(np.float64)
+    rng = np.random.default_rng(8)
+    weights = rng.normal(size=(n, 15))
+    sums = np.zeros((15, p))
+    members = np.zeros((3, n), np.uint8)
+    members[0] = 1
+    members[1, :8] = 1
+    members[2, -8:] = 1
+    gsums = np.zeros((3, p))
+    gsumsq = np.zeros(p)
+    maximum = np.zeros(p)
+    frame_pass(x, 0, p, weights, sums, members, list(gsums), [None, None, gsumsq], maximum, False, backend="numba")
+    assert_within_order_bound(sums, np.zeros_like(sums), weights, xf, n)
+    np.testing.assert_array_equal(gsums, members.astype(np.float64) @ xf)
+    np.testing.assert_array_equal(gsumsq, members[2].astype(np.float64) @ (xf * xf))
+    np.testing.assert_array_equal(maximum, xf.max(axis=0))
+
+
+def test_sub_tile_is_a_quarter_of_l2_within_its_limits():
+    from dfxm_online.online.kernels.frame_pass import sub_tile_bytes
+
+    kb = 1024
+    assert sub_tile_bytes(None) == 256 * kb  # not known: the size measured on 2 MB
+    assert sub_tile_bytes(2048 * kb) == 256 * kb  # Intel Xeon
+    assert sub_tile_bytes(1024 * kb) == 256 * kb  # AMD Zen 4
+    assert sub_tile_bytes(512 * kb) == 128 * kb  # AMD Zen 2 / 3
+    assert sub_tile_bytes(64 * kb) == 32 * kb
+
+
+def _cache_folder(root, index: int, level: int, kind: str, size: str) -> None:
+    folder = root / f"index{index}"
+    folder.mkdir()
+    for name, value in (("level", level), ("type", kind), ("size", size)):
+        (folder / name).write_text(f"{value}\n")
+
+
+@pytest.mark.parametrize(("size", "expected"), [("512K", 512 * 1024), ("2M", 2 << 20), ("1048576", 1 << 20)])
+def test_l2_size_read_from_the_kernel_cache_description(tmp_path, size, expected):
+    # the layout of /sys/devices/system/cpu/cpu0/cache: instruction and data L1, then L2
+    _cache_folder(tmp_path, 0, 1, "Data", "32K")
+    _cache_folder(tmp_path, 1, 1, "Instruction", "32K")
+    _cache_folder(tmp_path, 2, 2, "Unified", size)
+    _cache_folder(tmp_path, 3, 3, "Unified", "32768K")
+    assert kernels.l2_cache_bytes(str(tmp_path)) == expected
+
+
+def test_l2_size_unknown_without_a_description(tmp_path):
+    assert kernels.l2_cache_bytes(str(tmp_path / "absent")) is None
+    _cache_folder(tmp_path, 0, 1, "Data", "48K")  # an L1 only
+    assert kernels.l2_cache_bytes(str(tmp_path)) is None

@@ -61,6 +61,7 @@ import numpy as np
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
+from . import l2_cache_bytes
 from .dense_block import (
     BLOCK_PIXELS,
     MAX_IN_BLOCK,
@@ -82,10 +83,25 @@ from .group_block import (
     MAX_NV_INT,
 )
 
-#: bytes of the packed, converted sub-tile of a batch: kept in L2 (2 MB here; 512 KB on Zen 3)
-#: while the register blocks read it once per MR rows; 256 KB measured best (64 frames: 512
-#: pixels; 1024 and 2048 pixels were 5-10 % slower)
-XS_BYTES = 256 * 1024
+
+def sub_tile_bytes(l2: int | None) -> int:
+    """Bytes of the packed, converted sub-tile of a batch on a CPU whose L2 holds `l2` bytes
+    (None: not known), which stays in L2 while the
+    register blocks read it once per MR rows, beside the sub-tile's frame rows (and the next
+    ones, prefetched) and its rows of sums: a quarter of this CPU's L2, at most 256 KB.
+
+    Measured: on an Intel Xeon (2 MB L2) 256 KB was best (64 frames: 512 pixels; 1024 and
+    2048 pixels were 5-10 % slower). On an AMD EPYC Zen 3 (512 KB L2), where 256 KB left
+    too little room for the rest, 128 KB was best: one thread, half of a 64-frame 2048^2
+    uint16 batch with the compute core's plans, median of 8 alternating runs in one process,
+    32 / 64 / 96 / 128 / 192 / 256 KB: 288 / 259 / 276 / 233 / 263 / 276 ms; the compute
+    core on both cores, 8 alternating rounds in one process, twice: 128 KB 273-283
+    frames/s (median), 256 KB 250-271 (2026-12-07)."""
+    return 256 * 1024 if l2 is None else max(32 * 1024, min(256 * 1024, l2 // 4))
+
+
+#: bytes of the packed, converted sub-tile of a batch on this CPU (`sub_tile_bytes`)
+XS_BYTES = sub_tile_bytes(l2_cache_bytes())
 #: pixels windowed at once by `windowed_pass`: their window coefficients (K rows: 6 for two
 #: motors, 12 KB) stay in L1 while the batch's frames stream past
 WINDOW_PIXELS = 256
