@@ -281,7 +281,10 @@ def _window_row(frames, offset, mono, coef, rho2, f, tu, n, out, ou, n_terms):
         q = coef[n_terms, p]
         for k in range(n_terms):
             q = q + coef[k, p] * mono[f, k]
-        out[f, ou + np.uint64(i)] = (frames[f, p] - offset[p]) if q <= rho2 else 0.0
+        # loaded whatever q, then selected: loads under the condition would need masked
+        # loads, which AVX2 lacks for 16-bit frames, and the loop stayed scalar there
+        x = frames[f, p] - offset[p]
+        out[f, ou + np.uint64(i)] = x if q <= rho2 else 0.0
 
 
 @njit(nogil=True, cache=True)
