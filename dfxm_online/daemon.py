@@ -29,6 +29,7 @@ from .acquisition.geometry import ScanError
 from .config import ConfigError, DaemonConfig
 from .images import load_images
 from .kernel_loading import load_in_background
+from .live_binning import SettledBinnings
 from .logtext import one_line
 from .offline import mean_dark
 from .online.accumulators.background import RunningMean
@@ -93,6 +94,7 @@ class Daemon:
         PreprocessChain.check(self.config.analysis.preprocess)  # parameters, before any scan
         self.images = load_images(self.config.analysis.images)  # once, not per scan
         self.metrics = Metrics(self.config.latency_budget)
+        self.settled_binnings = SettledBinnings()  # where each kind of scan starts its live maps
         self.darks = DarkRegistry(mean_dark(self.config.dark) if self.config.dark else None)
         self.claims = PathClaims()  # one maps file per scan, never another scan's
         self.announcer = Announcer(redis_url)  # publish/announce.py: the viewers' stream

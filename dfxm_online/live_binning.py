@@ -15,12 +15,19 @@ value as soon as the recent latencies exceed the budget, or to the next finer va
 they have stayed under a third of it. It moves at most once every `hold` seconds (each
 change is logged, shown in /status and in every file's `entry/process/map_binning`), so
 that one slow cycle (a file system hiccup) does not make the maps flicker.
+
+A daemon in service starts a scan at the binning the last scan of the same kind (frame
+shape, motors) settled on (`SettledBinnings`), not at the first guess: scans of a beamtime
+come in series, and each one converging again from the guess took ~6 s of over-budget
+versions at its start (2048^2, two motors, AMD EPYC Zen 3, in service: p99 1.84-2.11 s, the
+slowest frames all in the first 3.5 s; bench/RESULTS.md, session 9).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -76,12 +83,34 @@ def preview_binning(frame_shape: tuple[int, int], motors: int, forced: int | Non
     return largest
 
 
+class SettledBinnings:
+    """The live binning the last scan of each kind (frame shape, number of motors) had when
+    its live versions ended: where the daemon's next scan of that kind starts (see the
+    module docstring). Shared by the daemon's scan workers, hence the lock."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[tuple[tuple[int, int], int], int] = {}
+        self._lock = threading.Lock()
+
+    def recall(self, frame_shape: tuple[int, int], motors: int) -> int | None:
+        with self._lock:
+            return self._by_kind.get((tuple(frame_shape), motors))
+
+    def remember(self, frame_shape: tuple[int, int], motors: int, binning: int) -> None:
+        with self._lock:
+            self._by_kind[(tuple(frame_shape), motors)] = binning
+
+
 class BinningController:
-    """Chooses a running scan's live binning from its measured frame-to-map latencies."""
+    """Chooses a running scan's live binning from its measured frame-to-map latencies.
+    `start`: the binning to begin with (`SettledBinnings`) instead of the first guess, when
+    it is one of this scan's steps and nothing is forced."""
 
     def __init__(self, frame_shape: tuple[int, int], motors: int, budget: float, forced: int | None = None,
-                 hold: float = 3.0, window: int = 8, clock: Callable[[], float] = time.monotonic) -> None:
+                 hold: float = 3.0, window: int = 8, clock: Callable[[], float] = time.monotonic,
+                 start: int | None = None) -> None:
         self.frame_shape = frame_shape
+        self.motors = motors
         self.budget = budget
         self.forced = forced
         self.hold = hold
@@ -91,8 +120,12 @@ class BinningController:
         self.base = preview_binning(frame_shape, motors, forced)
         self._largest = max(s for s in STEPS if s <= max(1, min(frame_shape)))
         self.steps = tuple(s for s in STEPS if s % self.base == 0 and s <= self._largest) or (self.base,)
-        start = forced if forced is not None else initial_binning(frame_shape, motors, budget, self.steps)
-        self.binning = start
+        if forced is not None:
+            self.binning = forced
+        elif start in self.steps:
+            self.binning = start
+        else:
+            self.binning = initial_binning(frame_shape, motors, budget, self.steps)
         self._changed = clock()
 
     def _usable(self, step: int) -> int:

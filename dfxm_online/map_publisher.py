@@ -21,7 +21,7 @@ import numpy as np
 
 from .acquisition.geometry import ScanError, ScanGeometry
 from .config import DaemonConfig
-from .live_binning import BinningController
+from .live_binning import BinningController, SettledBinnings
 from .logtext import one_line
 from .online.maps import Maps, default_map
 from .publish.announce import Announcer
@@ -66,8 +66,11 @@ class MapPublisher:
     """Publishes the versions of one scan's maps file (see the module docstring)."""
 
     def __init__(self, key: str, status, path: Path, config: DaemonConfig, metrics: Metrics,
-                 announcer: Announcer | None = None) -> None:
+                 announcer: Announcer | None = None, settled: SettledBinnings | None = None) -> None:
         self.key = key
+        #: the daemon's memory of the binning each kind of scan settled on: this scan starts
+        #: there and leaves its own (live_binning.py)
+        self.settled = settled
         self.announcer = announcer  # each version written is announced on the store's stream
         #: the scan-end workflow draws the final quick-look (with the fits), in its own process:
         #: drawing a 2048^2 scan's here costs ~6 s of CPU, mostly holding the GIL, during the
@@ -129,7 +132,8 @@ class MapPublisher:
             return 1
         if self._binning is None or self._binning.frame_shape != frame_shape:
             forced = None if self.config.live_binning == "auto" else int(self.config.live_binning)
-            self._binning = BinningController(frame_shape, motors, self.config.latency_budget, forced)
+            start = None if self.settled is None else self.settled.recall(frame_shape, motors)
+            self._binning = BinningController(frame_shape, motors, self.config.latency_budget, forced, start=start)
         return self._binning.current
 
     def _writing(self) -> bool:
@@ -251,6 +255,9 @@ class MapPublisher:
             self.metrics.latency_seconds.observe(latency)
             if info.state == "running" and self._binning is not None:
                 st.map_binning = self._binning.observe(latency)
+                if self.settled is not None:
+                    b = self._binning
+                    self.settled.remember(b.frame_shape, b.motors, b.binning)
         st.state, st.reason = info.state, info.reason
         if info.state != "running":  # while running, the worker's own count is ahead of this one
             st.frames_processed = info.frames_processed

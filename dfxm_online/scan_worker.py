@@ -143,7 +143,8 @@ class ScanWorker(threading.Thread):
         session = getattr(scan, "session", None) or "no_session"
         path = self.d.claims.claim(maps_file_of(self.d.output_dir, scan), self.key)
         self.status = ScanStatus(self.key, session, scan.name, int(scan.number), str(path))
-        self.publisher = MapPublisher(self.key, self.status, path, self.d.config, self.metrics, self.d.announcer)
+        self.publisher = MapPublisher(self.key, self.status, path, self.d.config, self.metrics, self.d.announcer,
+                                      self.d.settled_binnings)
         self.d.register(self.status)
         try:
             self._process(scan)

@@ -9,6 +9,7 @@ from dfxm_online.live_binning import (
     PREVIEW_BYTES,
     STEPS,
     BinningController,
+    SettledBinnings,
     initial_binning,
     preview_binning,
     preview_bytes,
@@ -78,6 +79,20 @@ def test_coarser_when_over_budget_finer_when_well_under_at_most_once_per_hold():
     clock.t = 8.0
     for _ in range(8):
         assert control.observe(0.1) == 1  # at full resolution: nothing finer
+
+
+def test_a_scan_starts_where_the_last_of_its_kind_settled():
+    settled = SettledBinnings()
+    assert settled.recall((2048, 2048), 2) is None
+    settled.remember((2048, 2048), 2, 12)
+    settled.remember((2048, 2048), 1, 2)
+    assert settled.recall((2048, 2048), 2) == 12 and settled.recall((2048, 2048), 1) == 2
+    assert settled.recall((1024, 1024), 2) is None  # another kind of scan: its own guess
+    control = BinningController((2048, 2048), 2, 0.5, start=settled.recall((2048, 2048), 2))
+    assert control.current == 12 and initial_binning((2048, 2048), 2, 0.5, control.steps) != 12
+    # a start that is not one of the scan's steps (another preview binning) is the guess's
+    assert BinningController((2048, 2048), 2, 0.5, start=4).current == initial_binning((2048, 2048), 2, 0.5, (3, 6, 12))
+    assert BinningController((2048, 2048), 2, 0.5, forced=6, start=12).current == 6  # forced wins
 
 
 def test_forced_binning_never_moves_and_never_exceeds_the_frame():
@@ -181,3 +196,42 @@ def test_full_resolution_one_pass_maps_go_out_before_the_window_reads_the_frames
     assert any(v[2] != (48, 40) for v in running[:-1])  # binned while the scan ran
     assert running[-1] == ("running", 31, (48, 40), "windowed final moments in progress")
     assert versions[-1] == ("complete", 31, (48, 40), "")
+
+
+def test_daemon_starts_a_scan_at_the_binning_its_kind_settled_on_and_remembers_it(make_daemon, redis_url, tmp_path,
+                                                                                  monkeypatch):
+    """A daemon in service: the scan's live versions start at the binning the last scan of
+    the same frame shape and motors had (here 4, where the first guess for 48 x 40 frames
+    is full resolution), and the final maps are full resolution."""
+    import dfxm_online.map_publisher as publisher_module
+    from dfxm_online.acquisition.simulate import SimulationSpec, simulate
+    from dfxm_online.config import DaemonConfig
+
+    from .conftest import wait_done
+
+    versions = []
+    original = publisher_module.write_maps_file
+
+    def recording(path, maps, info, *args, **kwargs):
+        versions.append((info.state, int(info.extra["map_binning"]), maps["com_mu"].shape if "com_mu" in maps else None))
+        return original(path, maps, info, *args, **kwargs)
+
+    monkeypatch.setattr(publisher_module, "write_maps_file", recording)
+    daemon = make_daemon(DaemonConfig(publish_period=0.05, latency_budget=30.0))
+    assert initial_binning((48, 40), 1, 30.0) == 1
+    daemon.settled_binnings.remember((48, 40), 1, 4)  # what the previous scan of this kind ended at
+    spec = SimulationSpec(kind="rocking", points=31, frame_shape=(48, 40), frame_rate=60, scan_dir=tmp_path / "s",
+                          session="settled", peak_counts=3000.0)
+    result = simulate(redis_url, spec)
+    assert wait_done(daemon, result.scan_key).state == "complete"
+    running = [v for v in versions if v[0] == "running" and v[2] is not None]
+    assert running and running[0][1:] == (4, (12, 10)), versions
+    assert versions[-1] == ("complete", 1, (48, 40))
+    assert daemon.settled_binnings.recall((48, 40), 1) == 4  # within the hold time: left as it was
+    # a scan of a kind not seen before starts at the guess and leaves it for the next one
+    assert daemon.settled_binnings.recall((32, 24), 1) is None
+    spec = SimulationSpec(kind="rocking", points=31, frame_shape=(32, 24), frame_rate=60, scan_dir=tmp_path / "t",
+                          session="settled", peak_counts=3000.0)
+    result = simulate(redis_url, spec)
+    assert wait_done(daemon, result.scan_key).state == "complete"
+    assert daemon.settled_binnings.recall((32, 24), 1) == 1
