@@ -393,10 +393,11 @@ class ScanWorker(threading.Thread):
                 def reread() -> Iterator[Batch]:
                     # batches of a quarter of the live ones, always full (no delay bound:
                     # every frame is there already). With no wait, a batch held what one
-                    # store read brought (~4 frames at 2048^2), and the window's pass read and
-                    # wrote its 15 rows of sums for each (2048^2, two motors, 200 frames in
-                    # the store: the two passes 19-23 s); with whole live batches (32
-                    # frames) they took 10-15 s, but peak RSS went from 3.1-3.4 to 3.6 GB
+                    # store read brought (~4 frames at 2048^2) and the window's pass read and
+                    # wrote its 15 rows of sums for each: 2048^2, two motors, 200 frames in
+                    # the store, the two passes took 19-23 s; 7-8 s in quarter batches (8
+                    # frames); 10-15 s in whole live batches (32), peak RSS 3.6 GB against
+                    # 3.1-3.3 (bench/RESULTS.md, session 9)
                     again = LiveFrameSource(scan, geometry, max(1, batch_size // 4), config.read_timeout, math.inf)
                     return again.batches(self._stop_requested)
 

@@ -115,9 +115,9 @@ _CACHES = "/sys/devices/system/cpu/cpu0/cache"
 
 def l2_cache_bytes(caches: str = _CACHES) -> int | None:
     """The size of the first CPU's level-2 data (or unified) cache, in bytes, or None where
-    the system does not say (not Linux, no sysfs). Why: the pass sizes the sub-tile it keeps in L2 from it
-    (`frame_pass.sub_pixels`); L2 is 2 MB per core on the Intel Xeon the pass was first tuned
-    on, 1 MB on AMD's Zen 4 and 512 KB on Zen 2 and Zen 3."""
+    the system does not say (not Linux, no sysfs). Why: the frame pass sizes the sub-tile it
+    keeps in L2 from it (`frame_pass.sub_tile_bytes`); L2 is 2 MB per core on the Intel Xeon
+    the pass was first tuned on, 1 MB on AMD's Zen 4 and 512 KB on Zen 2 and Zen 3."""
     try:
         folders = sorted(os.scandir(caches), key=lambda e: e.name)
     except OSError:

@@ -86,9 +86,9 @@ from .group_block import (
 
 def sub_tile_bytes(l2: int | None) -> int:
     """Bytes of the packed, converted sub-tile of a batch on a CPU whose L2 holds `l2` bytes
-    (None: not known), which stays in L2 while the
-    register blocks read it once per MR rows, beside the sub-tile's frame rows (and the next
-    ones, prefetched) and its rows of sums: a quarter of this CPU's L2, at most 256 KB.
+    (None: not known): a quarter of the L2, at most 256 KB. The sub-tile stays in L2 while
+    the register blocks read it once per MR rows, beside the sub-tile's frame rows (and the
+    next ones, prefetched) and its rows of sums.
 
     Measured: on an Intel Xeon (2 MB L2) 256 KB was best (64 frames: 512 pixels; 1024 and
     2048 pixels were 5-10 % slower). On an AMD EPYC Zen 3 (512 KB L2), where 256 KB left
