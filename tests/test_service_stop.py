@@ -22,9 +22,23 @@ def test_sigterm_stops_the_daemon_and_marks_the_running_scan_aborted(redis_url, 
          "--publish-period", "0.1"],
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN), stderr=subprocess.PIPE, text=True,
     )
+    lines: list[str] = []
+    following = threading.Event()
+
+    def read_log() -> None:  # drains the daemon's stderr so that it never blocks on a full pipe
+        for line in daemon.stderr:
+            lines.append(line)
+            if "following scans on" in line:
+                following.set()
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
     publisher = None
     try:
-        spec = SimulationSpec(kind="rocking", points=120, frame_shape=(16, 12), frame_rate=40,
+        # The scan starts once the daemon follows the store, and lasts 10 s: a daemon slow to
+        # start (a cold machine) could otherwise catch up with a short scan that had already ended.
+        assert following.wait(60), "".join(lines)
+        spec = SimulationSpec(kind="rocking", points=400, frame_shape=(16, 12), frame_rate=40,
                               scan_dir=tmp_path / "scans", session="term", peak_counts=3000.0)
         publisher = threading.Thread(target=simulate, args=(redis_url, spec), daemon=True)
         publisher.start()
@@ -44,7 +58,8 @@ def test_sigterm_stops_the_daemon_and_marks_the_running_scan_aborted(redis_url, 
         assert code == 0 and time.monotonic() - t0 < 10.5
         _, process = read_maps_file(path)
         assert process["state"] == "aborted" and process["reason"] == "daemon stopped during the scan"
-        assert "SIGTERM received: stopping" in daemon.stderr.read()
+        reader.join(10)
+        assert any("SIGTERM received: stopping" in line for line in lines), "".join(lines)
         assert not list(path.parent.glob(".*.tmp"))
     finally:
         if daemon.poll() is None:
