@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from .acquisition.batch import Batch
 from .acquisition.blissfile import (
     RecordedScan,
     find_detector,
@@ -23,7 +24,6 @@ from .acquisition.blissfile import (
     scan_name,
     scan_provenance,
 )
-from .acquisition.frames import Batch
 from .acquisition.geometry import ScanError, ScanGeometry
 from .analysis.fits import FitSettings
 from .analysis.rocking_curves import fit_recorded_scan

@@ -28,7 +28,8 @@ import redis
 from blissdata.exceptions import IndexNoMoreThereError
 from blissdata.redis_engine.scan import ScanState
 
-from .acquisition.frames import Batch, LiveFrameSource, ScanIdle
+from .acquisition.batch import Batch
+from .acquisition.frames import LiveFrameSource, ScanIdle
 from .acquisition.geometry import (
     ScanError,
     ScanGeometry,

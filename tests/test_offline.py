@@ -197,3 +197,16 @@ def test_read_ahead_gives_the_scans_batches(redis_url, tmp_path):
                 assert positions.keys() == want.positions.keys()
                 for name, values in positions.items():
                     assert np.array_equal(values, want.positions[name])
+
+
+@pytest.mark.parametrize("module, absent", [
+    ("dfxm_online.offline", ("sklearn", "blissdata", "scipy.optimize")),
+    ("dfxm_online.daemon", ("sklearn", "scipy.optimize")),
+])
+def test_a_process_start_does_not_import_what_only_some_analyses_use(module, absent):
+    """scikit-learn (PCA, domains) and scipy.optimize (NMF) load when an analysis needs
+    them, blissdata only for live scans: together 1.5-2 s of every `process`, daemon and
+    workflow start (measured), for analyses most runs do not make."""
+    code = f"import sys, {module}; print(' '.join(m for m in {absent!r} if m in sys.modules))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert run.stdout.strip() == ""

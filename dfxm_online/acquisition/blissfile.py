@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .frames import Batch
+from .batch import Batch
 from .geometry import ScanError, ScanGeometry, axis_from_positions, moving_motors
 from .plain_frames import PlainFrames, read_frames
 

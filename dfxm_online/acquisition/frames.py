@@ -18,7 +18,6 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -26,20 +25,11 @@ from blissdata.exceptions import EndOfStream, IndexNoMoreThereError
 from blissdata.streams import CursorGroup
 from blissdata.streams.event_stream import StreamEntry
 
+from .batch import Batch
 from .geometry import ScanError, ScanGeometry
 from .resp import RespReader
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Batch:
-    """Consecutive points `start .. start + len(frames)` of a scan."""
-
-    start: int
-    frames: np.ndarray  # (B, H, W)
-    positions: dict[str, np.ndarray]  # motor -> (B,)
-    monitor: np.ndarray | None = None  # (B,) monitor counts, when a monitor is configured
 
 
 MONITOR_KEY = "\0monitor"

@@ -15,8 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import MiniBatchKMeans
-from sklearn.preprocessing import StandardScaler
 
 from ..online.orientation import mosaicity_rgb
 
@@ -65,6 +63,10 @@ def cluster_domains(
     n_points = int(valid.sum())
     if n_points < k:
         raise ValueError(f"{n_points} pixels with an orientation cannot make {k} domains")
+    # scikit-learn is imported here, not with the module: 1.0-1.3 s of every process's start
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.preprocessing import StandardScaler
+
     features = StandardScaler().fit_transform(np.column_stack([a[valid], b[valid]]))
     kmeans = MiniBatchKMeans(n_clusters=k, n_init=n_init, random_state=random_state)
     labels[valid] = kmeans.fit_predict(features)

@@ -26,7 +26,7 @@ from .preprocess import DarkStep, MonitorStep, PreprocessChain, binned_shape
 from .registry import REGISTRY
 
 if TYPE_CHECKING:
-    from ..acquisition.frames import Batch
+    from ..acquisition.batch import Batch
 
 logger = logging.getLogger(__name__)
 

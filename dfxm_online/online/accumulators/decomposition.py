@@ -28,14 +28,16 @@ block at the bottom/right edge are dropped.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.linalg import cho_factor, solve_triangular
-from scipy.optimize import nnls
-from sklearn.decomposition import IncrementalPCA
 
 from ..preprocess import block_sums
 from ..tiles import TILE_PIXELS  # pixel tiles of the component update
+
+if TYPE_CHECKING:  # scikit-learn is imported where a PCA is made: 1.0-1.3 s of every
+    # process's start (daemon, `process`, workflow) that runs no PCA, measured
+    from sklearn.decomposition import IncrementalPCA
 
 
 def bin_frames(frames: np.ndarray, binning: int) -> np.ndarray:
@@ -277,6 +279,8 @@ class OnlinePCA(_FrameMatrix):
         self.min_batch = (
             self.n_components if min_batch is None else max(int(min_batch), self.n_components)
         )
+        from sklearn.decomposition import IncrementalPCA
+
         self.ipca = IncrementalPCA(n_components=self.n_components)
         self._pending: list[np.ndarray] = []
         self._weights = np.zeros((0, self.n_components))
@@ -428,6 +432,10 @@ def nnls_rows(g: np.ndarray, gram: np.ndarray) -> np.ndarray:
     touches the P pixels again. A ridge of 1e-12 trace(G) keeps a dead component (an
     all-zero image) from making G singular.
     """
+    # imported here, as scikit-learn is for the PCA: scipy.optimize is 0.3 s of a start
+    from scipy.linalg import cho_factor, solve_triangular
+    from scipy.optimize import nnls
+
     k = gram.shape[0]
     ridge = 1e-12 * max(float(np.trace(gram)), np.finfo(float).tiny)
     lower = np.tril(cho_factor(gram + ridge * np.eye(k), lower=True)[0])
