@@ -26,8 +26,9 @@ from .logtext import one_line
 from .online.maps import Maps, default_map
 from .publish.announce import Announcer
 from .publish.metrics import Metrics
-from .publish.nexus import ProcessInfo, write_maps_file
+from .publish.nexus import ProcessInfo
 from .publish.quicklook import quicklook_path, write_quicklook
+from .publish.version_template import VersionWriter
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ class MapPublisher:
         self._snapshot_cost = 0.0  # the worker's own time in the last publish
         self._oldest: float | None = None  # arrival of the oldest frame not yet published
         self._writer: threading.Thread | None = None  # the background write in flight
+        #: writes the versions, a live one from the previous one's file when their layout is the same
+        self.files = VersionWriter()
         self._binning: BinningController | None = None  # made with the first frame shape
         #: writes failed in a row (a full disk): the first is logged, the rest counted until
         #: one succeeds, which is logged too (one line each way, not one per period)
@@ -235,8 +238,8 @@ class MapPublisher:
         t_write = time.perf_counter()
         try:
             # the final version is fsync'ed first (it must survive a power cut), the live ones not
-            write_maps_file(self.path, maps, info, default, file_value(geometry.title) if geometry else "", axes,
-                            durable=info.state != "running")
+            self.files.write(self.path, maps, info, default, file_value(geometry.title) if geometry else "", axes,
+                             durable=info.state != "running")
             logger.debug("scan %s: %s version, %d frames: snapshot %.3f s, write %.3f s", self.key, info.state,
                          info.frames_processed, t_write - t0, time.perf_counter() - t_write)
         except Exception as exc:  # OSError (a full disk: publish/disk_sink.py), h5py's errors

@@ -213,19 +213,19 @@ def test_frames_are_published_while_the_scan_pauses_after_a_write_in_flight(make
     pauses). Writes are slowed down so that the second frame lands during the first one."""
     from blissdata.redis_engine.store import DataStore
 
-    import dfxm_online.map_publisher as publisher_module
     from dfxm_online.acquisition.publisher import ScanDescription, ScanPublisher
+    from dfxm_online.publish.version_template import VersionWriter
 
     writing = threading.Event()
-    original = publisher_module.write_maps_file
+    original = VersionWriter.write
 
-    def slow_write(path, maps, info, *args, **kwargs):
+    def slow_write(self, path, maps, info, *args, **kwargs):
         if info.frames_processed and info.state == "running":
             writing.set()
             time.sleep(1.0)
-        return original(path, maps, info, *args, **kwargs)
+        return original(self, path, maps, info, *args, **kwargs)
 
-    monkeypatch.setattr(publisher_module, "write_maps_file", slow_write)
+    monkeypatch.setattr(VersionWriter, "write", slow_write)
     daemon = make_daemon(DaemonConfig(publish_period=0.01))
     desc = ScanDescription(
         session="pause", number=1, name="ascan", title="ascan mu -1 1 3 0.1", filename=tmp_path / "scans" / "p.h5",

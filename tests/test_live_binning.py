@@ -172,21 +172,21 @@ def test_full_resolution_one_pass_maps_go_out_before_the_window_reads_the_frames
     """Every version the daemon writes, in order: binned running ones (a tight budget), then
     with every frame in the full-resolution one-pass maps (still "running", the window in
     progress), then the final windowed maps."""
-    import dfxm_online.map_publisher as publisher_module
     from dfxm_online.acquisition.simulate import SimulationSpec, simulate
     from dfxm_online.config import DaemonConfig
+    from dfxm_online.publish.version_template import VersionWriter
 
     from .conftest import wait_done
 
     versions = []
-    original = publisher_module.write_maps_file
+    original = VersionWriter.write
 
-    def recording(path, maps, info, *args, **kwargs):
+    def recording(self, path, maps, info, *args, **kwargs):
         shape = maps["com_mu"].shape if "com_mu" in maps else None
         versions.append((info.state, info.frames_processed, shape, info.extra["moment_window_reason"]))
-        return original(path, maps, info, *args, **kwargs)
+        return original(self, path, maps, info, *args, **kwargs)
 
-    monkeypatch.setattr(publisher_module, "write_maps_file", recording)
+    monkeypatch.setattr(VersionWriter, "write", recording)
     daemon = make_daemon(DaemonConfig(publish_period=0.05, latency_budget=1e-6))
     spec = SimulationSpec(kind="rocking", points=31, frame_shape=(48, 40), frame_rate=60, scan_dir=tmp_path / "s",
                           session="order", peak_counts=3000.0)
@@ -203,20 +203,20 @@ def test_daemon_starts_a_scan_at_the_binning_its_kind_settled_on_and_remembers_i
     """A daemon in service: the scan's live versions start at the binning the last scan of
     the same frame shape and motors had (here 4, where the first guess for 48 x 40 frames
     is full resolution), and the final maps are full resolution."""
-    import dfxm_online.map_publisher as publisher_module
     from dfxm_online.acquisition.simulate import SimulationSpec, simulate
     from dfxm_online.config import DaemonConfig
+    from dfxm_online.publish.version_template import VersionWriter
 
     from .conftest import wait_done
 
     versions = []
-    original = publisher_module.write_maps_file
+    original = VersionWriter.write
 
-    def recording(path, maps, info, *args, **kwargs):
+    def recording(self, path, maps, info, *args, **kwargs):
         versions.append((info.state, int(info.extra["map_binning"]), maps["com_mu"].shape if "com_mu" in maps else None))
-        return original(path, maps, info, *args, **kwargs)
+        return original(self, path, maps, info, *args, **kwargs)
 
-    monkeypatch.setattr(publisher_module, "write_maps_file", recording)
+    monkeypatch.setattr(VersionWriter, "write", recording)
     daemon = make_daemon(DaemonConfig(publish_period=0.05, latency_budget=30.0))
     assert initial_binning((48, 40), 1, 30.0) == 1
     daemon.settled_binnings.remember((48, 40), 1, 4)  # what the previous scan of this kind ended at

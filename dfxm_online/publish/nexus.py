@@ -35,7 +35,7 @@ from __future__ import annotations
 import datetime
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -354,18 +354,27 @@ def write_maps_file(
     next one replaces within a publish period (an fsync of a 2048^2 maps file costs
     ~0.05-0.15 s here).
     """
+    arrays = [*maps.values(), *(v for g in (groups or {}).values() for v in g.values()),
+              *(v for c in (nxdata or {}).values() for k, v in c.items() if not k.startswith("@"))]
+    return replace_atomically(path, data_bytes(arrays), lambda sink: _write(
+        sink, maps, info, default, title, axes or {}, groups or {}, group_axes or {}, nxdata or {}), durable)
+
+
+def replace_atomically(path: str | Path, nbytes: int, fill: Callable[[DiskSink], None], durable: bool) -> Path:
+    """A new file at `path`: `fill` writes it (at most ~`nbytes`) through a DiskSink on a
+    hidden temporary file in the same folder, which is then renamed over `path` (fsync'ed
+    first if `durable`). On any error the temporary file is removed and `path` stays as it
+    was. A full disk is a clean OSError, before any work when the folder has clearly no
+    room, or from the sink; libhdf5 never sees a failed write, which it does not survive
+    (publish/disk_sink.py)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    # a full disk is a clean OSError, before HDF5 works or while it writes; libhdf5 itself
-    # never sees a failed write, which it does not survive (publish/disk_sink.py)
-    arrays = [*maps.values(), *(v for g in (groups or {}).values() for v in g.values()),
-              *(v for c in (nxdata or {}).values() for k, v in c.items() if not k.startswith("@"))]
-    check_free_space(path.parent, data_bytes(arrays))
+    check_free_space(path.parent, nbytes)
     try:
         sink = DiskSink(tmp)
         try:
-            _write(sink, maps, info, default, title, axes or {}, groups or {}, group_axes or {}, nxdata or {})
+            fill(sink)
             sink.check()
             if durable:
                 sink.fsync()
