@@ -247,7 +247,8 @@ class MapPublisher:
             self._not_published(oldest)
             return
         finally:
-            self.metrics.publish_seconds.observe(time.perf_counter() - t0)
+            cost = time.perf_counter() - t0
+            self.metrics.publish_seconds.observe(cost)
         if self.write_failures:
             logger.info("scan %s: %s written again, after %d failed attempt%s", self.key, st.path,
                         self.write_failures, "s" if self.write_failures > 1 else "")
@@ -257,7 +258,7 @@ class MapPublisher:
             latency = time.monotonic() - oldest
             self.metrics.latency_seconds.observe(latency)
             if info.state == "running" and self._binning is not None:
-                st.map_binning = self._binning.observe(latency)
+                st.map_binning = self._binning.observe(latency, cost)
                 if self.settled is not None:
                     b = self._binning
                     self.settled.remember(b.frame_shape, b.motors, b.binning)

@@ -73,12 +73,31 @@ def test_coarser_when_over_budget_finer_when_well_under_at_most_once_per_hold():
     assert control.observe(0.4) == 2  # the window was cleared at the change: within budget
     for _ in range(3):
         control.observe(0.1)
-    assert control.current == 2  # 0.4 still in the window: not under a third of the budget
+    assert control.current == 2  # 0.4 still in the window: not under half the budget
     control.observe(0.1)
-    assert control.current == 1  # four in a row under a third of the budget: finer again
+    assert control.current == 1  # four in a row under half the budget (no cost given): finer again
     clock.t = 8.0
     for _ in range(8):
         assert control.observe(0.1) == 1  # at full resolution: nothing finer
+
+
+def test_finer_only_when_the_finer_maps_extra_cost_fits_too():
+    """At 12x12 a version costing 0.05 s costs ~0.2 s at 6x6 (4x the pixels): latencies of
+    0.12 s then predict 0.27 s, over half the 0.5 s budget, and the binning stays. Cheap
+    versions (0.01 s: 0.15 s predicted) let it go finer."""
+    clock = Clock()
+    control = BinningController((2048, 2048), 2, 0.5, hold=3.0, window=4, clock=clock, start=12)
+    assert control.current == 12 and 6 in control.steps
+    clock.t = 4.0
+    for _ in range(8):
+        assert control.observe(0.12, cost=0.05) == 12
+    for _ in range(3):
+        assert control.observe(0.12, cost=0.01) == 12  # a costly version still in the window
+    assert control.observe(0.12, cost=0.01) == 6
+    clock.t = 8.0
+    for _ in range(4):
+        control.observe(0.6, cost=0.2)
+    assert control.current == 12  # over the budget at 6x6: coarser again
 
 
 def test_a_scan_starts_where_the_last_of_its_kind_settled():
