@@ -93,6 +93,7 @@ def bench_accumulators(size: int, n_frames: int, batch: int) -> list[tuple[str, 
     rows.append(("ScanPipeline.snapshot (maps), seconds", time.perf_counter() - t0))
     rows += bench_window(maps, axes, frames, pos, batch)
     rows += bench_live_updates(pipe, frames, pos)
+    rows += bench_live_versions(pipe)
     rows.append(("write_quicklook of these maps (the final PNG), seconds", bench_quicklook(maps)))
     return rows
 
@@ -106,6 +107,39 @@ def bench_live_updates(pipe: ScanPipeline, frames: np.ndarray, pos: dict) -> lis
     return [(f"ScanPipeline.update, batches of {b} (the daemon's full-resolution updates, {how})",
              frames_per_second(pipe.update, live, live_pos, b, 2))
             for b, how in ((1, "live batches one by one"), (8, "gathered"))]
+
+
+def bench_live_versions(pipe: ScanPipeline, binning: int = 12, versions: int = 20) -> list[tuple[str, float]]:
+    """Milliseconds to write one live version of this scan's maps at `binning` (the live
+    binning a 2048^2 two-motor scan settles on with a workflow beside it): in full
+    (`write_maps_file`) and from the previous version's file (`VersionWriter`), alternately,
+    the frame count changing as in a running scan; median over `versions` of each."""
+    import dataclasses
+
+    from dfxm_online.online.maps import MapBuffers
+    from dfxm_online.publish.nexus import ProcessInfo, write_maps_file
+    from dfxm_online.publish.version_template import VersionWriter
+
+    maps = pipe.snapshot(np.float32, binning, MapBuffers())
+    info = ProcessInfo(state="running", frames_expected=1000, scan_key="esrf:scan:bench",
+                       config=AnalysisConfig().model_dump_json(), extra={"map_binning": binning, "motors": "mu, chi"})
+    writer = VersionWriter()
+    full, template = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(versions + 1):
+            info = dataclasses.replace(info, frames_processed=k)
+            t0 = time.perf_counter()
+            write_maps_file(Path(tmp) / "full.h5", maps, info, "com_mu", "bench", maps.axes, durable=False)
+            t1 = time.perf_counter()
+            writer.write(Path(tmp) / "template.h5", maps, info, "com_mu", "bench", maps.axes, durable=False)
+            full.append(t1 - t0)
+            template.append(time.perf_counter() - t1)
+    assert writer.from_template == versions
+    shape = "x".join(map(str, maps["com_mu"].shape))
+    return [(f"a live version's file, {len(maps)} maps of {shape} ({binning}x{binning}), ms: written in full",
+             1e3 * float(np.median(full[1:]))),
+            (f"a live version's file, {len(maps)} maps of {shape}, ms: from the previous version's file",
+             1e3 * float(np.median(template[1:])))]
 
 
 def bench_quicklook(maps) -> float:
