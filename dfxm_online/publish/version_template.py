@@ -14,9 +14,8 @@ a reader never sees a torn file, a full disk is a clean OSError). One write inst
 ~280 small ones also suits the GPFS and NFS file systems beamlines write to.
 
 The file is the one `write_maps_file` would write, field for field and attribute for
-attribute (tests/test_version_template.py compares them), with two differences in the
-bytes only: a string field that changed is stored again in the file's heap, and the
-object-header timestamps are the template's.
+attribute (tests/test_version_template.py compares them); its bytes differ only where a
+text field that changed is stored again in the file's heap.
 """
 
 from __future__ import annotations
@@ -119,16 +118,16 @@ class VersionWriter:
               default: str | None = None, title: str = "", axes: AxesSpec | None = None,
               durable: bool = True) -> Path:
         axes = axes or {}
-        shape = layout(maps, info, default, title, axes)
+        this_layout = layout(maps, info, default, title, axes)
         template = self._template
-        if template is not None and template.layout == shape:
+        if template is not None and template.layout == this_layout:
             path = self._from_template(Path(path), template, maps, axes, info, durable)
             self.from_template += 1
             return path
         self._template = None  # a new layout; the old bytes go before the new file is made
         path = write_maps_file(path, maps, info, default, title, axes, durable)
         if info.state == "running":
-            self._template = _read_template(path, shape, _stored_values(maps, axes), info, self.max_bytes)
+            self._template = _read_template(path, this_layout, _stored_values(maps, axes), info, self.max_bytes)
         return path
 
     @staticmethod
@@ -152,7 +151,7 @@ class VersionWriter:
         return replace_atomically(path, len(image), fill, durable)
 
 
-def _read_template(path: Path, shape: tuple, stored: Mapping[str, np.ndarray], info: ProcessInfo,
+def _read_template(path: Path, this_layout: tuple, stored: Mapping[str, np.ndarray], info: ProcessInfo,
                    max_bytes: int) -> _Template | None:
     """The template of the version just written at `path` (`stored`: its arrays by dataset
     path), or None when it cannot be one (too large, an array not stored contiguously). Read
@@ -168,4 +167,4 @@ def _read_template(path: Path, shape: tuple, stored: Mapping[str, np.ndarray], i
             if offset is None or dset.id.get_storage_size() != values.nbytes or dset.dtype != values.dtype:
                 return None
             data[dataset] = (int(offset), values.nbytes)
-    return _Template(shape, image, data, process_fields(info))
+    return _Template(this_layout, image, data, process_fields(info))
