@@ -12,9 +12,11 @@ latency is about two cycles. The first guess comes from the frame size and the n
 motors (the cost of a cycle grows with the pixels of the maps and with the moments per
 pixel); then every published version reports its latency, and b moves to the next coarser
 value as soon as the recent latencies exceed the budget, or to the next finer value when
-they have stayed under a third of it. It moves at most once every `hold` seconds (each
-change is logged, shown in /status and in every file's `entry/process/map_binning`), so
-that one slow cycle (a file system hiccup) does not make the maps flicker.
+they have stayed under half of it with what the finer maps would add (each version's
+snapshot and write, scaled by the finer step's pixels). It moves at most once every
+`hold` seconds (each change is logged, shown in /status and in every file's
+`entry/process/map_binning`), so that one slow cycle (a file system hiccup) does not make
+the maps flicker.
 
 A daemon in service starts a scan at the binning the last scan of the same kind (frame
 shape, motors) settled on (`SettledBinnings`), not at the first guess: scans of a beamtime
