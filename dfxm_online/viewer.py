@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import h5py
@@ -89,6 +89,16 @@ class Version:
         binned = f", binned {self.map_binning}x{self.map_binning}" if self.map_binning not in ("", "1") else ""
         delay = f", {float(self.delay):.2f} s behind" if self.delay else ""
         return f"{where} — {self.state} {self.frames}{binned}{delay}"
+
+
+def as_read(version: Version, process: dict[str, str]) -> Version:
+    """`version` with the state, frames and map binning of the file as it was read: the
+    daemon replaces a scan's file several times a second, so the file read after an
+    announcement may already hold a newer version (the final one, at full resolution)."""
+    processed, expected = process.get("frames_processed", ""), process.get("frames_expected", "")
+    return replace(version, state=process.get("state") or version.state,
+                   frames=f"{processed}/{expected}" if processed else version.frames,
+                   map_binning=process.get("map_binning") or version.map_binning)
 
 
 def read_version(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, MapInfo]]:
@@ -297,7 +307,7 @@ def build_window(redis_url: str | None = None, output_dir: str | Path | None = N
                 f"{version.path}: {process.get('state', '')}, {process.get('frames_processed', '')}/"
                 f"{process.get('frames_expected', '')} frames, map binning {process.get('map_binning', '1')}")
             self._show_map(default)
-            self.shown = version
+            self.shown = as_read(version, process)
             self.shown_at = time.time()
 
         # -- maps ----------------------------------------------------------------------

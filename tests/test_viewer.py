@@ -30,7 +30,7 @@ from dfxm_online.offline import process_to_file  # noqa: E402
 from dfxm_online.publish.announce import Announcer  # noqa: E402
 from dfxm_online.publish.nexus import ProcessInfo, read_maps_file, write_maps_file  # noqa: E402
 from dfxm_online.publish.quicklook import _DRAWING, draw_figure  # noqa: E402
-from dfxm_online.viewer import build_window  # noqa: E402
+from dfxm_online.viewer import Version, as_read, build_window  # noqa: E402
 
 from .conftest import wait_done  # noqa: E402
 from .viewer_checks import close, epoch, pump, qimage_rgb, screenshot_findings  # noqa: E402
@@ -133,6 +133,18 @@ def test_the_viewer_and_the_png_orient_images_as_silx(app, tmp_path, sample):
             assert (high_row < low_row) != sample
         finally:
             plt.close(fig)
+
+
+def test_what_is_on_show_is_the_file_as_read_not_the_announcement():
+    """The file read after an announcement may hold a newer version already (the daemon
+    replaces it several times a second): the viewer's record of what it shows takes the
+    state, frames and binning from the file, the announcement's number and time stay."""
+    announced = Version("esrf:scan:x", "/maps/amesh_1.h5", "running", "40/81", "2", 7, "2026-12-07T06:00:00")
+    shown = as_read(announced, {"state": "complete", "frames_processed": "81", "frames_expected": "81",
+                                "map_binning": "1"})
+    assert (shown.state, shown.frames, shown.map_binning) == ("complete", "81/81", "1")
+    assert (shown.version, shown.announced, shown.path) == (7, "2026-12-07T06:00:00", "/maps/amesh_1.h5")
+    assert as_read(announced, {}) == announced  # a file without those fields: the announcement's
 
 
 def test_a_live_scan_is_shown_as_the_daemon_announces_it(app, make_daemon, redis_url, tmp_path):
