@@ -67,17 +67,17 @@ def _field_layout(value: object) -> tuple:
     return ("fixed", arr.dtype.str, arr.shape, arr.tobytes())
 
 
-def layout(maps: Mapping[str, np.ndarray], info: ProcessInfo, default: str | None, title: str,
+def layout(maps: Mapping[str, np.ndarray], fields: Mapping[str, object], default: str | None, title: str,
            axes: AxesSpec) -> tuple:
     """Everything of a version that shapes its file other than the maps' values and the
-    patchable /entry/process values: two versions with one layout differ only there."""
-    extra = info.extra
+    patchable /entry/process values (`fields`: `process_fields` of its ProcessInfo): two
+    versions with one layout differ only there."""
     return (
         tuple((name, file_dtype(np.asarray(v).dtype).str, np.shape(v)) for name, v in maps.items()),
         tuple((name, tuple((a, np.asarray(v).dtype.str, np.shape(v)) for a, v in spec)) for name, spec in axes.items()),
-        tuple((key, _field_layout(value)) for key, value in process_fields(info).items()),
+        tuple((key, _field_layout(value)) for key, value in fields.items()),
         # what nexus._Describer reads: the motors and the binning name the axes and units
-        str(extra.get("motors") or ""), str(extra.get("map_binning") or ""),
+        str(fields.get("motors") or ""), str(fields.get("map_binning") or ""),
         default, title,
     )
 
@@ -118,26 +118,26 @@ class VersionWriter:
               default: str | None = None, title: str = "", axes: AxesSpec | None = None,
               durable: bool = True) -> Path:
         axes = axes or {}
-        this_layout = layout(maps, info, default, title, axes)
+        fields = process_fields(info)
+        this_layout = layout(maps, fields, default, title, axes)
         template = self._template
         if template is not None and template.layout == this_layout:
-            path = self._from_template(Path(path), template, maps, axes, info, durable)
+            path = self._from_template(Path(path), template, maps, axes, fields, durable)
             self.from_template += 1
             return path
         self._template = None  # a new layout; the old bytes go before the new file is made
         path = write_maps_file(path, maps, info, default, title, axes, durable)
         if info.state == "running":
-            self._template = _read_template(path, this_layout, _stored_values(maps, axes), info, self.max_bytes)
+            self._template = _read_template(path, this_layout, _stored_values(maps, axes), fields, self.max_bytes)
         return path
 
     @staticmethod
     def _from_template(path: Path, template: _Template, maps: Mapping[str, np.ndarray], axes: AxesSpec,
-                       info: ProcessInfo, durable: bool) -> Path:
+                       fields: Mapping[str, object], durable: bool) -> Path:
         image = bytearray(template.image)
         for dataset, values in _stored_values(maps, axes).items():
             offset, nbytes = template.data[dataset]
             image[offset:offset + nbytes] = memoryview(values).cast("B")
-        fields = process_fields(info)
         changed = {k: v for k, v in fields.items() if not _same(v, template.process.get(k))}
 
         def fill(sink: DiskSink) -> None:
@@ -151,7 +151,7 @@ class VersionWriter:
         return replace_atomically(path, len(image), fill, durable)
 
 
-def _read_template(path: Path, this_layout: tuple, stored: Mapping[str, np.ndarray], info: ProcessInfo,
+def _read_template(path: Path, this_layout: tuple, stored: Mapping[str, np.ndarray], fields: Mapping[str, object],
                    max_bytes: int) -> _Template | None:
     """The template of the version just written at `path` (`stored`: its arrays by dataset
     path), or None when it cannot be one (too large, an array not stored contiguously). Read
@@ -167,4 +167,4 @@ def _read_template(path: Path, this_layout: tuple, stored: Mapping[str, np.ndarr
             if offset is None or dset.id.get_storage_size() != values.nbytes or dset.dtype != values.dtype:
                 return None
             data[dataset] = (int(offset), values.nbytes)
-    return _Template(this_layout, image, data, process_fields(info))
+    return _Template(this_layout, image, data, dict(fields))

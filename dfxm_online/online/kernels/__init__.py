@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import platform
 from contextlib import contextmanager
+from pathlib import Path
 
 ENV = "DFXM_KERNELS"
 BACKENDS = ("auto", "numba", "numpy")
@@ -126,8 +127,7 @@ def l2_cache_bytes(caches: str = _CACHES) -> int | None:
         if not folder.name.startswith("index"):
             continue
         try:
-            level, kind, size = (open(os.path.join(folder.path, name)).read().strip()
-                                 for name in ("level", "type", "size"))
+            level, kind, size = (Path(folder.path, name).read_text().strip() for name in ("level", "type", "size"))
         except OSError:
             continue
         if level == "2" and kind in ("Data", "Unified"):
