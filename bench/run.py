@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from dfxm_online.acquisition.geometry import MotorAxis, ScanGeometry  # noqa: E402
 from dfxm_online.acquisition.publisher import ScanDescription, ScanPublisher  # noqa: E402
 from dfxm_online.config import AnalysisConfig  # noqa: E402
+from dfxm_online.gaussian import FWHM_PER_SIGMA  # noqa: E402
 from dfxm_online.online.accumulators.background import EdgeBaseline  # noqa: E402
 from dfxm_online.online.accumulators.moments import PowerSums, reduced_coordinates  # noqa: E402
 from dfxm_online.online.accumulators.projections import Projections  # noqa: E402
@@ -175,6 +176,57 @@ def bench_window(maps, axes, frames, pos, batch: int) -> list[tuple[str, float]]
             run()
             rates.append(len(frames) / (time.perf_counter() - t0))
         rows.append((f"MomentWindow.add_to, 2 motors (windowed power sums): {labels[name]}", float(np.median(rates))))
+    return rows + bench_grain_window(axes, frames, pos, batch)
+
+
+def grain_maps(size: int, axes: tuple[MotorAxis, MotorAxis]) -> dict[str, np.ndarray]:
+    """Moment maps of a crystal of sub-grains 64 x 64 pixels each over half of the field of
+    view (the other half without signal: NaN), each sub-grain its own centre within the
+    middle 3/4 of the scanned range and sigmas of 0.5-1 step: the windows of a real mosaic,
+    where the synthetic frames' maps make every window span the whole scan."""
+    rng = np.random.default_rng(1)
+    grains = (size + 63) // 64
+
+    def field(values: np.ndarray) -> np.ndarray:
+        return np.kron(values, np.ones((64, 64)))[:size, :size]
+
+    maps = {}
+    for axis in axes:
+        half, step = 0.375 * abs(axis.high - axis.low), abs(axis.scale)
+        maps[f"com_{axis.name}"] = field(rng.uniform(axis.centre - half, axis.centre + half, (grains, grains)))
+        maps[f"fwhm_{axis.name}"] = field(rng.uniform(0.5, 1.0, (grains, grains))) * step * FWHM_PER_SIGMA
+    maps[f"cov_{axes[0].name}_{axes[1].name}"] = np.zeros((size, size))
+    maps[f"com_{axes[0].name}"][field(rng.random((grains, grains))) < 0.5] = np.nan
+    return maps
+
+
+def bench_grain_window(axes, frames, pos, batch: int) -> list[tuple[str, float]]:
+    """The windowed pass of `grain_maps`' windows (numba): skipping the frames outside every
+    window of a sub-tile (`MomentWindow.boxes`) against every frame (boxes open)."""
+    import dataclasses
+
+    from dfxm_online.online import kernels
+    from dfxm_online.online.moment_window import MomentWindow
+
+    window = MomentWindow.from_maps(grain_maps(frames.shape[-1], axes), axes, AnalysisConfig().moment_window)
+    every = dataclasses.replace(window, boxes=np.stack([np.full(window.boxes.shape[::2], -np.inf),
+                                                        np.full(window.boxes.shape[::2], np.inf)], axis=1))
+    sums = PowerSums(axes, window.n_pixels)
+    offset = np.zeros(window.n_pixels)
+    rows = []
+    for label, w in (("frames outside a sub-tile's windows skipped", window), ("every frame (boxes open)", every)):
+        def run(w: MomentWindow = w) -> None:
+            with kernels.use_backend("numba"):
+                for s in range(0, len(frames), batch):
+                    w.add_to(sums, frames[s:s + batch], {k: v[s:s + batch] for k, v in pos.items()}, offset)
+
+        run()
+        rates = []
+        for _ in range(PASSES):
+            t0 = time.perf_counter()
+            run()
+            rates.append(len(frames) / (time.perf_counter() - t0))
+        rows.append((f"MomentWindow.add_to, sub-grains' windows (half the pixels none): {label}", float(np.median(rates))))
     return rows
 
 #: code paths the compute core is measured on, each in a process of its own (numba's target is

@@ -3,6 +3,8 @@ closed forms, and windowed moments of Gaussian curves against their true paramet
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.stats import chi2, norm
@@ -10,7 +12,9 @@ from scipy.stats import chi2, norm
 from dfxm_online.acquisition.geometry import MotorAxis
 from dfxm_online.config import AnalysisConfig
 from dfxm_online.gaussian import FWHM_PER_SIGMA
+from dfxm_online.online import kernels
 from dfxm_online.online.accumulators.moments import PowerSums
+from dfxm_online.online.kernels import frame_pass
 from dfxm_online.online.moment_window import (
     MAX_CORRELATION,
     MomentWindow,
@@ -87,6 +91,58 @@ def test_window_step_equals_its_numpy_expression(n_motors):
         expected[:, k] = np.where(q <= 2.5**2, values, 0)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-4)
     assert (got != 0).any() and (got == 0).any()
+
+
+
+@pytest.mark.parametrize("n_motors", [1, 2, 3])
+def test_windowed_pass_skips_only_frames_outside_every_window_of_a_sub_tile(n_motors):
+    """Windows clustered by chunk of pixels (as neighbouring pixels of a grain are) on a
+    mesh: every point inside a pixel's window (q summed in the kernel's order) lies in its
+    chunk's box, the boxes leave frames out of some sub-tiles, and the sums are those of a
+    pass over every frame (boxes open), bit for bit. Extremes among the windows: no centre,
+    no variance, correlations beyond the bound, widths below a step, centres far out."""
+    rng = np.random.default_rng(40 + n_motors)
+    motors = ["mu", "chi", "ffz"][:n_motors]
+    steps = {1: (41,), 2: (11, 9), 3: (9, 8, 8)}[n_motors]
+    axes = [MotorAxis(n, -1.0, 1.0, k) for n, k in zip(motors, steps)]
+    grid = np.meshgrid(*[np.linspace(-1, 1, k) for k in steps], indexing="ij")
+    positions = {n: g.ravel() for n, g in zip(motors, grid)}
+    n_frames = len(positions["mu"])
+    box = frame_pass.BOX_PIXELS
+    shape = (12, box)  # a chunk per detector row
+    maps = _maps(rng, motors, shape, cov_scale=0.5)
+    for name in motors:  # each row's windows around a centre of its own, narrow
+        maps[f"com_{name}"] = maps[f"com_{name}"] * 0.1 + rng.uniform(-0.8, 0.8, (shape[0], 1))
+        maps[f"fwhm_{name}"] *= 0.5
+    maps[f"com_{motors[0]}"][3, :5] = [np.nan, 40.0, -40.0, 1e6, 0.0]
+    maps[f"fwhm_{motors[0]}"][4, :3] = [np.nan, 1e-9, 5.0]
+    window = MomentWindow.from_maps(maps, axes, 2.5)
+    mono, coef = window.monomials(positions), window.coefficients
+    q = np.broadcast_to(coef[-1], (n_frames, coef.shape[1])).copy()
+    for k in range(coef.shape[0] - 1):
+        q += coef[k] * mono[:, k : k + 1]
+    points = mono[:, -n_motors:]
+    in_box = np.ones((n_frames, shape[0]), bool)
+    for i in range(n_motors):
+        in_box &= (window.boxes[:, 0, i] <= points[:, i : i + 1]) & (points[:, i : i + 1] <= window.boxes[:, 1, i])
+    inside = q <= 2.5**2
+    assert inside.any(), n_motors
+    assert not (inside & ~np.repeat(in_box, box, axis=1)).any(), "a point inside a window lies outside its box"
+    needed = sum(frame_pass.frames_in_boxes(points, window.boxes, c, c, np.empty(n_frames, np.int64))
+                 for c in range(shape[0]))
+    assert 0 < needed < 0.8 * n_frames * shape[0], needed / (n_frames * shape[0])
+
+    frames = rng.integers(0, 4000, (n_frames, shape[0] * box)).astype(np.uint16)
+    offset = rng.uniform(0, 90, shape[0] * box)
+    every = dataclasses.replace(window, boxes=np.stack([np.full((shape[0], n_motors), -np.inf),
+                                                        np.full((shape[0], n_motors), np.inf)], axis=1))
+    got, expected = PowerSums(axes, frames.shape[1]), PowerSums(axes, frames.shape[1])
+    with kernels.use_backend("numba"):
+        for lo in range(0, n_frames, 16):
+            part = {n: v[lo:lo + 16] for n, v in positions.items()}
+            window.add_to(got, frames[lo:lo + 16], part, offset)
+            every.add_to(expected, frames[lo:lo + 16], part, offset)
+    assert np.array_equal(got.sums, expected.sums) and (got.sums != 0).any()
 
 
 def test_windowed_moments_of_gaussians_give_their_parameters_back():

@@ -41,6 +41,7 @@ from ..gaussian import FWHM_PER_SIGMA
 from . import kernels
 from .framesums import MAX_PASS_FRAMES, PASS_PIXELS, frames_for_pass, numba_dense_rows
 from .kernels import frame_pass as numba_pass
+from .kernels.frame_pass import BOX_PIXELS
 from .tiles import TILE_PIXELS, for_each_tile
 
 if TYPE_CHECKING:
@@ -73,8 +74,10 @@ WINDOW_CHUNK_BYTES = 64 << 20
 def _window_kernel(frames, offset, mono, coef, rho2, out, start, stop):  # pragma: no cover - compiled
     """out[b, p] = frames[b, p] - offset[p] where q_p(point b) <= rho2, else 0, for pixels
     start <= p < stop (`kernels.frame_pass.window_values`, in blocks of BLOCK pixels)."""
+    every = np.arange(frames.shape[0])
     for p0 in range(start, stop, BLOCK):
-        numba_pass.window_values(frames, offset, mono, coef, rho2, p0, min(BLOCK, stop - p0), out, p0)
+        numba_pass.window_values(frames, offset, mono, coef, rho2, p0, min(BLOCK, stop - p0), out, p0,
+                                 every, frames.shape[0])
 
 
 @dataclass
@@ -86,12 +89,19 @@ class MomentWindow:
     pixel and frame over a cached block of coefficients, instead of reading the pixel's
     centre and inverse covariance again for every frame (2048^2 x 32 frames: 4.9 s read
     per frame, measured; see bench/accuracy.py for the current figure). `valid` (P,) False
-    where a pixel has no window (its constant term is +inf: every frame counts as 0)."""
+    where a pixel has no window (its constant term is +inf: every frame counts as 0).
+
+    `boxes` (C, 2, M): for each chunk of BOX_PIXELS pixels (the tiles of `from_maps` and of
+    the windowed pass are multiples of it: each chunk is one thread's), the lowest and highest reduced
+    coordinates along each motor of its pixels' windows (a little wider: rounding), the
+    low above the high where no pixel of the chunk has a window. A point outside a chunk's
+    box is outside every window of its pixels: the windowed pass skips that frame there."""
 
     axes: tuple[MotorAxis, ...]
     coefficients: np.ndarray
     valid: np.ndarray
     rho: float
+    boxes: np.ndarray
 
     @classmethod
     def from_maps(cls, maps: Mapping[str, np.ndarray], axes: Sequence[MotorAxis], rho: float) -> MomentWindow:
@@ -122,24 +132,29 @@ class MomentWindow:
         n = com[0].shape[0]
         coefficients = np.empty((m * (m + 1) // 2 + m + 1, n))
         valid = np.empty(n, dtype=np.bool_)
+        boxes = np.empty(((n + BOX_PIXELS - 1) // BOX_PIXELS, 2, m))
+        boxes[:, 0], boxes[:, 1] = np.inf, -np.inf
         centre, scale = np.array([a.centre for a in axes], np.float64), np.array([a.scale for a in axes], np.float64)
         span = np.array([abs(a.high - a.low) for a in axes], np.float64)
         for_each_tile(n, lambda a, b: _window_coefficients(
-            com, fwhm, cov, centre, scale, span, coefficients, valid, a, b), tile=TILE_PIXELS)
-        return cls(axes, coefficients, valid, float(rho))
+            com, fwhm, cov, centre, scale, span, float(rho), coefficients, valid, boxes, BOX_PIXELS, a, b),
+            tile=TILE_PIXELS // BOX_PIXELS * BOX_PIXELS)
+        return cls(axes, coefficients, valid, float(rho), boxes)
 
     @property
     def n_pixels(self) -> int:
         return self.valid.shape[0]
 
     def without(self, pixels: np.ndarray) -> None:
-        """No window (every frame counts as 0) for the pixels where `pixels` (P,) is True."""
+        """No window (every frame counts as 0) for the pixels where `pixels` (P,) is True.
+        The boxes stay as they are: still around every window left."""
         self.valid &= ~pixels
         self.coefficients[:-1, pixels] = 0.0
         self.coefficients[-1, pixels] = np.inf
 
     def monomials(self, positions: Mapping[str, np.ndarray]) -> np.ndarray:
-        """(B, K-1) the monomials v_i v_j (i <= j) and v_i of each point, in `coefficients`' order."""
+        """(B, K-1) the monomials v_i v_j (i <= j) and v_i of each point, in `coefficients`'
+        order (the last M columns: the points' reduced coordinates, as `boxes` has them)."""
         v = np.stack([(np.asarray(positions[a.name], np.float64) - a.centre) / a.scale for a in self.axes], axis=1)
         m = len(self.axes)
         cols = [v[:, i] * v[:, j] for i in range(m) for j in range(i, m)] + [v[:, i] for i in range(m)]
@@ -196,20 +211,22 @@ class MomentWindow:
         weights, addresses = numba_dense_rows(plan.weights, plan.sums, plan.single)
         rows = np.array(addresses, dtype=np.uint64)
         mono = self.monomials(positions)
+        points = np.ascontiguousarray(mono[:, mono.shape[1] - len(self.axes):])
         rho2 = self.rho * self.rho
-        sub = numba_pass.sub_pixels(len(flat))
+        sub = numba_pass.window_sub_pixels(len(flat))
 
         def work(a: int, b: int) -> None:
             numba_pass.windowed_pass(flat, a, b, off, mono, self.coefficients, rho2, weights, rows,
-                                     np.empty((len(flat), sub)))
+                                     np.empty((len(flat), sub)), points, self.boxes, BOX_PIXELS,
+                                     np.empty(len(flat), np.int64), np.empty_like(weights))
 
-        for_each_tile(self.n_pixels, work, tile=PASS_PIXELS)
+        for_each_tile(self.n_pixels, work, tile=PASS_PIXELS // BOX_PIXELS * BOX_PIXELS)
         if plan.after is not None:
             plan.after()
 
 
 @numba.njit(nogil=True, cache=True)
-def _window_coefficients(com, fwhm, cov_maps, centre, scale, span, out, valid, start, stop):  # pragma: no cover
+def _window_coefficients(com, fwhm, cov_maps, centre, scale, span, rho, out, valid, boxes, box_pixels, start, stop):  # pragma: no cover
     """`MomentWindow.from_maps`, pixel by pixel: each pixel's centre and covariance in reduced
     coordinates (variances at least a step squared, or the scanned range where no number;
     correlations within MAX_CORRELATION), the identity and no window where any is not
@@ -219,7 +236,11 @@ def _window_coefficients(com, fwhm, cov_maps, centre, scale, span, out, valid, s
     Why compiled: the same in numpy on (M, M, P) arrays took 2.3-2.7 s per window at
     2048^2 (np.linalg.inv over (P, 2, 2), its transposes and temporaries; bench/RESULTS.md,
     session 7). `com`, `fwhm`: M maps (P,), `cov_maps`: the M (M - 1) / 2 maps of the pairs
-    (0, 1), (0, 2), (1, 2) in that order (tuples of float64 rows); pixels start..stop."""
+    (0, 1), (0, 2), (1, 2) in that order (tuples of float64 rows); pixels start..stop.
+    Each window also widens its chunk's box (`MomentWindow.boxes`, chunks of `box_pixels`):
+    c_i +- rho sqrt(cov_ii) is the ellipsoid's extent along motor i, widened by 1e-6 of
+    itself and of |c_i| so that no point whose expanded q rounds to inside is left out
+    (q's rounding is ~1e-16 of its terms)."""
     m = len(com)
     c = np.zeros(3)
     g = np.zeros(3)
@@ -281,6 +302,13 @@ def _window_coefficients(com, fwhm, cov_maps, centre, scale, span, out, valid, s
             constant += c[i] * g[i]
         out[r, p] = constant if ok else np.inf
         valid[p] = ok
+        if ok:
+            box = boxes[p // box_pixels]
+            for i in range(m):
+                half = rho * np.sqrt(cv[i, i])
+                half += 1e-6 * (half + abs(c[i]))
+                box[0, i] = min(box[0, i], c[i] - half)
+                box[1, i] = max(box[1, i], c[i] + half)
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
