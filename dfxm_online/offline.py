@@ -33,6 +33,7 @@ from .images import load_images
 from .online.accumulators.background import RunningMean
 from .online.maps import Maps, default_map
 from .online.pipeline import ScanPipeline
+from .online.window_bands import ScanRows
 from .publish.nexus import ProcessInfo, write_maps_file
 from .publish.quicklook import quicklook_path, quicklook_title, write_quicklook
 
@@ -159,7 +160,20 @@ def final_maps(rec: RecordedScan, pipeline: ScanPipeline, progress: bool = True,
                          f"{name} window {n}/{passes}", progress,
                          None if report is None else (lambda f: report((n - 1 + f) / passes)))
 
-    maps = pipeline.windowed_maps(maps, reread)
+    if passes and rec.stored_plainly and not pipeline.chain.steps:
+        # by bands of rows, which read at the cost of their bytes: one read for all the
+        # passes (online/window_bands.py); the one-pass maps are done with
+        with tqdm(total=100, desc=f"{name} window", unit="%", disable=not progress) as bar:
+            def done(fraction: float) -> None:
+                bar.update(round(100 * fraction) - bar.n)
+                if report is not None:
+                    report(fraction)
+
+            rows = ScanRows(rec.npoints, rec.frames.dtype, rec.positions,
+                            lambda r0, r1, out: rec.read(0, rec.npoints, out, (r0, r1)), done)
+            maps = pipeline.windowed_maps(maps, reread, rows, overwrite=True)
+    else:  # whole frames, the scan read again for each pass
+        maps = pipeline.windowed_maps(maps, reread)
     logger.info(
         "%s: detector %s %dx%d, motors %s, %d points, background %s, dark %s, moment window %s",
         name, rec.detector, *pipeline.frame_shape, ", ".join(geometry.motor_names) or "none",

@@ -122,11 +122,12 @@ def test_frames_per_batch_bounds_a_batch_in_bytes(shape, dtype, batch_mb, expect
 
 
 def test_process_batches_large_frames_within_batch_mb(redis_url, tmp_path, monkeypatch):
-    """`process` reads 1 MiB frames 2 at a time with batch_mb = 2, and gets the maps of
-    unbounded batches."""
+    """`process` reads 1 MiB frames 2 at a time with batch_mb = 2 (the window then by bands
+    of rows within two frames' bytes), and gets the maps of unbounded batches."""
     from dfxm_online import offline
     from dfxm_online.config import AnalysisConfig
     from dfxm_online.offline import process_scan
+    from dfxm_online.online import pipeline, window_bands
 
     spec = SimulationSpec(kind="rocking", points=9, frame_shape=(1024, 512), scan_dir=tmp_path / "scans",
                           session="big", peak_counts=5000.0)
@@ -139,10 +140,21 @@ def test_process_batches_large_frames_within_batch_mb(redis_url, tmp_path, monke
         return batches(rec, batch_size, reuse)
 
     monkeypatch.setattr(offline, "read_ahead", recording)
+    bands: list[tuple[int, int]] = []
+    windowed = window_bands.windowed_moment_maps
+
+    def recording_bands(*args, **kwargs):
+        out = windowed(*args, **kwargs)
+        bands.append(window_bands.band_rows(9, (1024, 512), 2, args[10] // 2))
+        return out
+
+    monkeypatch.setattr(pipeline, "windowed_moment_maps", recording_bands)
     scan = f"{rec.scan_number}.1"
     bounded, _, _, n = process_scan(rec.filename, scan, AnalysisConfig(batch_mb=2), progress=False)
     whole, _, _, _ = process_scan(rec.filename, scan, AnalysisConfig(batch_mb=0), progress=False)
-    assert asked == [2] * 3 + [64] * 3 and n == 9  # each: the moments, then two window passes
+    assert asked == [2, 64] and n == 9  # the moments' batches; the window's bands:
+    assert len(bands[0]) == 10 and max(b - a for a, b in bands[0]) * 9 * 512 * 2 <= 1 << 20
+    assert bands[1] == [(0, 1024)]  # 64 frames' bytes hold the 9 frames
     for name, values in whole.items():
         np.testing.assert_allclose(bounded[name], values, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=name)
 

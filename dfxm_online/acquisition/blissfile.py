@@ -59,6 +59,15 @@ class RecordedScan:
                 None if self.monitor is None else self.monitor[start:stop],
             )
 
+    @property
+    def stored_plainly(self) -> bool:
+        """Whether the frames lie plainly in the file (`plain_frames`): then a band of rows of
+        every frame reads at the cost of its bytes; compressed frames would each be
+        decompressed whole for every band."""
+        if not self._plain:
+            self._plain.append(PlainFrames.of(self.frames))
+        return self._plain[0] is not None
+
     def read(self, start: int, stop: int, out: np.ndarray, rows: tuple[int, int] | None = None) -> None:
         """Frames [start, stop) (detector rows [r0, r1) if given) into `out[: stop - start]`:
         straight from the file where the frames are stored plainly (several times faster for

@@ -59,6 +59,9 @@ def signal_mask(intensity: np.ndarray, min_fraction: float) -> np.ndarray:
     The reference level is the 99.5th percentile of the positive intensities (robust to a
     few hot pixels); pixels below `min_fraction` of it, or not positive, are masked.
     """
+    if min_fraction <= 0:  # no level: the positive pixels (the window's maps, band by band)
+        with np.errstate(invalid="ignore"):
+            return intensity > 0
     # np.percentile of the finite positive values, read in place (selection.percentile: at
     # 2048^2 ~0.02 s against ~0.035 s for the filtered copy and its partition)
     reference = selection.percentile(intensity, 99.5, positive=True)

@@ -23,7 +23,8 @@ a curve with a wide shoulder beyond rho sigma loses it (use a larger `moment_win
 
 The window is a per-frame, per-pixel step between preprocessing and the moment sums, so it
 needs the frames a second time (`ScanPipeline.windowed_maps`): offline `process` reads the
-file again, the daemon re-reads the scan at its end. Live maps are the one-pass moments.
+file once more by bands of rows (online/window_bands.py), the daemon re-reads the scan at its
+end. Live maps are the one-pass moments.
 """
 
 from __future__ import annotations
@@ -148,9 +149,12 @@ class MomentWindow:
     def without(self, pixels: np.ndarray) -> None:
         """No window (every frame counts as 0) for the pixels where `pixels` (P,) is True.
         The boxes stay as they are: still around every window left."""
+        hit = self.valid & pixels
+        if not hit.any():  # the usual case: pixels masked for want of a centre have no window
+            return
         self.valid &= ~pixels
-        self.coefficients[:-1, pixels] = 0.0
-        self.coefficients[-1, pixels] = np.inf
+        self.coefficients[:-1, hit] = 0.0
+        self.coefficients[-1, hit] = np.inf
 
     def monomials(self, positions: Mapping[str, np.ndarray]) -> np.ndarray:
         """(B, K-1) the monomials v_i v_j (i <= j) and v_i of each point, in `coefficients`'

@@ -106,6 +106,12 @@ class PowerSums:
     def n_pixels(self) -> int:
         return self.sums.shape[1]
 
+    def clear(self) -> None:
+        """Back to no frames, the arrays kept (the window's sums of a band, pass after pass)."""
+        self.sums.fill(0.0)
+        self.weights.fill(0.0)
+        self.count = 0
+
     def monomials(self, u: np.ndarray) -> np.ndarray:
         """(B, n_monomials) matrix of u^e for a batch of reduced coordinates."""
         return np.prod(u[:, None, :] ** self.exponents[None, :, :], axis=2)
