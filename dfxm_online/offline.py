@@ -147,9 +147,9 @@ def final_maps(rec: RecordedScan, pipeline: ScanPipeline, progress: bool = True,
     """The final maps of an accumulated scan (the moments within each pixel's window, the
     frames read again from `rec`) and the /entry/process fields that say how they were made."""
     config, geometry = pipeline.config, pipeline.geometry
-    maps = pipeline.snapshot()
-    _, rule = pipeline.background()
     passes = config.moment_window_passes if geometry.motors and config.moment_window > 0 else 0
+    maps = pipeline.snapshot(orientation=not passes)  # the window makes them from its COM maps
+    _, rule = pipeline.background()
     reads = iter(range(1, passes + 1))
     batch = config.frames_per_batch(rec.frame_shape, rec.frames.dtype)
     name = f"{rec.path.name}::{rec.scan}"

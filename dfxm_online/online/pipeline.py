@@ -326,7 +326,7 @@ class ScanPipeline:
         return self.edges.snapshot(), "edges"
 
     def snapshot(self, dtype: np.dtype | type = np.float64, binning: int = 1,
-                 buffers: MapBuffers | None = None) -> Maps:
+                 buffers: MapBuffers | None = None, orientation: bool = True) -> Maps:
         """The current maps, with their axes (`.axes`; read-only on the accumulators).
 
         `dtype` float32: every floating map rounded to float32 as it is made, for a maps
@@ -344,7 +344,10 @@ class ScanPipeline:
 
         `buffers`: the scan's `MapBuffers`; the moment maps, the float32 copies and the
         orientation maps are written into them instead of new arrays (the daemon's live
-        snapshots: a cycle then allocates none of its maps)."""
+        snapshots: a cycle then allocates none of its maps).
+
+        `orientation` False: no KAM and mosaicity maps (maps that `windowed_maps` makes
+        again from the windowed COM maps)."""
         single = np.dtype(dtype) == np.float32
         offset, _ = self.background()
         names = self.geometry.motor_names
@@ -368,7 +371,8 @@ class ScanPipeline:
             if binning > 1 and _over_pixels(name, values, self.frame_shape):
                 values = block_sums(values, self.frame_shape, binning)
             maps[name] = values.astype(dtype, copy=False) if single and values.dtype.kind == "f" else values
-        self._orientation_maps(maps, dtype, buffers)
+        if orientation:
+            self._orientation_maps(maps, dtype, buffers)
         return maps
 
     def _orientation_maps(self, maps: Maps, dtype: np.dtype | type, buffers: MapBuffers | None = None) -> None:
