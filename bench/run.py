@@ -888,11 +888,68 @@ def bench_latency(url: str, workdir: Path, size: int, n_frames: int, rate: float
         daemon.wait(30)
 
 
+#: alternating rounds of `bench_process`
+PROCESS_ROUNDS = 3
+
+#: `dfxm-online process` runs of the recorded mesh (`bench_process`): (label, flags, whole
+#: frames forced: the window's path for files whose frames are compressed)
+PROCESS_RUNS = (("moment window off", ["--moment-window", "0"], False),
+                ("defaults (the window by bands of rows, one read)", [], False),
+                ("defaults, the window by whole frames (once per pass, as for compressed files)", [], True))
+
+#: a `process` child: the CLI in a fresh interpreter (start-up included), optionally with the
+#: window's band path off, printing its peak RSS (VmHWM, kB) last
+PROCESS_CHILD = """
+import sys
+if sys.argv[1] == "whole":
+    from dfxm_online.acquisition import blissfile
+    blissfile.RecordedScan.stored_plainly = property(lambda self: False)
+from dfxm_online import cli
+code = cli.main(sys.argv[2:])
+print([line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1])
+sys.exit(code)
+"""
+
+
+def bench_process(url: str, workdir: Path, size: int, points: tuple[int, int], rounds: int) -> list[str]:
+    """`dfxm-online process` (no fits, scan-end analyses or PNG) of a two-motor mesh of
+    size^2 uint16 frames recorded plainly in a BLISS file in the page cache, a fresh process
+    each (its start-up in), the runs alternating: median (range) seconds and frames/s,
+    peak RSS. Markdown rows."""
+    from dfxm_online.acquisition.simulate import SimulationSpec, simulate
+
+    spec = SimulationSpec(kind="mosaicity", motors=[("mu", -0.4, 0.4, points[0]), ("chi", -1.5, 1.5, points[1])],
+                          frame_shape=(size, size), scan_dir=workdir / "process", session="process",
+                          background=5.0, peak_counts=3000.0)
+    rec = simulate(url, spec)
+    n = points[0] * points[1]
+    common = ["process", str(rec.filename), "--scan", f"{rec.scan_number}.1", "-o", str(workdir / "process.h5"),
+              "--no-fit", "--no-scan-end", "--no-quicklook", "--no-progress"]
+    seconds: dict[str, list[float]] = {label: [] for label, _, _ in PROCESS_RUNS}
+    peaks: dict[str, list[float]] = {label: [] for label, _, _ in PROCESS_RUNS}
+    for _ in range(rounds):
+        for label, flags, whole in PROCESS_RUNS:
+            t0 = time.perf_counter()
+            run = subprocess.run([sys.executable, "-c", PROCESS_CHILD, "whole" if whole else "bands", *common, *flags],
+                                 capture_output=True, text=True, timeout=1800)
+            if run.returncode != 0:
+                raise RuntimeError(f"process failed: {run.stderr[-2000:]}")
+            seconds[label].append(time.perf_counter() - t0)
+            peaks[label].append(int(run.stdout.split()[-1]) / 1024)
+    rows = []
+    for label, _, _ in PROCESS_RUNS:
+        s = np.array(seconds[label])
+        rows.append(f"| {label} | {np.median(s):.2f} ({s.min():.2f}-{s.max():.2f}) | {n / np.median(s):.1f} "
+                    f"| {max(peaks[label]):.0f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
-    parser.add_argument("--only", choices=("compute-core", "accumulators", "e2e", "latency"),
+    parser.add_argument("--only", choices=("compute-core", "accumulators", "e2e", "latency", "process"),
                         help="run one part and print it (RESULTS.md is written by full runs only)")
     parser.add_argument("--runs", help="e2e runs as mode:size:frames,... (with --only e2e)")
     parser.add_argument("--latency-runs",
@@ -1031,6 +1088,15 @@ def main() -> None:
                             for f in (r.split(":") for r in args.latency_runs.split(","))]
             if part not in (None, "latency"):
                 lat_runs = []
+            if part in (None, "process"):
+                cols = (24, 8) if args.quick else (20, 12)
+                lines += ["", f"## `dfxm-online process` of a recorded {size}x{size} two-motor mesh "
+                          f"({cols[0] * cols[1]} frames, uint16, an uncompressed BLISS file in the page cache)", "",
+                          "No fits, scan-end analyses or PNG; a fresh process each (start-up included), "
+                          f"{PROCESS_ROUNDS} alternating rounds: median (range) seconds, frames/s of the median, "
+                          "the highest peak RSS (VmHWM).", "",
+                          "| run | seconds | frames/s | peak RSS (MB) |", "|---|---|---|---|"]
+                lines += bench_process(url, Path(tmp), 128 if args.quick else size, cols, PROCESS_ROUNDS)
             for k, (sz, n, daemon_kind, motors, binning, live) in enumerate(lat_runs, start=len(runs) + 1):
                 r = bench_latency(url, Path(tmp), sz, n, 10.0, k, daemon_kind == "in service", motors, binning, live)
                 clear_run(url, Path(tmp))

@@ -102,6 +102,9 @@ def windowed_moment_maps(
     chunks. `offset` (P,) the background per pixel, or None. `budget`: the pipeline's batch
     of raw frames (`frames_per_batch`), whose memory the two band buffers share."""
     names = [a.name for a in axes]
+    # the maps a window is made from (`MomentWindow.from_maps`)
+    sources = [f"{kind}_{a}" for a in names for kind in ("com", "fwhm")]
+    sources += [f"cov_{a}_{b}" for i, a in enumerate(names) for b in names[i + 1:]]
     height, width = frame_shape
     n = rows.n_frames
     bands = band_rows(n, frame_shape, np.dtype(rows.dtype).itemsize, budget // 2)
@@ -131,7 +134,7 @@ def windowed_moment_maps(
             if pixels not in sums:
                 sums[pixels] = PowerSums(axes, pixels, precision=precision)
             band = _band_passes(
-                {k: np.asarray(v)[r0:r1] for k, v in maps.items() if k.split("_", 1)[0] in _MOMENT_KINDS},
+                {k: np.asarray(maps[k])[r0:r1] for k in sources},
                 masked[r0:r1].reshape(-1), axes, None if offset is None else offset[r0:r1].reshape(-1),
                 frames.reshape(n, -1), chunks, positions, sums[pixels], rho, passes, (r1 - r0, width))
             for name, values in band.items():
@@ -143,10 +146,6 @@ def windowed_moment_maps(
             if rows.report is not None:
                 rows.report((i + 1) / len(bands))
     return out
-
-
-#: the kinds of map the window starts from (`MomentWindow.from_maps`)
-_MOMENT_KINDS = ("com", "fwhm", "cov")
 
 
 def _band_passes(maps: dict[str, np.ndarray], masked: np.ndarray, axes: Sequence[MotorAxis],
