@@ -169,14 +169,21 @@ def bench_window(maps, axes, frames, pos, batch: int) -> list[tuple[str, float]]
     rows = [("MomentWindow.from_maps (a window's coefficients), seconds", time.perf_counter() - t0)]
     labels = {"window numba": "the step in the numba pass", "window numpy floor": "numpy floor: the step, then the sums"}
     for name, run in window_variants(maps, axes, frames, pos, batch).items():
-        run()  # compile, fault the memory in
-        rates = []
-        for _ in range(PASSES):
-            t0 = time.perf_counter()
-            run()
-            rates.append(len(frames) / (time.perf_counter() - t0))
-        rows.append((f"MomentWindow.add_to, 2 motors (windowed power sums): {labels[name]}", float(np.median(rates))))
+        rows.append((f"MomentWindow.add_to, 2 motors (windowed power sums): {labels[name]}",
+                     median_rate(run, len(frames))))
     return rows + bench_grain_window(axes, frames, pos, batch)
+
+
+def median_rate(run, n_frames: int) -> float:
+    """Frames/s of `run()` over `n_frames` frames: the median of PASSES runs after a first
+    one (numba's compilation, the memory's first touch)."""
+    run()
+    rates = []
+    for _ in range(PASSES):
+        t0 = time.perf_counter()
+        run()
+        rates.append(n_frames / (time.perf_counter() - t0))
+    return float(np.median(rates))
 
 
 def grain_maps(size: int, axes: tuple[MotorAxis, MotorAxis]) -> dict[str, np.ndarray]:
@@ -220,13 +227,8 @@ def bench_grain_window(axes, frames, pos, batch: int) -> list[tuple[str, float]]
                 for s in range(0, len(frames), batch):
                     w.add_to(sums, frames[s:s + batch], {k: v[s:s + batch] for k, v in pos.items()}, offset)
 
-        run()
-        rates = []
-        for _ in range(PASSES):
-            t0 = time.perf_counter()
-            run()
-            rates.append(len(frames) / (time.perf_counter() - t0))
-        rows.append((f"MomentWindow.add_to, sub-grains' windows (half the pixels none): {label}", float(np.median(rates))))
+        rows.append((f"MomentWindow.add_to, sub-grains' windows (half the pixels none): {label}",
+                     median_rate(run, len(frames))))
     return rows
 
 #: code paths the compute core is measured on, each in a process of its own (numba's target is

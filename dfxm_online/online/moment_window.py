@@ -217,12 +217,13 @@ class MomentWindow:
         mono = self.monomials(positions)
         points = np.ascontiguousarray(mono[:, mono.shape[1] - len(self.axes):])
         rho2 = self.rho * self.rho
-        sub = numba_pass.window_sub_pixels(len(flat))
+        sub = numba_pass.sub_pixels(len(flat))
 
         def work(a: int, b: int) -> None:
             numba_pass.windowed_pass(flat, a, b, off, mono, self.coefficients, rho2, weights, rows,
                                      np.empty((len(flat), sub)), points, self.boxes, BOX_PIXELS,
-                                     np.empty(len(flat), np.int64), np.empty_like(weights))
+                                     np.empty(len(flat), np.int64), np.empty_like(weights),
+                                     np.empty((2, len(flat)), np.bool_))
 
         for_each_tile(self.n_pixels, work, tile=PASS_PIXELS // BOX_PIXELS * BOX_PIXELS)
         if plan.after is not None:

@@ -105,14 +105,14 @@ XS_BYTES = sub_tile_bytes(l2_cache_bytes())
 #: pixels windowed at once by `windowed_pass`: their window coefficients (K rows: 6 for two
 #: motors, 12 KB) stay in L1 while the batch's frames stream past
 WINDOW_PIXELS = 256
-#: pixels per box of the moment window (`MomentWindow.boxes`) and per sub-tile of the
-#: windowed pass (`window_sub_pixels`): the granularity at which the pass skips the frames
-#: outside every window of a sub-tile, a multiple of the register block near 128. On a
-#: 2048^2 16 x 15 mesh (half the pixels without a window) the sub-tiles needed 68 % of the
-#: frames at 512 pixels, 54 % at 256, 46 % at 128 and 41 % at 64 (in memory, 240 frames,
-#: batches of 32, one run each: 246-250 / 278 / 315-341 / 308-351 frames/s against
-#: 190-208 for every frame; with every frame needed 128 was as fast as 512: 167-184
-#: against 160-184; AMD EPYC Zen 3, AVX2, 2026-12-07)
+#: pixels per box of the moment window (`MomentWindow.boxes`): the granularity at which the
+#: windowed pass skips the frames outside every window of a sub-tile (`windowed_pass`), a
+#: multiple of the register block near 128. On a 2048^2 16 x 15 mesh (half the pixels
+#: without a window) sub-tiles of one box needed 68 % of the frames at 512 pixels, 54 % at
+#: 256, 46 % at 128 and 41 % at 64 (in memory, 240 frames, batches of 32, one run each:
+#: 246-250 / 278 / 315-341 / 308-351 frames/s against 190-208 for every frame; AMD EPYC
+#: Zen 3, AVX2, 2026-12-07); with boxes joined into longer sub-tiles where they need the
+#: same frames (MERGE_COST), 370-381
 BOX_PIXELS = max(1, 128 // BLOCK_PIXELS) * BLOCK_PIXELS
 #: cache lines of a frame row fetched ahead per prefetch (64 bytes)
 _LINE = 64
@@ -143,10 +143,6 @@ def sub_pixels(n_frames: int) -> int:
     return int(max(BLOCK_PIXELS, min(sub, 4096) // BLOCK_PIXELS * BLOCK_PIXELS))
 
 
-def window_sub_pixels(n_frames: int) -> int:
-    """Pixels per sub-tile of `windowed_pass`: a box (BOX_PIXELS), or the plain pass's
-    sub-tile where that is smaller (many frames: the packed sub-tile within XS_BYTES)."""
-    return min(BOX_PIXELS, sub_pixels(n_frames))
 
 
 @njit(nogil=True, cache=True)
@@ -325,58 +321,87 @@ def window_values(frames, offset, mono, coef, rho2, t0, n, out, o, act, n_act):
 
 
 @njit(nogil=True, cache=True)
-def frames_in_boxes(points, boxes, c_lo, c_hi, act):
-    """The frames whose point lies in any of the boxes c_lo..c_hi, in order, into `act`;
-    returns how many. `points` (F, M): each frame's point in the window's reduced
-    coordinates; `boxes` (C, 2, M): each chunk's lowest and highest coordinates of its
-    pixels' windows (`MomentWindow.boxes`; an empty chunk's low above its high)."""
+def frames_in_box(points, boxes, c, inside):
+    """inside[f] = whether frame f's point lies in box c; returns how many. `points` (F, M):
+    each frame's point in the window's reduced coordinates; `boxes` (C, 2, M): each chunk's
+    lowest and highest coordinates of its pixels' windows (`MomentWindow.boxes`; an empty
+    chunk's low above its high: no frame)."""
     m = points.shape[1]
-    n_act = 0
+    count = 0
     for f in range(points.shape[0]):
-        for c in range(c_lo, c_hi + 1):
-            inside = True
-            for i in range(m):
-                x = points[f, i]
-                if not (boxes[c, 0, i] <= x <= boxes[c, 1, i]):
-                    inside = False
-                    break
-            if inside:
-                act[n_act] = f
-                n_act += 1
+        yes = True
+        for i in range(m):
+            x = points[f, i]
+            if not (boxes[c, 0, i] <= x <= boxes[c, 1, i]):
+                yes = False
                 break
-    return n_act
+        inside[f] = yes
+        count += yes
+    return count
+
+
+#: a box joins the sub-tile before it while summing the union of their frames over both
+#: costs at most this much more than each its own frames: sub-tiles of one box (~128 pixels)
+#: made the pass 10-15 % slower than 504-pixel ones where every frame was needed (their
+#: per-sub-tile costs, short rows of 32 frames), and where the boxes need the same frames a
+#: longer sub-tile costs nothing more
+MERGE_COST = 1.1
 
 
 @njit(nogil=True, cache=True)
-def windowed_pass(frames, start, stop, offset, mono, coef, rho2, w, rows, xs, points, boxes, chunk, act, w_act):
+def windowed_pass(frames, start, stop, offset, mono, coef, rho2, w, rows, xs, points, boxes, chunk, act, w_act,
+                  inside):
     """The dense sums of the frames windowed by `window_values`, pixels start..stop:
     S_r[p] += sum_f w[f, r] x (frames[f, p] - offset[p] inside the window, else 0), the S_r
     at the addresses `rows` (see `frame_pass`). Each sub-tile's windowed values are packed
     straight into `xs` (F, SUB) (float64), which the dense register blocks then read: no
     windowed copy of the frames in memory.
 
-    Only the frames whose point lies in the box of some chunk of `chunk` pixels the sub-tile
-    overlaps (`frames_in_boxes`) are windowed and summed, their weights gathered into
+    Only the frames whose point lies in the box of some chunk of `chunk` pixels in the
+    sub-tile (`MomentWindow.boxes`) are windowed and summed, their weights gathered into
     `w_act` (F, R) and their indices into `act` (F,): every other frame is outside every
     window of the sub-tile, its values all 0, and the sums skip nothing but additions of
     zeros, in the same order (bit for bit the sums of every frame, but for the sign of a
     zero sum). Why: a window holds a few of the scan's points (a 2048^2 16 x 15 mesh:
-    14 % of the frames of a pixel that has a window, half the pixels none); the sub-tiles
-    then need 40-55 % of the frames. Returns the (frame, sub-tile) pairs summed."""
+    14 % of the frames of a pixel that has a window, half the pixels none); one-box
+    sub-tiles then need 46 % of the frames. A sub-tile starts at a box and takes the next
+    ones while the union of their frames costs little more (MERGE_COST), up to SUB pixels.
+    `inside` (2, F) booleans: scratch. Returns the (frame, pixel) pairs summed."""
     sub = xs.shape[1]
+    n_frames = frames.shape[0]
     n_rows = w.shape[1]
     done = 0
-    for t0 in range(start, stop, sub):
-        n = min(sub, stop - t0)
-        n_act = frames_in_boxes(points, boxes, t0 // chunk, (t0 + n - 1) // chunk, act)
-        if n_act == 0:
-            continue
-        for k in range(n_act):
-            for r in range(n_rows):
-                w_act[k, r] = w[act[k], r]
-        # in chunks whose window coefficients stay in L1 while every frame is windowed
-        for c0 in range(0, n, WINDOW_PIXELS):
-            window_values(frames, offset, mono, coef, rho2, t0 + c0, min(WINDOW_PIXELS, n - c0), xs, c0, act, n_act)
-        _dense(xs, w_act, rows, n_act, t0, n, np.uint64(0), frames, False)
-        done += n_act
+    here, there = inside[0], inside[1]
+    t0 = start
+    while t0 < stop:
+        end = min((t0 // chunk + 1) * chunk, stop, t0 + sub)
+        n_act = frames_in_box(points, boxes, t0 // chunk, here)
+        while end < stop and end % chunk == 0 and min(end + chunk, stop) - t0 <= sub:
+            more = min(end + chunk, stop) - end
+            n_more = frames_in_box(points, boxes, end // chunk, there)
+            union = 0
+            for f in range(n_frames):
+                union += here[f] or there[f]
+            if union * (end - t0 + more) > MERGE_COST * (n_act * (end - t0) + n_more * more):
+                break
+            for f in range(n_frames):
+                here[f] = here[f] or there[f]
+            n_act = union
+            end += more
+        n = end - t0
+        if n_act > 0:
+            k = 0
+            for f in range(n_frames):
+                if here[f]:
+                    act[k] = f
+                    for r in range(n_rows):
+                        w_act[k, r] = w[f, r]
+                    k += 1
+            # in chunks whose window coefficients stay in L1 while every frame is windowed
+            for c0 in range(0, n, WINDOW_PIXELS):
+                window_values(frames, offset, mono, coef, rho2, t0 + c0, min(WINDOW_PIXELS, n - c0), xs, c0, act,
+                              n_act)
+            _dense(xs, w_act, rows, n_act, t0, n, np.uint64(0), frames, False)
+            done += n_act * n
+        t0 = end
     return done
