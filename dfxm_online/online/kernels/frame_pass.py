@@ -143,8 +143,6 @@ def sub_pixels(n_frames: int) -> int:
     return int(max(BLOCK_PIXELS, min(sub, 4096) // BLOCK_PIXELS * BLOCK_PIXELS))
 
 
-
-
 @njit(nogil=True, cache=True)
 def _dense(xs, w, rows, n_frames, sx, n, top, frames, pack):
     """S[:, sx:sx + n] += w[:n_frames].T @ xs[:n_frames, :n] (S: the float64 rows at the
