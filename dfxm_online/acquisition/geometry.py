@@ -244,3 +244,14 @@ def moving_motors(positioners: Mapping[str, np.ndarray], npoints: int) -> list[s
         if arr.ndim == 1 and arr.shape[0] >= npoints > 1 and np.ptp(arr[:npoints]) > 0:
             changes[name] = int(np.count_nonzero(np.diff(arr[:npoints])))
     return sorted(changes, key=lambda n: (-changes[n], n))
+
+
+def finite_points(positions: Mapping[str, np.ndarray], axes: Sequence[MotorAxis], n_points: int) -> np.ndarray:
+    """(n_points,) True where every scanned motor of `axes` whose positions are given for
+    all the points has a finite position (a point elsewhere stays out of the maps)."""
+    finite = np.ones(n_points, dtype=bool)
+    for axis in axes:
+        values = positions.get(axis.name)
+        if values is not None and len(values) == n_points:
+            finite &= np.isfinite(np.asarray(values, dtype=np.float64))
+    return finite

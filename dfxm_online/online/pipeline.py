@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..acquisition.geometry import ScanError, ScanGeometry
+from ..acquisition.geometry import ScanError, ScanGeometry, finite_points
 from ..config import AnalysisConfig
 from . import registry
 from .accumulators.background import EdgeBaseline, RunningMean
@@ -24,7 +24,7 @@ from .moment_window import MomentWindow, correct_truncation
 from .orientation import KEY_SIZE, kam, mosaicity_rgb
 from .preprocess import DarkStep, MonitorStep, PreprocessChain, binned_shape
 from .registry import REGISTRY
-from .window_bands import ScanRows, frame_chunks, windowed_moment_maps
+from .window_bands import ScanRows, windowed_moment_maps
 
 if TYPE_CHECKING:
     from ..acquisition.batch import Batch
@@ -222,11 +222,7 @@ class ScanPipeline:
         self, frames: np.ndarray, positions: Mapping[str, np.ndarray], monitor: np.ndarray | None
     ) -> tuple[np.ndarray, Mapping[str, np.ndarray], np.ndarray | None]:
         """The batch without its points whose position along a scanned motor is not finite."""
-        finite = np.ones(len(frames), dtype=bool)
-        for axis in self.geometry.motors:
-            values = positions.get(axis.name)
-            if values is not None and len(values) == len(frames):
-                finite &= np.isfinite(np.asarray(values, dtype=np.float64))
+        finite = finite_points(positions, self.geometry.motors, len(frames))
         if finite.all():
             return frames, positions, monitor
         if not self.points_dropped:
@@ -422,8 +418,6 @@ class ScanPipeline:
         masked = ~np.isfinite(np.asarray(maps[f"com_{names[0]}"], dtype=np.float64))
         if rows is not None and not self.chain.steps:
             batch = self.config.frames_per_batch(self.raw_shape, rows.dtype)
-            if not frame_chunks(rows.positions, self.geometry.motors, rows.n_frames, batch):
-                raise ScanError("the scan's frames could not be read again for the windowed moments")
             windowed = windowed_moment_maps(
                 maps, masked, self.geometry.motors, offset, rows, self.frame_shape, batch, rho,
                 self.config.moment_window_passes, self.config.precision,

@@ -17,19 +17,16 @@ bit for bit (tests/test_window_bands.py).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..acquisition.geometry import MotorAxis
+from ..acquisition.geometry import MotorAxis, ScanError, finite_points
 from .accumulators.moments import PowerSums
 from .maps import moment_maps_of_sums
 from .moment_window import MomentWindow, correct_truncation
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,9 +61,7 @@ def frame_chunks(positions: Mapping[str, np.ndarray], axes: Sequence[MotorAxis],
     without their points whose position along a scanned motor is not finite (as
     `ScanPipeline._finite_points` leaves them out of each batch); a slice where a batch
     keeps all its points."""
-    finite = np.ones(n_frames, dtype=bool)
-    for axis in axes:
-        finite &= np.isfinite(np.asarray(positions[axis.name], dtype=np.float64)[:n_frames])
+    finite = finite_points(positions, axes, n_frames)
     chunks: list[np.ndarray | slice] = []
     for start in range(0, n_frames, batch):
         stop = min(start + batch, n_frames)
@@ -100,7 +95,8 @@ def windowed_moment_maps(
     `budget` / 2 bytes), then each of the `passes` windows is made from the band's maps
     (the one-pass `maps` first) and its sums taken over the band's frames in `batch`-frame
     chunks. `offset` (P,) the background per pixel, or None. `budget`: the pipeline's batch
-    of raw frames (`frames_per_batch`), whose memory the two band buffers share."""
+    of raw frames (`frames_per_batch`), whose memory the two band buffers share. A scan
+    without a point to sum is a ScanError, as on the batch path."""
     names = [a.name for a in axes]
     # the maps a window is made from (`MomentWindow.from_maps`)
     sources = [f"{kind}_{a}" for a in names for kind in ("com", "fwhm")]
@@ -109,6 +105,8 @@ def windowed_moment_maps(
     n = rows.n_frames
     bands = band_rows(n, frame_shape, np.dtype(rows.dtype).itemsize, budget // 2)
     chunks = frame_chunks(rows.positions, axes, n, batch)
+    if not chunks:
+        raise ScanError("the scan's frames could not be read again for the windowed moments")
     positions = [{a: np.asarray(rows.positions[a])[c] for a in names} for c in chunks]
     out: dict[str, np.ndarray] = {}
     offset = None if offset is None else np.ascontiguousarray(offset, dtype=np.float64).reshape(height, width)
