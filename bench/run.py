@@ -331,9 +331,19 @@ def bench_compute_core(size: int, n_frames: int, batch: int, product_only: bool 
             run()
             rates[name].append(n_frames / (time.perf_counter() - t0))
             cpu_rates[name].append(n_frames * n_threads() / (time.process_time() - c0))
+    snapshot: list[float] = []
+    if not product_only:
+        # the snapshot's per-pixel kernels on this target (all numba: moment maps of the sums,
+        # pooled edge baseline, order statistics, mosaicity colours, KAM), warm
+        pipes["numba"].snapshot()
+        for _ in range(CORE_ROUNDS):
+            t0 = time.perf_counter()
+            pipes["numba"].snapshot()
+            snapshot.append(time.perf_counter() - t0)
     name, _ = kernels.numba_target()
     blas = [i.get("architecture") for i in threadpool_info() if i.get("user_api") == "blas"]
-    return {"target": name, "instruction_set": kernels.instruction_set(), "auto": kernels.frame_pass_backend()
+    return {"target": name, "snapshot": (float(np.median(snapshot)), float(min(snapshot)), float(max(snapshot)))
+            if snapshot else None, "instruction_set": kernels.instruction_set(), "auto": kernels.frame_pass_backend()
             if kernels.requested_backend() == "auto" else None, "blas": blas[0] if blas else None,
             **{k: (float(np.median(v)), float(min(v)), float(max(v))) for k, v in rates.items()},
             "cpu": {k: float(np.median(v)) for k, v in cpu_rates.items()}}
@@ -376,7 +386,7 @@ def compute_core_paths(size: int, n_frames: int, batch: int) -> list[str]:
     for label, env in code_paths():
         r = _core_child(size, n_frames, batch, env)
         if isinstance(r, str):
-            rows.append(f"| {label} | failed: {r} | | | | | | | |")
+            rows.append(f"| {label} | failed: {r} | | | | | | | | |")
             continue
         print(json.dumps({"path": label, **r}), flush=True)
 
@@ -399,7 +409,8 @@ def compute_core_paths(size: int, n_frames: int, batch: int) -> list[str]:
                     f"| {'; '.join(own) or '(the same CPU)'} "
                     f"| {cpu['numba']:.0f} / {cpu['numpy floor']:.0f} / {cpu['numpy product']:.0f}: "
                     f"{cpu[chosen] / cpu['numpy product']:.2f}x "
-                    f"| {fps(r['window numba'])} / {fps(r['window numpy floor'])} |")
+                    f"| {fps(r['window numba'])} / {fps(r['window numpy floor'])} "
+                    f"| {r['snapshot'][0]:.2f} ({r['snapshot'][1]:.2f}-{r['snapshot'][2]:.2f}) |")
     return rows
 
 
@@ -1002,13 +1013,18 @@ def main() -> None:
         "which OpenBLAS names Katmai, for older SSE CPUs), and what auto runs over it. Last column: "
         "the same per CPU time (frames per second of the process's CPU time x the tile threads: "
         "numba / numpy floor / numpy product, and auto over the product), which a machine shared "
-        "with other work changes less than the wall-clock rates.",
+        "with other work changes less than the wall-clock rates. The window column: a pass of the final "
+        "maps' moment window (`MomentWindow.add_to`) over the same frames. The snapshot column: "
+        f"`ScanPipeline.snapshot()` of those sums, warm, median (min-max) of {CORE_ROUNDS}: every per-pixel "
+        "snapshot kernel (numba, compiled for the target: the moment maps, pooled edge baseline, order "
+        "statistics, mosaicity colours, KAM).",
         "",
         "| path | numba target | compute core, numba | compute core, numpy floor | numpy tiled product (15 sums) "
         "| auto, over the product | the product with the target's BLAS kernels, auto over it "
         "| per CPU time: numba / floor / product, auto over the product "
-        "| a moment window pass (windowed power sums): numba / numpy floor |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| a moment window pass (windowed power sums): numba / numpy floor "
+        "| ScanPipeline.snapshot (the maps), s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     if part in (None, "accumulators", "compute-core"):
         lines += compute_core_paths(size, CORE_FRAMES, batch)

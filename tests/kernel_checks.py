@@ -222,6 +222,171 @@ def check_moment_maps_of_sums() -> list[str]:
     return done
 
 
+def check_moment_kernels() -> list[str]:
+    """The snapshot's per-pixel kernels from the power sums equal the same expressions in
+    numpy, element by element in the same order, bit for bit (no FMA contraction, no
+    reassociation on any target): the central moments of the sums with an offset (1-3
+    motors, a pixel range into range-sized outputs), the named maps of those moments, and
+    the pooled edge baseline (ties between group means: the first lowest wins)."""
+    from dfxm_online.acquisition.geometry import MotorAxis
+    from dfxm_online.online.accumulators.background import pooled_edge_mean
+    from dfxm_online.online.accumulators.moments import PowerSums
+    from dfxm_online.online.kernels.pixelmaps import central_moments, moment_maps_rows
+
+    rng = np.random.default_rng(19)
+    done = []
+    p = 1031
+    for n_motors in (1, 2, 3):
+        axes = [MotorAxis(name, -1.0, 1.0, 5) for name in ("mu", "chi", "phi")[:n_motors]]
+        ps = PowerSums(axes, p)
+        frames = rng.uniform(0, 60, size=(30, p))
+        frames[:, :40] = 0  # no signal: NaN moments
+        ps.update(frames, {a.name: rng.uniform(-1, 1, 30) for a in axes})
+        offset = rng.uniform(0, 3, p)
+        table, centre, scale = ps.conversion()
+        index = table.astype(np.int64)
+        m = n_motors
+        start, stop = 17, 1001
+        width = stop - start
+        got = [np.empty(width), np.empty((m, width)), np.empty((m, m, width)), np.empty((m, width)),
+               np.empty((m, width))]
+        central_moments(ps.sums, ps.weights, offset, table, centre, scale, *got, start, stop)
+
+        def raw(row: int, ps=ps, offset=offset, start=start, stop=stop) -> np.ndarray:
+            return ps.sums[row, start:stop] - ps.weights[row] * offset[start:stop]
+
+        with np.errstate(all="ignore"):
+            s0 = raw(index[0])
+            inv = np.where(s0 > 0, 1.0 / s0, np.nan)
+            mu = [raw(index[1 + a]) * inv for a in range(m)]
+            expect_cov = np.empty((m, m, width))
+            for a in range(m):
+                for b in range(m):
+                    expect_cov[a, b] = (raw(index[1 + m + a * m + b]) * inv - mu[a] * mu[b]) * scale[a] * scale[b]
+            assert np.array_equal(got[0], s0) and np.array_equal(got[2], expect_cov, equal_nan=True), m
+            for a in range(m):
+                sa, x = scale[a], mu[a]
+                e2 = raw(index[1 + m + a * m + a]) * inv
+                e3 = raw(index[1 + m + m * m + a]) * inv
+                e4 = raw(index[1 + 2 * m + m * m + a]) * inv
+                m3 = (e3 - x * (3.0 * e2 - 2.0 * x * x)) * sa * sa * sa
+                m4 = (e4 - x * (4.0 * e3 - x * (6.0 * e2 - 3.0 * x * x))) * sa * sa * sa * sa
+                assert np.array_equal(got[1][a], centre[a] + sa * x, equal_nan=True), (m, a)
+                assert np.array_equal(got[3][a], m3, equal_nan=True), (m, a)
+                assert np.array_equal(got[4][a], m4, equal_nan=True), (m, a)
+            valid = rng.uniform(size=width) > 0.1
+            names = 4 * m + m * (m - 1) // 2
+            out = np.full((names, width), 7.0)
+            moment_maps_rows(got[1], got[2], got[3], got[4], valid, 2.5, out, 3, width)
+            assert np.array_equal(out[:, :3], np.full((names, 3), 7.0)), m  # outside the range
+            r = 4 * m
+            for a in range(m):
+                var = got[2][a, a]
+                positive = valid & (var > 0)
+                sd = np.sqrt(np.where(positive, var, 0.0))
+                expect = (np.where(valid, got[1][a], np.nan), np.where(positive, 2.5 * sd, np.nan),
+                          np.where(positive, got[3][a] / (var * sd), np.nan),
+                          np.where(positive, got[4][a] / (var * var) - 3.0, np.nan))
+                for k, values in enumerate(expect):
+                    assert np.array_equal(out[4 * a + k, 3:], values[3:], equal_nan=True), (m, a, k)
+                for b in range(a + 1, m):
+                    assert np.array_equal(out[r, 3:], np.where(valid, got[2][a, b], np.nan)[3:], equal_nan=True)
+                    r += 1
+        done.append(f"central moments and moment maps {n_motors} motor(s)")
+    for trial in range(6):
+        groups, pixels = 1 + trial, 700 + 37 * trial
+        n = rng.integers(1, 20, groups).astype(np.float64)
+        frames = [rng.poisson(rng.uniform(5, 50), (int(c), pixels)).astype(np.float64) for c in n]
+        if trial % 2:
+            frames = [np.round(f / 10) for f in frames]  # equal group means
+        s = np.array([f.sum(axis=0) for f in frames])
+        q = np.array([(f * f).sum(axis=0) for f in frames])
+        means = s / n[:, None]
+        low = np.argmin(means, axis=0)
+        cols = np.arange(pixels)
+        m_low = means[low, cols]
+        var_low = np.maximum(q[low, cols] / n[low] - m_low * m_low, 0.0)
+        inside = means <= m_low + 3.0 * np.sqrt(var_low * (1.0 / n[low] + 1.0 / n[:, None]))
+        expected = np.where(inside, s, 0.0).sum(axis=0) / np.where(inside, n[:, None], 0.0).sum(axis=0)
+        assert np.array_equal(pooled_edge_mean(list(s), list(q), n, 3.0), expected), trial
+    done.append("pooled edge baseline")
+    return done
+
+
+def check_orientation_and_selection() -> list[str]:
+    """KAM, the mosaicity colours and the snapshot's order statistics against numpy, bit for
+    bit: KAM as the same sums in numpy (neighbours in the offsets' order, maps in order;
+    1-3 maps and 4 (the loop for any count), float32 maps read as their float64 values), the
+    colours as the closed form in numpy, percentiles and medians of filtered maps equal to
+    np.percentile / np.median of the kept values."""
+    from dfxm_online.online import orientation, selection
+
+    rng = np.random.default_rng(23)
+    done = []
+    h, w = 29, 37
+    for n_maps in (1, 2, 3, 4):
+        for dtype in (np.float64, np.float32):
+            maps = [rng.normal(size=(h, w)).astype(dtype) for _ in range(n_maps)]
+            maps[0][rng.random((h, w)) < 0.15] = np.nan
+            maps[-1][5, :] = np.inf
+            limit = 2.0 if n_maps == 2 else None
+            got = orientation.kam(maps, radius=2 if n_maps == 3 else 1, max_distance=limit)
+            stack = np.stack([m.astype(np.float64) for m in maps])
+            valid = np.isfinite(stack).all(axis=0)
+            total, count = np.zeros((h, w)), np.zeros((h, w), np.int64)
+            for dy, dx in orientation._offsets(2 if n_maps == 3 else 1, "eight"):
+                shifted = np.full_like(stack, np.nan)
+                ys, xs = slice(max(-dy, 0), h - max(dy, 0)), slice(max(-dx, 0), w - max(dx, 0))
+                shifted[:, ys, xs] = stack[:, ys.start + dy:ys.stop + dy, xs.start + dx:xs.stop + dx]
+                both = valid & np.isfinite(shifted).all(axis=0)
+                with np.errstate(invalid="ignore"):
+                    d = stack - shifted
+                    sq = np.zeros((h, w))
+                    for m in range(n_maps):
+                        sq = sq + d[m] * d[m]
+                    dist = np.sqrt(np.where(both, sq, 0.0))
+                ok = both & (dist <= (np.inf if limit is None else limit))
+                total += np.where(ok, dist, 0.0)
+                count += ok
+            with np.errstate(invalid="ignore", divide="ignore"):
+                expect = np.where(valid & (count > 0), total / count, np.nan)
+            assert np.array_equal(got, expect, equal_nan=True), (n_maps, np.dtype(dtype).name)
+        done.append(f"KAM {n_maps} map(s)")
+    for dtype in (np.float64, np.float32):
+        a = rng.normal(size=(41, 43)).astype(dtype)
+        b = rng.normal(size=(41, 43)).astype(dtype)
+        a[3, :] = np.nan
+        b[:, 5] = -np.inf
+        got = orientation._colour(a, b, (0.1, -0.2), (0.7, 1.3))
+        with np.errstate(all="ignore"):
+            u = (a.astype(np.float64) - 0.1) / 0.7
+            v = (b.astype(np.float64) + 0.2) / 1.3
+            hue6 = np.arctan2(v, u) * (3.0 / np.pi)
+            hue6 = np.where(hue6 < 0, hue6 + 6.0, hue6)
+            sat = np.minimum(np.sqrt(u * u + v * v), 1.0)
+        ok = np.isfinite(a) & np.isfinite(b)
+        for c, n in enumerate((5.0, 3.0, 1.0)):
+            k = n + hue6
+            k = np.where(k < 6.0, k, k - 6.0)
+            g = np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+            expect = np.where(ok, (1.0 - sat * g).astype(np.float32), np.float32(0.0))
+            assert np.array_equal(got[..., c], expect), (np.dtype(dtype).name, c)
+        done.append(f"mosaicity colours {np.dtype(dtype).name}")
+        values = rng.normal(10, 3, 5003).astype(dtype)
+        values[::7] = np.round(values[::7])  # ties
+        values[::11] = np.nan
+        other = rng.normal(size=5003).astype(dtype)
+        other[::13] = np.inf
+        kept = values[np.isfinite(values) & np.isfinite(other)].astype(np.float64)
+        assert selection.median(values, finite_with=other) == np.median(kept)
+        assert selection.percentile(values, 99.5, positive=True) == np.percentile(
+            values[np.isfinite(values) & (values > 0)].astype(np.float64), 99.5)
+        assert selection.percentile(values, 99.0, finite_with=other, distance_to=10.0) == np.percentile(
+            np.abs(kept - 10.0), 99.0)
+        done.append(f"order statistics {np.dtype(dtype).name}")
+    return done
+
+
 def check_windowed_pass(backend: str = "numba") -> list[str]:
     """`MomentWindow.add_to` (the window's step fused into the frame pass; on the numpy floor
     the step then the sums) against numpy: the points inside each pixel's window (its
@@ -278,7 +443,7 @@ def run_all() -> dict:
     from dfxm_online.online import kernels
 
     checked = (check_frame_pass("numba") + check_windowed_pass("numba") + check_block_sums()
-               + check_moment_maps_of_sums())
+               + check_moment_maps_of_sums() + check_moment_kernels() + check_orientation_and_selection())
     return {"code_path": kernels.code_path(), "instruction_set": kernels.instruction_set(),
             "target": kernels.numba_target()[0], "wide_vectors": kernels.wide_vectors(), "checked": checked}
 

@@ -155,8 +155,8 @@ def test_maps_of_sums_range_by_range_equal_maps_of_the_whole_snapshot(n_motors, 
 
 def test_snapshot_of_a_pixel_range_is_that_range_of_the_whole():
     from dfxm_online.acquisition.geometry import MotorAxis
-    from dfxm_online.online import _pixelmaps
     from dfxm_online.online.accumulators.moments import PowerSums
+    from dfxm_online.online.kernels.pixelmaps import central_moments
 
     rng = np.random.default_rng(7)
     axes = [MotorAxis("mu", -1, 1, 5), MotorAxis("chi", -2, 2, 7)]
@@ -174,5 +174,5 @@ def test_snapshot_of_a_pixel_range_is_that_range_of_the_whole():
     # the compiled pass takes outputs of all pixels or of the range, nothing else
     m = np.empty((2, 50))
     with pytest.raises(ValueError, match="inconsistent shapes"):
-        _pixelmaps.central_moments(ps.sums, ps.weights, offset, np.zeros(11), np.zeros(2), np.ones(2),
-                                   np.empty(50), m, np.empty((2, 2, 50)), m, m, 0, 40)
+        central_moments(ps.sums, ps.weights, offset, np.zeros(11), np.zeros(2), np.ones(2),
+                        np.empty(50), m, np.empty((2, 2, 50)), m, m, 0, 40)

@@ -181,6 +181,35 @@ def test_an_orientation_vector_that_overflows_is_on_the_rim():
     np.testing.assert_allclose(got, [RED, CYAN, RED], atol=1e-6)
 
 
+def test_compiled_colour_range_and_argument_checks():
+    """The compiled pass writes only its pixel range, and checks its arguments as the C did."""
+    from dfxm_online.online.kernels.orientation_maps import hsv_colour
+
+    rng = np.random.default_rng(23)
+    a, b = rng.normal(size=(2, 50))
+    angle = np.arctan2(b[10:40], a[10:40])
+    out = np.full((50, 3), -1.0, np.float32)
+    hsv_colour(a, b, 0.0, 1.0, 0.0, 1.0, angle, out, 10, 40)
+    assert (out[:10] == -1).all() and (out[40:] == -1).all()
+    np.testing.assert_array_equal(out[10:40], colours(np.stack([a, b], axis=-1))[10:40])
+    for bad, error in [
+        ({"a": a.astype(np.float32)}, TypeError),  # mixed dtypes
+        ({"a": a.astype(int), "b": b.astype(int)}, TypeError),
+        ({"angle": angle.astype(np.float32)}, TypeError),
+        ({"out": out.astype(np.float64)}, TypeError),
+        ({"a": a[:49]}, ValueError),  # a, b (P,) and out (P, 3)
+        ({"out": out[:, :2].copy()}, ValueError),
+        ({"a": a[::-1]}, ValueError),  # not C-contiguous: not read in place
+        ({"angle": angle[:29]}, ValueError),  # one angle per pixel of the range
+        ({"stop": 51}, ValueError),
+        ({"start": 41}, ValueError),
+    ]:
+        args = {"a": a, "b": b, "angle": angle, "out": out, "start": 10, "stop": 40, **bad}
+        with pytest.raises(error):
+            hsv_colour(args["a"], args["b"], 0.0, 1.0, 0.0, 1.0, args["angle"], args["out"],
+                       args["start"], args["stop"])
+
+
 @pytest.mark.parametrize("size", [(30, 41), (31, 41)])  # 1229 and 1270 valid pixels
 def test_default_centre_and_scale_are_exactly_numpys(size):
     """The in-place partitions give numpy's median and percentile bit for bit."""
@@ -415,23 +444,25 @@ def test_compiled_kam_equals_brute_force_on_all_shapes(dtype, n_maps, radius, co
 def test_kam_row_tiles_on_threads_equal_one_pass(monkeypatch):
     """Rows spread over the tile threads (here one row per tile) give the one-pass result,
     bit for bit: each row only reads its neighbours and writes itself."""
-    from dfxm_online.online import _pixelmaps, orientation
+    from dfxm_online.online import orientation
+    from dfxm_online.online.kernels.orientation_maps import kam_rows
 
     maps = holey_maps((23, 17), 2, np.float64, seed=9)
     offsets = orientation._offsets(2, "eight")
     whole = np.empty((23, 17))
-    _pixelmaps.kam_rows(maps, offsets, np.inf, whole, 0, 23)
+    kam_rows(maps, offsets, np.inf, whole, 0, 23)
     monkeypatch.setattr(orientation, "SNAPSHOT_PIXELS", 17)
     np.testing.assert_array_equal(kam(maps, radius=2), whole)
     np.testing.assert_allclose(whole, brute_kam(maps, 2), rtol=0, atol=1e-12)
     rows = np.full((23, 17), -1.0)
     for start, stop in [(0, 1), (1, 7), (7, 7), (7, 22), (22, 23)]:
-        _pixelmaps.kam_rows(maps, offsets, np.inf, rows, start, stop)
+        kam_rows(maps, offsets, np.inf, rows, start, stop)
     np.testing.assert_array_equal(rows, whole)
 
 
 def test_kam_mixed_dtypes_and_compiled_argument_checks():
-    from dfxm_online.online import _pixelmaps
+    from dfxm_online.online import orientation
+    from dfxm_online.online.kernels.orientation_maps import MAX_MAPS, kam_rows
 
     a, b = holey_maps((6, 7), 2, np.float64, seed=4)
     mixed = [a.astype(np.float32), b]  # not all float32: everything read as float64
@@ -442,19 +473,36 @@ def test_kam_mixed_dtypes_and_compiled_argument_checks():
     offsets = np.array([[0, 1], [0, -1]], dtype=np.int64)
     out = np.empty((6, 7))
     with pytest.raises(ValueError):  # mixed dtypes
-        _pixelmaps.kam_rows(mixed, offsets, np.inf, out, 0, 6)
+        kam_rows(mixed, offsets, np.inf, out, 0, 6)
     with pytest.raises(ValueError):  # offsets not int64
-        _pixelmaps.kam_rows([a], offsets.astype(np.float64), np.inf, out, 0, 6)
+        kam_rows([a], offsets.astype(np.float64), np.inf, out, 0, 6)
     with pytest.raises(ValueError):  # offsets not (K, 2)
-        _pixelmaps.kam_rows([a], offsets.reshape(1, 4), np.inf, out, 0, 6)
+        kam_rows([a], offsets.reshape(1, 4), np.inf, out, 0, 6)
     with pytest.raises(ValueError):  # map and out shapes differ
-        _pixelmaps.kam_rows([a[:5]], offsets, np.inf, out, 0, 6)
+        kam_rows([a[:5]], offsets, np.inf, out, 0, 6)
     with pytest.raises(ValueError):  # rows outside the map
-        _pixelmaps.kam_rows([a], offsets, np.inf, out, 0, 7)
+        kam_rows([a], offsets, np.inf, out, 0, 7)
     with pytest.raises(ValueError):
-        _pixelmaps.kam_rows([], offsets, np.inf, out, 0, 6)
+        kam_rows([], offsets, np.inf, out, 0, 6)
     with pytest.raises(TypeError):  # out must be float64
-        _pixelmaps.kam_rows([a], offsets, np.inf, out.astype(np.float32), 0, 6)
+        kam_rows([a], offsets, np.inf, out.astype(np.float32), 0, 6)
+    with pytest.raises(ValueError):  # too many maps
+        kam_rows([a] * (MAX_MAPS + 1), offsets, np.inf, out, 0, 6)
+    with pytest.raises(ValueError):  # maps not 2-D
+        kam_rows([a.reshape(-1)], offsets, np.inf, out, 0, 6)
+    with pytest.raises(ValueError):  # integer maps are not read as floats
+        kam_rows([a.astype(int)], offsets, np.inf, out, 0, 6)
+    with pytest.raises(ValueError):  # strided maps are not read in place
+        kam_rows([np.zeros((6, 14))[:, ::2]], offsets, np.inf, out, 0, 6)
+    with pytest.raises(ValueError):  # start > stop
+        kam_rows([a], offsets, np.inf, out, 4, 3)
+    before = out.copy()
+    kam_rows([a], offsets, np.inf, out, 3, 3)  # an empty range writes nothing
+    np.testing.assert_array_equal(out, before)
+    # as many maps as taken (the loop for any count of maps)
+    many = holey_maps((6, 7), MAX_MAPS, np.float32, seed=5)
+    kam_rows(many, orientation._offsets(1, "eight"), np.inf, out, 0, 6)
+    np.testing.assert_allclose(out, brute_kam([m.astype(np.float64) for m in many]), rtol=0, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------

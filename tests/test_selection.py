@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from dfxm_online.online import _pixelmaps, selection
+from dfxm_online.online import selection
+from dfxm_online.online.kernels.order_statistics import MAX_FRACTIONS, order_statistics
 
 
 def kept_values(v, finite_with, positive, distance_to):
@@ -109,9 +110,55 @@ def test_the_inputs_are_left_untouched_and_bad_arguments_refused():
     with pytest.raises(ValueError, match="finite_with"):
         selection.median(a, finite_with=a[:10])
     lo, hi = np.empty(1), np.empty(1)
+    half = np.array([0.5])
     with pytest.raises(ValueError, match="fractions"):
-        _pixelmaps.order_statistics(a, None, False, np.nan, np.array([1.5]), lo, hi)
+        order_statistics(a, None, False, np.nan, np.array([1.5]), lo, hi)
+    with pytest.raises(ValueError, match="fractions"):
+        order_statistics(a, None, False, np.nan, np.array([np.nan]), lo, hi)
     with pytest.raises(ValueError, match="ranks_of"):
-        _pixelmaps.order_statistics(a, None, False, np.nan, np.array([0.5]), np.empty(2), hi)
+        order_statistics(a, None, False, np.nan, half, np.empty(2), hi)
+    with pytest.raises(ValueError, match="at most 8"):
+        many = np.full(MAX_FRACTIONS + 1, 0.5)
+        order_statistics(a, None, False, np.nan, many, np.empty(many.size), np.empty(many.size))
+    with pytest.raises(ValueError, match="other must match"):
+        order_statistics(a, a[:10], False, np.nan, half, lo, hi)
     with pytest.raises(TypeError, match="float64 or float32"):
-        _pixelmaps.order_statistics(a.astype(np.float16), None, False, np.nan, np.array([0.5]), lo, hi)
+        order_statistics(a.astype(np.float16), None, False, np.nan, half, lo, hi)
+    with pytest.raises(TypeError, match="float64 or float32"):
+        order_statistics(a, a.astype(np.int32), False, np.nan, half, lo, hi)
+
+
+def test_order_statistics_are_the_ranks_of_the_sorted_kept_values():
+    """The compiled function itself, several fractions at once, on float32 and float64 maps
+    and `other` maps of either dtype: lo/hi are the values of ranks floor((n - 1) * f) and
+    the next one of numpy's sorted kept values, and np.percentile / np.median interpolated
+    from them (as selection does) are numpy's own, bit for bit."""
+    rng = np.random.default_rng(4)
+    fractions = np.array([0.0, 0.005, 0.5, 0.99, 0.995, 1.0, float(rng.uniform()), 0.25])
+    checked = 0
+    for trial, (v64, other64) in enumerate(maps(rng)):
+        if trial % 3:
+            continue
+        with np.errstate(over="ignore"):
+            v32, other32 = v64.astype(np.float32), other64.astype(np.float32)
+        for v in (v64, v32):
+            wide = v.astype(np.float64)
+            for finite_with in (None, other64, other32):
+                for positive in (False, True):
+                    for distance_to in (None, 0.3):
+                        kept = np.sort(kept_values(wide, finite_with, positive, distance_to))
+                        lo, hi = np.empty(fractions.size), np.empty(fractions.size)
+                        centre = np.nan if distance_to is None else distance_to
+                        n = order_statistics(v, finite_with, positive, centre, fractions, lo, hi)
+                        assert n == kept.size
+                        if n == 0:
+                            assert np.isnan(lo).all() and np.isnan(hi).all()
+                            continue
+                        r = np.floor((n - 1) * fractions).astype(np.int64)
+                        np.testing.assert_array_equal(lo, kept[r])
+                        np.testing.assert_array_equal(hi, kept[np.minimum(r + 1, n - 1)])
+                        opts = dict(finite_with=finite_with, positive=positive, distance_to=distance_to)
+                        assert selection.percentile(v, 99.5, **opts) == np.percentile(kept, 99.5)
+                        assert selection.median(v, **opts) == np.median(kept)
+                        checked += 1
+    assert checked > 1500

@@ -12,7 +12,7 @@ from functools import partial
 import numpy as np
 
 from ..gaussian import FWHM_PER_SIGMA
-from . import _pixelmaps, selection
+from . import selection
 from .accumulators.moments import MomentSnapshot, PowerSums
 from .kernels import pixelmaps
 from .tiles import SNAPSHOT_PIXELS, for_each_tile
@@ -73,7 +73,7 @@ def signal_mask(intensity: np.ndarray, min_fraction: float) -> np.ndarray:
 
 
 def _map_names(motor_names: Sequence[str]) -> list[str]:
-    """Names of the maps `_pixelmaps.moment_maps` writes, in its order."""
+    """Names of the maps `kernels.pixelmaps.moment_maps_rows` writes, in its order."""
     m = len(motor_names)
     kinds = ("com", "fwhm", "skewness", "kurtosis")
     names = [f"{kind}_{name}" for name in motor_names for kind in kinds]
@@ -129,14 +129,15 @@ def moment_maps(
     `kurtosis` = m4 / var^2 - 3 (excess), the last three also NaN where var is not > 0;
     then `cov` of each pair of motors.
     """
-    # One compiled pass per pixel range writes all the maps (_pixelmaps.moment_maps): at
-    # 2048^2, two motors, 2 cores, in a warm process, moment_maps takes 0.10 s (0.044 s of
+    # One compiled pass per pixel range writes all the maps (kernels.pixelmaps.moment_maps_rows):
+    # at 2048^2, two motors, 2 cores, in a warm process, moment_maps took 0.10 s (0.044 s of
     # it the signal mask) against 0.23 s with numpy's np.where per map and 0.24 s with the
-    # same expressions in numexpr; on fresh memory numpy's temporaries made it 0.6-0.9 s.
+    # same expressions in numexpr; on fresh memory numpy's temporaries made it 0.6-0.9 s
+    # (measured with the C loop that the numba one replaced, level with it: bench/RESULTS.md).
     arrays = _moment_arrays(snap, len(motor_names))
 
     def fill(valid: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
-        _pixelmaps.moment_maps(*arrays, valid, FWHM_PER_SIGMA, list(out), start, stop)
+        pixelmaps.moment_maps_rows(*arrays, valid, FWHM_PER_SIGMA, out, start, stop)
 
     return _named_maps(snap.intensity, motor_names, shape, min_intensity_fraction, fill, SNAPSHOT_PIXELS)
 

@@ -23,7 +23,8 @@ from typing import Literal
 
 import numpy as np
 
-from . import _pixelmaps, selection
+from . import selection
+from .kernels import orientation_maps
 from .tiles import SNAPSHOT_PIXELS, for_each_tile
 
 KEY_SIZE = 128
@@ -65,14 +66,18 @@ def _colour(
     # the closed form of HSV -> RGB at value 1 (channel n = 5, 3, 1 for R, G, B):
     # 1 - s * clip(min(k, 4 - k), 0, 1) with k = (n + 6 hue) mod 6. It equals matplotlib's
     # hsv_to_rgb to 1e-15 before the rounding to float32 (tested). One compiled pass per
-    # pixel range goes from the COM maps to float32 RGB: at 2048^2 on 2 cores the colours
-    # took 1.2 s with matplotlib and 0.3 s in numpy; with only the colours compiled and
-    # u, v (np.where), the black of pixels without signal and the float32 copy in numpy,
-    # mosaicity_rgb with a given centre and scale took 0.18 s, with all of it in the pass
-    # 0.05 s. The direction comes from numpy's arctan2 (SIMD where the CPU has it), one
-    # range at a time: glibc's atan2 in the pass cost ~33 ns a pixel, and kept the pass
-    # from vectorizing; the colours of a 2048^2 map on 2 cores took 0.10 s with it and
-    # 0.012-0.017 s this way (one thread: 0.20 -> 0.041 s).
+    # pixel range (`orientation_maps.hsv_colour`) goes from the COM maps to float32 RGB.
+    # Measured with the C pass it replaced (the numba one gives the same colours bit for
+    # bit): at 2048^2 on 2 cores the colours took 1.2 s with matplotlib and 0.3 s in numpy;
+    # with only the colours compiled and u, v (np.where), the black of pixels without signal
+    # and the float32 copy in numpy, mosaicity_rgb with a given centre and scale took
+    # 0.18 s, with all of it in the pass 0.05 s. The direction comes from numpy's arctan2
+    # (SIMD where the CPU has it), one range at a time: glibc's atan2 in the pass cost
+    # ~33 ns a pixel, and kept the pass from vectorizing; the colours of a 2048^2 map on 2
+    # cores took 0.10 s with it and 0.012-0.017 s this way (one thread: 0.20 -> 0.041 s).
+    # C against numba, same runs, 2048^2 float32, 2 cores under load, AVX2 host, median of
+    # 15 (2026-12-07): this function 75 / 70 ms, the pass alone 9.5 / 7.5 ms (figures
+    # per target in kernels/orientation_maps.py).
     a, b = np.broadcast_arrays(*_maps_as_read(a, b))
     shape = a.shape
     af, bf = np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
@@ -89,7 +94,7 @@ def _colour(
             v = np.subtract(bf[start:stop], cb, dtype=np.float64)
             v /= sb
             angle = np.arctan2(v, u, out=u)
-        _pixelmaps.hsv_colour(af, bf, ca, sa, cb, sb, angle, out, start, stop)
+        orientation_maps.hsv_colour(af, bf, ca, sa, cb, sb, angle, out, start, stop)
 
     for_each_tile(af.size, colour_range, tile=COLOUR_PIXELS)
     return out.reshape(*shape, 3)
@@ -233,11 +238,15 @@ def kam(
     NaN where the pixel itself is NaN or has no valid neighbour. float64 result; float32
     maps are read as they are (each value is widened exactly), others converted to float64.
     """
-    # One compiled pass per range of rows (_pixelmaps.kam_rows), each pixel gathering its
-    # neighbours, so row ranges run on the tile threads. At 2048^2, two COM maps, 2 cores:
-    # 0.04 s for the 3x3 kernel (0.10 s for 5x5), against 0.20 s (0.52 s) for numpy's
-    # whole-array slices per +/- pair of offsets in a warm process and up to 0.9 s on fresh
-    # memory (a 64 MB stack of the maps and map-sized temporaries per pair).
+    # One compiled pass per range of rows (`orientation_maps.kam_rows`), each pixel
+    # gathering its neighbours, so row ranges run on the tile threads. Measured with the C
+    # pass it replaced (the numba one gives the same values bit for bit): at 2048^2, two COM
+    # maps, 2 cores: 0.04 s for the 3x3 kernel (0.10 s for 5x5), against 0.20 s (0.52 s)
+    # for numpy's whole-array slices per +/- pair of offsets in a warm process and up to
+    # 0.9 s on fresh memory (a 64 MB stack of the maps and map-sized temporaries per pair).
+    # C against numba, same runs, two float32 maps, 2 cores under load, AVX2 host, median of
+    # 15 (2026-12-07): 3x3 30 / 26 ms, 5x5 81 / 76 ms (figures per target in
+    # kernels/orientation_maps.py).
     if radius < 1:
         raise ValueError(f"radius must be >= 1, got {radius}")
     if connectivity not in ("four", "eight"):
@@ -257,7 +266,7 @@ def kam(
     offsets = _offsets(radius, connectivity)
     limit = np.inf if max_distance is None else float(max_distance)
     rows = max(1, SNAPSHOT_PIXELS // max(shape[1], 1))
-    for_each_tile(shape[0], lambda start, stop: _pixelmaps.kam_rows(
+    for_each_tile(shape[0], lambda start, stop: orientation_maps.kam_rows(
         maps, offsets, limit, out, start, stop), tile=rows)
     return out
 

@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ...acquisition.geometry import MotorAxis
-from .. import _pixelmaps
 from ..framesums import SumsPlan, accumulate
+from ..kernels.pixelmaps import pooled_edge_mean_rows
 from ..tiles import SNAPSHOT_PIXELS, for_each_tile
 
 
@@ -187,6 +187,6 @@ def pooled_edge_mean(
     rows_sq = [np.ascontiguousarray(r, dtype=np.float64) for r in sumsq]
     n = np.ascontiguousarray(counts, dtype=np.float64)
     out = np.empty(rows[0].shape[0])
-    for_each_tile(out.shape[0], lambda start, stop: _pixelmaps.pooled_edge_mean(
+    for_each_tile(out.shape[0], lambda start, stop: pooled_edge_mean_rows(
         rows, rows_sq, n, float(k), out, start, stop), tile=SNAPSHOT_PIXELS)
     return out

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...acquisition.geometry import MotorAxis
-from .. import _pixelmaps
 from ..binned_maps import block_sums
 from ..framesums import SumsPlan, accumulate
+from ..kernels.pixelmaps import central_moments
 from ..tiles import SNAPSHOT_PIXELS, for_each_tile
 
 
@@ -189,7 +189,7 @@ class PowerSums:
 
     def conversion(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What the compiled passes need to turn the sums into moments (`index`, `centre`,
-        `scale` of `_pixelmaps.central_moments`): the rows of the constant, unit, pair,
+        `scale` of `kernels.pixelmaps.central_moments`): the rows of the constant, unit, pair,
         cube and fourth-power monomials (-1 above the order), and the axes' centres and
         steps."""
         m = len(self.axes)
@@ -231,10 +231,10 @@ class PowerSums:
         if n == p:
             # one compiled pass per pixel range; at 2048^2, two motors, 2 cores, this and the
             # pooled edge baseline took ~1.07 s as ~30 numexpr passes and ~0.17 s compiled
-            for_each_tile(p, lambda a, b: _pixelmaps.central_moments(
+            for_each_tile(p, lambda a, b: central_moments(
                 self.sums, self.weights, off, table, centre, scale, s0, mu, cov, m3, m4, a, b),
                 tile=SNAPSHOT_PIXELS)
         elif n:
-            _pixelmaps.central_moments(self.sums, self.weights, off, table, centre, scale,
+            central_moments(self.sums, self.weights, off, table, centre, scale,
                                        s0, mu, cov, m3, m4, start, stop)
         return MomentSnapshot(intensity=s0, mean=mu, cov=cov, m3=m3, m4=m4)

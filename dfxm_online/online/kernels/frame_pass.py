@@ -58,8 +58,7 @@ in one loop: 277 against 297.)
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, njit, types
-from numba.extending import intrinsic
+from numba import njit
 
 from . import l2_cache_bytes
 from .dense_block import (
@@ -82,6 +81,7 @@ from .group_block import (
     MAX_NV,
     MAX_NV_INT,
 )
+from .rows import row as _row
 
 
 def sub_tile_bytes(l2: int | None) -> int:
@@ -116,25 +116,6 @@ WINDOW_PIXELS = 256
 BOX_PIXELS = max(1, 128 // BLOCK_PIXELS) * BLOCK_PIXELS
 #: cache lines of a frame row fetched ahead per prefetch (64 bytes)
 _LINE = 64
-
-
-@intrinsic
-def _float64_pointer(typingctx, address):
-    """A uint64 address as a float64 pointer (for `carray`). Why addresses and not a
-    `numba.typed.List` of the group rows: building a typed list compiles its methods in
-    every new process, uncached: ~0.7-1 s on a daemon's or `process`'s first batch."""
-    sig = types.CPointer(types.float64)(types.uint64)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-
-    return sig, codegen
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _row(address, start, n):
-    """Elements start..start + n of the float64 row at `address`, as a (n,) array."""
-    return carray(_float64_pointer(address + np.uint64(8 * start)), n)
 
 
 def sub_pixels(n_frames: int) -> int:
