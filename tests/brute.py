@@ -100,3 +100,17 @@ def windowed_moments(
             for b in range(a + 1, m):
                 ref[f"cov{a}{b}"] = ref[f"cov{a}{b}"] / c2
     return ref
+
+
+def pooled_edge_mean(sums: np.ndarray, sumsq: np.ndarray, counts: np.ndarray, k: float) -> np.ndarray:
+    """The pooled edge baseline as plain per-group numpy, the same expressions as the
+    compiled pass (so the same values bit for bit): each pixel's lowest group mean (the first
+    one on ties) and its variance, the groups within k standard errors of it, their pooled
+    mean. `sums`, `sumsq` (G, P), `counts` (G,)."""
+    means = sums / counts[:, None]
+    low = np.argmin(means, axis=0)
+    cols = np.arange(sums.shape[1])
+    m_low = means[low, cols]
+    var_low = np.maximum(sumsq[low, cols] / counts[low] - m_low * m_low, 0.0)
+    inside = means <= m_low + k * np.sqrt(var_low * (1.0 / counts[low] + 1.0 / counts[:, None]))
+    return np.where(inside, sums, 0.0).sum(axis=0) / np.where(inside, counts[:, None], 0.0).sum(axis=0)

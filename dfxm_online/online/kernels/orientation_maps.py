@@ -164,6 +164,41 @@ def hsv_colour(a, b, centre_a: float, scale_a: float, centre_b: float, scale_b: 
 
 
 @njit(nogil=True, cache=True, inline="always", error_model="numpy")
+def _span(y, dy, dx, w, h, y0):
+    """Where row y's pixels meet their neighbour (dy, dx) inside the map: how many pixels
+    (0: none, the neighbour row or column is outside), and the unsigned offsets of the first
+    such pixel x0 in a row of totals, in the maps, of its neighbour in the maps, and of both
+    in the validity rows (which start at row y0). Never negative, so unsigned: no
+    wraparound check in the loops that use them."""
+    qy = y + dy
+    if qy < 0 or qy >= h or dx >= w or dx <= -w:
+        zero = np.uint64(0)
+        return 0, zero, zero, zero, zero, zero
+    x0 = -dx if dx < 0 else 0
+    x1 = w - dx if dx > 0 else w
+    return (x1 - x0, np.uint64(x0), np.uint64(y * w + x0), np.uint64(qy * w + dx + x0),
+            np.uint64((y - y0) * w + x0), np.uint64((qy - y0) * w + dx + x0))
+
+
+@njit(nogil=True, cache=True, inline="always", error_model="numpy")
+def _clear_row(total, count, w):
+    for x in range(w):
+        total[x] = 0.0
+        count[x] = 0
+
+
+@njit(nogil=True, cache=True, inline="always", error_model="numpy")
+def _row_means(total, count, valid, out, y, y0, w):
+    """Row y of KAM: the mean distance to the valid neighbours, NaN where the pixel is not
+    valid or has none."""
+    row = np.uint64((y - y0) * w)
+    o = np.uint64(y * w)
+    for x in range(w):
+        xu = np.uint64(x)
+        out[o + xu] = total[xu] / count[xu] if (valid[row + xu] and count[xu] != 0) else np.nan
+
+
+@njit(nogil=True, cache=True, inline="always", error_model="numpy")
 def _kam_fixed(like, addresses, n_maps, w, h, off, max_distance, out, start, stop, valid, y0, y1,
                total, count):
     """Rows start <= y < stop of KAM for a literal `n_maps` of 1 to 3 (see `kam_rows`): the
@@ -182,24 +217,10 @@ def _kam_fixed(like, addresses, n_maps, w, h, off, max_distance, out, start, sto
             ok &= np.isfinite(np.float64(pm[first + iu]))
         valid[iu] = ok
     for y in range(start, stop):
-        for x in range(w):
-            total[x] = 0.0
-            count[x] = 0
+        _clear_row(total, count, w)
         for k in range(off.shape[0]):
-            dy = off[k, 0]
-            dx = off[k, 1]
-            qy = y + dy
-            if qy < 0 or qy >= h or dx >= w or dx <= -w:
-                continue
-            x0 = -dx if dx < 0 else 0
-            x1 = w - dx if dx > 0 else w
-            # offsets of pixel x0 and of its neighbour: never negative, so unsigned
-            tp = np.uint64(x0)
-            pp = np.uint64(y * w + x0)
-            pq = np.uint64(qy * w + dx + x0)
-            vp = np.uint64((y - y0) * w + x0)
-            vq = np.uint64((qy - y0) * w + dx + x0)
-            for j in range(x1 - x0):
+            n, tp, pp, pq, vp, vq = _span(y, off[k, 0], off[k, 1], w, h, y0)
+            for j in range(n):
                 ju = np.uint64(j)
                 s = 0.0
                 for m in range(n_maps):
@@ -211,11 +232,7 @@ def _kam_fixed(like, addresses, n_maps, w, h, off, max_distance, out, start, sto
                 ok = both & (dist <= max_distance)
                 total[tp + ju] += dist if ok else 0.0
                 count[tp + ju] += ok
-        row = np.uint64((y - y0) * w)
-        o = np.uint64(y * w)
-        for x in range(w):
-            xu = np.uint64(x)
-            out[o + xu] = total[xu] / count[xu] if (valid[row + xu] and count[xu] != 0) else np.nan
+        _row_means(total, count, valid, out, y, y0, w)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -235,42 +252,25 @@ def _kam_any(like, addresses, w, h, off, max_distance, out, start, stop, valid, 
             iu = np.uint64(i)
             valid[iu] &= np.isfinite(np.float64(pm[first + iu]))
     for y in range(start, stop):
-        for x in range(w):
-            total[x] = 0.0
-            count[x] = 0
+        _clear_row(total, count, w)
         for k in range(off.shape[0]):
-            dy = off[k, 0]
-            dx = off[k, 1]
-            qy = y + dy
-            if qy < 0 or qy >= h or dx >= w or dx <= -w:
-                continue
-            x0 = -dx if dx < 0 else 0
-            x1 = w - dx if dx > 0 else w
-            tp = np.uint64(x0)
-            pp = np.uint64(y * w + x0)
-            pq = np.uint64(qy * w + dx + x0)
-            vp = np.uint64((y - y0) * w + x0)
-            vq = np.uint64((qy - y0) * w + dx + x0)
-            for j in range(x1 - x0):
+            n, tp, pp, pq, vp, vq = _span(y, off[k, 0], off[k, 1], w, h, y0)
+            for j in range(n):
                 sums[np.uint64(j)] = 0.0
             for m in range(n_maps):
                 pm = _map_pointer(like, addresses[m])
-                for j in range(x1 - x0):
+                for j in range(n):
                     ju = np.uint64(j)
                     d = np.float64(pm[pp + ju]) - np.float64(pm[pq + ju])
                     sums[ju] += d * d
-            for j in range(x1 - x0):
+            for j in range(n):
                 ju = np.uint64(j)
                 both = valid[vp + ju] & valid[vq + ju]
                 dist = np.sqrt(sums[ju] if both else 0.0)  # never NaN
                 ok = both & (dist <= max_distance)
                 total[tp + ju] += dist if ok else 0.0
                 count[tp + ju] += ok
-        row = np.uint64((y - y0) * w)
-        o = np.uint64(y * w)
-        for x in range(w):
-            xu = np.uint64(x)
-            out[o + xu] = total[xu] / count[xu] if (valid[row + xu] and count[xu] != 0) else np.nan
+        _row_means(total, count, valid, out, y, y0, w)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
