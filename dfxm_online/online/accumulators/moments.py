@@ -236,5 +236,5 @@ class PowerSums:
                 tile=SNAPSHOT_PIXELS)
         elif n:
             central_moments(self.sums, self.weights, off, table, centre, scale,
-                                       s0, mu, cov, m3, m4, start, stop)
+                            s0, mu, cov, m3, m4, start, stop)
         return MomentSnapshot(intensity=s0, mean=mu, cov=cov, m3=m3, m4=m4)

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 from numba import njit
 
+from .rows import check_range as _check_range
 from .rows import pointer as _map_pointer
 
 #: most maps `kam_rows` takes (as the C did)
@@ -77,11 +78,6 @@ def _array(x, ndim: int, name: str, dtype: type | None = None, writable: bool = 
     if dtype is not None and x.dtype != dtype:
         raise TypeError(f"{name} must be {np.dtype(dtype).name}, not {x.dtype.name}")
     return x
-
-
-def _check_range(start: int, stop: int, n: int) -> None:
-    if not 0 <= start <= stop <= n:
-        raise ValueError(f"pixel range [{start}, {stop}) outside [0, {n})")
 
 
 # ---- mosaicity colours --------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .rows import check_range as _check_range
 from .rows import row as _row
 
 
@@ -180,11 +181,6 @@ def _source(sums, weights, offset, index, centre, scale) -> tuple:
     return off, offset is not None, rows
 
 
-def _check_range(start: int, stop: int, n_pixels: int) -> None:
-    if not 0 <= start <= stop <= n_pixels:
-        raise ValueError(f"pixel range [{start}, {stop}) outside [0, {n_pixels})")
-
-
 def moment_maps_of_sums(sums, weights, offset, index, centre, scale, valid, fwhm_per_sigma, out, start, stop):
     """The moment maps of the power sums (with `offset` subtracted) for the pixel range
     start..stop, into `out` (n_maps, P) float64 or float32 (the float64 maps' values
@@ -207,8 +203,8 @@ def moment_maps_of_sums(sums, weights, offset, index, centre, scale, valid, fwhm
 # bit (compared with the C on 420 random cases before it was removed). 2048^2, 2 cores,
 # median of 11 alternating, C / numba: the pooled edge baseline (8 groups) 85 / 79 ms,
 # the central moments (two motors) 175 / 172, the maps of moments 125 / 122 on the host
-# (znver3); haswell 90 / 74, 187 / 183, 125 / 130 (a loaded machine, 2026-12-07). Rows that are not rows of one array (the seen edge groups' sums, the
-# maps' rows) come in by address, as the frame pass's (`rows.py`).
+# (znver3); haswell 90 / 74, 187 / 183, 125 / 130 (a loaded machine, 2026-12-07). The seen
+# edge groups' rows, which are not rows of one array, come in by address (`rows.py`).
 
 #: pixels per block of the pooled edge baseline: its five (block,) scratch rows stay in L1
 _EDGE_BLOCK = 256

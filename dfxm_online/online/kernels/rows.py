@@ -41,6 +41,13 @@ def pointer(typingctx, like, address):
     return sig, codegen
 
 
+def check_range(start: int, stop: int, n: int) -> None:
+    """The range start..stop that a checked kernel entry point is given lies within 0..n
+    (pixels or rows): ValueError otherwise, before any kernel reads an address."""
+    if not 0 <= start <= stop <= n:
+        raise ValueError(f"pixel range [{start}, {stop}) outside [0, {n})")
+
+
 @njit(nogil=True, cache=True, inline="always")
 def row(address, start, n):
     """Elements start..start + n of the float64 row at `address`, as a (n,) array."""
